@@ -1,0 +1,59 @@
+"""The package's error types.
+
+Every error distrestore raises derives from :class:`DistRestoreError` *and* from the stdlib class a
+user already catches: ``FileNotFoundError`` for missing files, ``KeyError`` for names a reader does
+not find, ``ValueError`` for corrupt data, bad maps and mismatches, ``OSError`` for storage
+failures and ``AssertionError`` for status assertions. Messages name the file, tensor and byte range
+where they are known.
+"""
+
+from __future__ import annotations
+
+
+class DistRestoreError(Exception):
+    """Base class of every error raised by distrestore."""
+
+
+class CheckpointNotFoundError(DistRestoreError, FileNotFoundError):
+    """A checkpoint, its index or one of its data files does not exist."""
+
+    def __str__(self) -> str:  # FileNotFoundError formats errno/filename; keep our message
+        return str(self.args[0]) if self.args else ""
+
+
+class TensorNotFoundError(DistRestoreError, KeyError):
+    """A tensor name is not in the checkpoint (TF's ``NotFoundError: Key X not found``)."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CorruptCheckpointError(DistRestoreError, ValueError):
+    """Checkpoint bytes that cannot be right: bad magic, truncation, bad sizes (TF's DataLoss)."""
+
+
+class ChecksumMismatchError(CorruptCheckpointError):
+    """A CRC32C stored in the checkpoint does not match the bytes read."""
+
+
+class UnsupportedCheckpointError(DistRestoreError, ValueError):
+    """A well-formed checkpoint feature distrestore does not read (V1 format, variant as numpy, ...)."""
+
+
+class StorageError(DistRestoreError, OSError):
+    """Reading from storage failed after retries (or with a permanent error)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ShapeMismatchError(DistRestoreError, ValueError):
+    """A checkpoint value's shape or dtype does not fit the variable it should restore."""
+
+
+class AssignmentMapError(DistRestoreError, ValueError):
+    """An ``init_from_checkpoint`` assignment map that TF would reject."""
+
+
+class RestoreAssertionError(DistRestoreError, AssertionError):
+    """A restore status assertion failed (``assert_consumed`` and friends)."""

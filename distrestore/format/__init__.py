@@ -1,0 +1,1 @@
+"""The TensorFlow tensor-bundle format, pure and I/O-free: tables, messages, dtypes, checksums."""

@@ -1,0 +1,64 @@
+"""CRC32C as TensorFlow uses it: hardware-accelerated checksums, masking and combination.
+
+TF stores *masked* CRC32C values (``tsl/lib/hash/crc32c.h``) so that a CRC of data that embeds CRCs
+stays well distributed. ``combine`` lets several threads checksum pieces of one tensor as they read
+them (while the bytes are still in cache) and join the pieces afterwards.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import crc32c as _crc32c
+
+_MASK_DELTA = 0xA282EAD8
+_POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected
+
+
+def value(data, crc: int = 0) -> int:
+    """CRC32C of ``data`` (any buffer), continuing from ``crc``. Releases the GIL on big inputs."""
+    return _crc32c.crc32c(data, crc)
+
+
+def mask(crc: int) -> int:
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def unmask(masked: int) -> int:
+    rot = (masked - _MASK_DELTA) & 0xFFFFFFFF
+    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
+
+
+def _gf2_times(matrix: tuple[int, ...], vec: int) -> int:
+    out = 0
+    i = 0
+    while vec:
+        if vec & 1:
+            out ^= matrix[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+@lru_cache(maxsize=None)
+def _shift_matrix(log2_bytes: int) -> tuple[int, ...]:
+    """The GF(2) operator that appends 2**log2_bytes zero bytes to a CRC register."""
+    if log2_bytes == 0:
+        one_bit = (_POLY,) + tuple(1 << n for n in range(31))
+        m = one_bit
+        for _ in range(3):  # 1 bit -> 8 bits
+            m = tuple(_gf2_times(m, m[n]) for n in range(32))
+        return m
+    prev = _shift_matrix(log2_bytes - 1)
+    return tuple(_gf2_times(prev, prev[n]) for n in range(32))
+
+
+def combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC32C of ``a + b`` from ``crc1 = value(a)``, ``crc2 = value(b)`` and ``len(b)`` (zlib's method)."""
+    k = 0
+    while len2:
+        if len2 & 1:
+            crc1 = _gf2_times(_shift_matrix(k), crc1)
+        len2 >>= 1
+        k += 1
+    return crc1 ^ crc2

@@ -1,0 +1,91 @@
+"""Protocol-buffer wire format, by hand: varints and field iteration for the few messages we read.
+
+A hand-written decoder keeps protobuf out of the core dependencies and lets the hot path (one
+``BundleEntryProto`` per tensor, hundreds of thousands per index) stay tight.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterator
+
+from ..errors import CorruptCheckpointError
+
+VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
+
+
+def read_varint(buf, pos: int) -> tuple[int, int]:
+    """Decode a LEB128 varint at ``pos``; return (value, next position)."""
+    b = buf[pos]
+    if b < 0x80:
+        return b, pos + 1
+    result = b & 0x7F
+    shift = 7
+    pos += 1
+    while True:
+        try:
+            b = buf[pos]
+        except IndexError:
+            raise CorruptCheckpointError("truncated varint") from None
+        result |= (b & 0x7F) << shift
+        pos += 1
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise CorruptCheckpointError("varint longer than 64 bits")
+
+
+def encode_varint(value: int) -> bytes:
+    if value < 0:
+        value &= (1 << 64) - 1  # proto int32/int64 negatives are 10-byte two's complement
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def to_signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def iter_fields(buf) -> Iterator[tuple[int, int, object]]:
+    """Yield (field number, wire type, value); length-delimited values are ``bytes``."""
+    pos, end = 0, len(buf)
+    try:
+        while pos < end:
+            tag, pos = read_varint(buf, pos)
+            field, wire = tag >> 3, tag & 7
+            if wire == VARINT:
+                val, pos = read_varint(buf, pos)
+            elif wire == LENGTH:
+                n, pos = read_varint(buf, pos)
+                if pos + n > end:
+                    raise CorruptCheckpointError("length-delimited field runs past the message")
+                val = bytes(buf[pos:pos + n])
+                pos += n
+            elif wire == FIXED32:
+                (val,) = struct.unpack_from("<I", buf, pos)
+                pos += 4
+            elif wire == FIXED64:
+                (val,) = struct.unpack_from("<Q", buf, pos)
+                pos += 8
+            else:
+                raise CorruptCheckpointError(f"unsupported protobuf wire type {wire}")
+            yield field, wire, val
+    except (IndexError, struct.error):
+        raise CorruptCheckpointError("truncated protobuf message") from None
+
+
+def field(number: int, wire: int, value) -> bytes:
+    """Encode one field (value: int for varint/fixed, bytes for length-delimited)."""
+    tag = encode_varint((number << 3) | wire)
+    if wire == VARINT:
+        return tag + encode_varint(value)
+    if wire == LENGTH:
+        return tag + encode_varint(len(value)) + bytes(value)
+    if wire == FIXED32:
+        return tag + struct.pack("<I", value)
+    return tag + struct.pack("<Q", value)

@@ -1,0 +1,226 @@
+"""A checkpoint's index, read once: prefix resolution, the entry table and its data files.
+
+Resolution follows TF (``checkpoint_management.py``, ``checkpoint_utils.py``): a directory goes
+through its ``checkpoint`` state file, anything else is a prefix whose ``.index`` must exist.
+A SavedModel directory resolves to its ``variables/variables`` bundle, as ``Checkpoint.restore``
+accepts it. A V1-format checkpoint (no ``.index``; the prefix itself is a table) is detected and
+refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterable
+
+import numpy as np
+
+from .errors import (CheckpointNotFoundError, CorruptCheckpointError, StorageError,
+                     TensorNotFoundError, UnsupportedCheckpointError)
+from .format import dtypes, sstable
+from .format.messages import BIG, BundleHeader, TensorEntry, decode_entry, decode_header
+from .format.slices import Extents, slice_key
+from .format.state import CheckpointState, parse_state
+from .storage import Storage, dirname, is_absolute, join
+
+CONSUMER = 1  # the bundle format version this reader implements (TF's kTensorBundleVersion)
+
+
+class CheckpointIndex:
+    """The parsed ``.index`` of one bundle: header, public entries and hidden slice entries."""
+
+    def __init__(self, prefix: str, header: BundleHeader, entries: dict[str, TensorEntry],
+                 slice_entries: dict[bytes, bytes], storage: Storage):
+        self.prefix = prefix
+        self.header = header
+        self.entries = entries
+        self._slice_values = slice_entries  # encoded key -> raw BundleEntryProto, decoded on use
+        self.storage = storage
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_bytes(cls, prefix: str, data: bytes, storage: Storage | None = None) -> "CheckpointIndex":
+        path = prefix + ".index"
+        items = sstable.read_table(data, path)
+        if not items or items[0][0] != b"":
+            raise CorruptCheckpointError(f"{path}: the index has no header entry")
+        header = decode_header(items[0][1], path)
+        _check_version(header, path)
+        entries: dict[str, TensorEntry] = {}
+        hidden: dict[bytes, bytes] = {}
+        for key, value in items[1:]:
+            if key[:1] == b"\x00":
+                hidden[key] = value
+            else:
+                name = key.decode("utf-8", "surrogateescape")
+                entries[name] = decode_entry(name, value)
+        if hidden:
+            # TF hides exactly the keys that re-encode a full entry's slices (BuildV2VarMaps)
+            referenced = {slice_key(e.name, s) for e in entries.values() for s in e.slices}
+            for key in [k for k in hidden if k not in referenced]:
+                name = key.decode("utf-8", "surrogateescape")
+                entries[name] = decode_entry(name, hidden.pop(key))
+            entries = dict(sorted(entries.items(), key=lambda kv: kv[0].encode("utf-8", "surrogateescape")))
+        return cls(prefix, header, entries, hidden, storage or Storage.for_url(prefix))
+
+    @classmethod
+    def open(cls, prefix: str, storage: Storage) -> "CheckpointIndex":
+        path = prefix + ".index"
+        try:
+            data = storage.read(path)
+        except CheckpointNotFoundError:
+            raise CheckpointNotFoundError(f"checkpoint index not found: {path}") from None
+        return cls.from_bytes(prefix, data, storage)
+
+    # -- lookups ------------------------------------------------------------------------
+
+    @property
+    def big_endian(self) -> bool:
+        return self.header.endianness == BIG
+
+    def data_file(self, shard_id: int) -> str:
+        n = self.header.num_shards
+        if not 0 <= shard_id < max(n, 1):
+            raise CorruptCheckpointError(
+                f"{self.prefix}.index: shard id {shard_id} out of range for {n} shards")
+        return f"{self.prefix}.data-{shard_id:05d}-of-{n:05d}"
+
+    def data_files(self) -> list[str]:
+        return [self.data_file(i) for i in range(self.header.num_shards)]
+
+    def entry(self, name: str) -> TensorEntry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise TensorNotFoundError(f"Key {name} not found in checkpoint {self.prefix}") from None
+
+    def slice_entry(self, name: str, extents: Extents) -> TensorEntry:
+        key = slice_key(name, extents)
+        raw = self._slice_values.get(key)
+        if raw is None:
+            raise CorruptCheckpointError(
+                f"{self.prefix}.index: tensor {name!r} lists slice {list(extents)} but its entry is missing")
+        entry = decode_entry(name, raw)
+        if entry.dtype != self.entries[name].dtype:
+            raise CorruptCheckpointError(f"{self.prefix}.index: slice of {name!r} has a different dtype")
+        return entry
+
+    def has_tensor(self, name: str) -> bool:
+        return name in self.entries or name.encode("utf-8", "surrogateescape") in self._slice_values
+
+    def shape_map(self) -> dict[str, list[int]]:
+        return {n: list(e.shape) for n, e in self.entries.items()}
+
+    def dtype_map(self) -> dict[str, np.dtype]:
+        return {n: e.dtype.numpy for n, e in self.entries.items()}
+
+    def __repr__(self) -> str:
+        return (f"CheckpointIndex({self.prefix!r}, {len(self.entries)} tensors, "
+                f"{self.header.num_shards} data file(s))")
+
+
+def _check_version(header: BundleHeader, path: str) -> None:
+    """TF's CheckVersions(header.version, kTensorBundleVersion=1, kTensorBundleMinProducer=0)."""
+    if header.producer < 0:
+        raise UnsupportedCheckpointError(f"{path}: bundle producer version {header.producer} is too old")
+    if header.min_consumer > CONSUMER:
+        raise UnsupportedCheckpointError(
+            f"{path}: bundle needs reader version {header.min_consumer}; this reader is version {CONSUMER}")
+    if CONSUMER in header.bad_consumers:
+        raise UnsupportedCheckpointError(f"{path}: bundle disallows reader version {CONSUMER}")
+
+
+# -- resolution ----------------------------------------------------------------------------
+
+class NoCheckpointInDirectoryError(CheckpointNotFoundError, ValueError):
+    """A directory without a usable ``checkpoint`` state file (TF raises ValueError here)."""
+
+
+def get_checkpoint_state(checkpoint_dir: str, latest_filename: str | None = None, *,
+                         storage_options: dict | None = None,
+                         storage: Storage | None = None) -> CheckpointState | None:
+    """The directory's ``checkpoint`` state, relative paths joined with the directory (TF's
+    ``get_checkpoint_state``); None when the file does not exist."""
+    storage = storage or Storage.for_url(checkpoint_dir, storage_options)
+    path = join(checkpoint_dir, latest_filename or "checkpoint")
+    try:
+        text = storage.read(path).decode("utf-8")
+    except CheckpointNotFoundError:
+        return None
+    state = parse_state(text, path)
+    if not state.model_checkpoint_path:
+        raise CorruptCheckpointError(f"Invalid checkpoint state loaded from {checkpoint_dir}")
+
+    def absolute(p: str) -> str:
+        return p if is_absolute(p) else join(checkpoint_dir, p)
+
+    return state._replace(model_checkpoint_path=absolute(state.model_checkpoint_path),
+                          all_model_checkpoint_paths=[absolute(p) for p in state.all_model_checkpoint_paths])
+
+
+def latest_checkpoint(checkpoint_dir: str, latest_filename: str | None = None, *,
+                      storage_options: dict | None = None, storage: Storage | None = None) -> str | None:
+    """The newest checkpoint prefix listed in the directory's state file, if its files exist."""
+    storage = storage or Storage.for_url(checkpoint_dir, storage_options)
+    state = get_checkpoint_state(checkpoint_dir, latest_filename, storage=storage)
+    if state is None:
+        return None
+    prefix = state.model_checkpoint_path
+    if storage.exists(prefix + ".index") or storage.exists(prefix):
+        return prefix
+    return None
+
+
+def resolve_prefix(ckpt_dir_or_file: str, storage: Storage) -> str:
+    """Directory -> latest checkpoint (or a SavedModel's variables); anything else is a prefix."""
+    path = str(ckpt_dir_or_file)
+    if storage.isdir(path):
+        prefix = latest_checkpoint(path, storage=storage)
+        if prefix is not None:
+            return prefix
+        saved_model_vars = join(path, "variables", "variables")
+        if storage.exists(saved_model_vars + ".index"):
+            return saved_model_vars
+        raise NoCheckpointInDirectoryError(
+            f"Couldn't find 'checkpoint' file or checkpoints in given directory {path}")
+    return path
+
+
+def _refuse_v1(prefix: str, storage: Storage) -> None:
+    candidates = [prefix] if storage.exists(prefix) else storage.glob(prefix + "-?????-of-?????")
+    for path in candidates[:1]:
+        try:
+            size = storage.size(path)
+            tail = storage.read(path, max(0, size - 8), size)
+        except (StorageError, CheckpointNotFoundError, IsADirectoryError):
+            continue
+        if len(tail) == 8 and struct.unpack("<Q", tail)[0] == sstable.MAGIC:
+            raise UnsupportedCheckpointError(
+                f"{prefix} is a V1-format checkpoint (TensorSliceReader, no .index file); "
+                "distrestore reads only the V2 format. Convert it with TensorFlow: restore it "
+                "with tf.compat.v1.train.Saver and save it again (the default writes V2).")
+
+
+def open_checkpoint(ckpt_dir_or_file, *, storage_options: dict | None = None,
+                    storage: Storage | None = None) -> CheckpointIndex:
+    """Resolve a directory or prefix and read its index once."""
+    if isinstance(ckpt_dir_or_file, CheckpointIndex):
+        return ckpt_dir_or_file
+    path = str(ckpt_dir_or_file)
+    storage = storage or Storage.for_url(path, storage_options)
+    prefix = resolve_prefix(path, storage)
+    if not storage.exists(prefix + ".index"):
+        _refuse_v1(prefix, storage)
+        raise CheckpointNotFoundError(
+            f"Unsuccessful TensorSliceReader constructor: Failed to find any matching files for "
+            f"{prefix} (no {prefix}.index)")
+    return CheckpointIndex.open(prefix, storage)
+
+
+def checkpoint_dir_of(prefix: str) -> str:
+    return dirname(prefix)
+
+
+def iter_entries(index: CheckpointIndex, names: Iterable[str] | None = None):
+    for name in (index.entries if names is None else names):
+        yield index.entry(name)
