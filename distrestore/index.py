@@ -17,7 +17,8 @@ import numpy as np
 from .errors import (CheckpointNotFoundError, CorruptCheckpointError, StorageError,
                      TensorNotFoundError, UnsupportedCheckpointError)
 from .format import dtypes, sstable
-from .format.messages import BIG, BundleHeader, TensorEntry, decode_entry, decode_header
+from .format.messages import (BIG, BundleHeader, TensorEntry, decode_block_entries, decode_entry,
+                              decode_header)
 from .format.slices import Extents, slice_key
 from .format.state import CheckpointState, parse_state
 from .storage import Storage, dirname, is_absolute, join
@@ -41,19 +42,17 @@ class CheckpointIndex:
     @classmethod
     def from_bytes(cls, prefix: str, data: bytes, storage: Storage | None = None) -> "CheckpointIndex":
         path = prefix + ".index"
-        items = sstable.read_table(data, path)
-        if not items or items[0][0] != b"":
-            raise CorruptCheckpointError(f"{path}: the index has no header entry")
-        header = decode_header(items[0][1], path)
-        _check_version(header, path)
-        entries: dict[str, TensorEntry] = {}
+        entries: dict = {}
         hidden: dict[bytes, bytes] = {}
-        for key, value in items[1:]:
-            if key[:1] == b"\x00":
-                hidden[key] = value
-            else:
-                name = key.decode("utf-8", "surrogateescape")
-                entries[name] = decode_entry(name, value)
+        try:
+            for block in sstable.read_blocks(data, path):
+                decode_block_entries(block, sstable.entries_limit(block, path), entries, hidden, path)
+        except (IndexError, struct.error):
+            raise CorruptCheckpointError(f"{path}: truncated index block entry") from None
+        if "" not in entries:
+            raise CorruptCheckpointError(f"{path}: the index has no header entry")
+        header = decode_header(entries.pop(""), path)
+        _check_version(header, path)
         if hidden:
             # TF hides exactly the keys that re-encode a full entry's slices (BuildV2VarMaps)
             referenced = {slice_key(e.name, s) for e in entries.values() for s in e.slices}

@@ -51,7 +51,8 @@ _TABLE = [
     (26, "float8_e4m3fnuz", ml_dtypes.float8_e4m3fnuz),
     (27, "float8_e4m3b11fnuz", ml_dtypes.float8_e4m3b11fnuz),
     (28, "float8_e5m2fnuz", ml_dtypes.float8_e5m2fnuz), (29, "int4", ml_dtypes.int4),
-    (30, "uint4", ml_dtypes.uint4),
+    (30, "uint4", ml_dtypes.uint4), (31, "int2", ml_dtypes.int2), (32, "uint2", ml_dtypes.uint2),
+    (33, "float4_e2m1fn", ml_dtypes.float4_e2m1fn),
 ]
 
 BY_ENUM: dict[int, DType] = {e: DType(e, n, np.dtype(d)) for e, n, d in _TABLE}

@@ -52,13 +52,7 @@ def _block(data, offset: int, size: int, path: str) -> bytes:
 
 def iter_block(block: bytes, path: str):
     """Yield (key, value) for every entry of one decoded block (restart array ignored)."""
-    n = len(block)
-    if n < 4:
-        raise CorruptCheckpointError(f"{path}: block too short")
-    (num_restarts,) = struct.unpack_from("<I", block, n - 4)
-    limit = n - 4 - 4 * num_restarts
-    if limit < 0:
-        raise CorruptCheckpointError(f"{path}: bad restart count {num_restarts} in a block")
+    limit = entries_limit(block, path)
     pos = 0
     key = b""
     try:
@@ -81,8 +75,8 @@ def iter_block(block: bytes, path: str):
         raise CorruptCheckpointError(f"{path}: truncated block entry") from None
 
 
-def read_table(data: bytes, path: str) -> list[tuple[bytes, bytes]]:
-    """All (key, value) pairs of a table, in key order, every block checksum verified."""
+def read_blocks(data: bytes, path: str):
+    """Yield every decoded data block of a table in key order, checksums verified."""
     if len(data) < FOOTER_LEN:
         raise CorruptCheckpointError(
             f"{path}: file is too short to be an sstable ({len(data)} bytes < {FOOTER_LEN})")
@@ -93,11 +87,25 @@ def read_table(data: bytes, path: str) -> list[tuple[bytes, bytes]]:
     _, _, pos = _decode_handle(data, footer)  # metaindex: always empty in TF
     ioff, isize, _ = _decode_handle(data, pos)
     index = _block(data, ioff, isize, path)
-    out: list[tuple[bytes, bytes]] = []
     for _, handle in iter_block(index, path):
         off, size, _ = _decode_handle(handle, 0)
-        out.extend(iter_block(_block(data, off, size, path), path))
-    return out
+        yield _block(data, off, size, path)
+
+
+def entries_limit(block: bytes, path: str) -> int:
+    """Where a block's entries end (before the restart array)."""
+    if len(block) < 4:
+        raise CorruptCheckpointError(f"{path}: block too short")
+    (num_restarts,) = struct.unpack_from("<I", block, len(block) - 4)
+    limit = len(block) - 4 - 4 * num_restarts
+    if limit < 0:
+        raise CorruptCheckpointError(f"{path}: bad restart count {num_restarts} in a block")
+    return limit
+
+
+def read_table(data: bytes, path: str) -> list[tuple[bytes, bytes]]:
+    """All (key, value) pairs of a table, in key order, every block checksum verified."""
+    return [kv for block in read_blocks(data, path) for kv in iter_block(block, path)]
 
 
 class _BlockBuilder:

@@ -1,0 +1,212 @@
+"""Assembly: destination buffers for a plan's requests, checksums, and placing staged bytes.
+
+An :class:`Assembly` owns the output arrays (allocated once, lazily, when the first request that
+writes them is issued) and the staging buffers. Executors ask it for the buffers a request reads
+into, then report the request done; it verifies each stored entry's CRC32C (per segment, in the
+reading thread while the bytes are in cache, combined per entry), decodes strings, copies staged
+bytes into outputs (slices into full tensors or into any new partitioning) and tells the
+executor which outputs are complete.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from .errors import ChecksumMismatchError
+from .format import crc, dtypes
+from .format.slices import box_shape, relative
+from .format.strings import decode_strings
+from .plan import DIRECT, SKIP, STAGED, ReadPlan, ReadRequest, _strides
+
+_SKIP_CHUNK = 1 << 20
+
+
+class Assembly:
+    def __init__(self, plan: ReadPlan, *, verify: bool = True):
+        self.plan = plan
+        self.verify = verify
+        self._lock = threading.Lock()
+        n = len(plan.outputs)
+        self._arrays: list[np.ndarray | None] = [None] * n
+        self._bytes: list[memoryview | None] = [None] * n
+        self._stage: dict[int, np.ndarray] = {}
+        self._stage_left = [s.size for s in plan.staging]
+        self._entry_parts: dict[int, list[tuple[int, int, int]]] = {}
+        self._entry_left = {i: e.size for i, e in enumerate(plan.entries)}
+        self._entry_outputs: dict[int, set[int]] = {}
+        self._check = [self.verify and e.verify and dtypes.BY_NAME[e.dtype].fixed_width
+                       for e in plan.entries]
+        # an output is complete when every direct segment, every copy into it and every
+        # checksum of an entry feeding it is done
+        pending = [0] * n
+        for req in plan.requests:
+            for seg in req.segments:
+                if seg.kind == DIRECT:
+                    pending[seg.target] += 1
+                    self._entry_outputs.setdefault(seg.entry, set()).add(seg.target)
+        for st in plan.staging:
+            for c in st.copies:
+                pending[c.output] += 1
+                self._entry_outputs.setdefault(st.entry, set()).add(c.output)
+        for eid, outs in self._entry_outputs.items():
+            if self._check[eid]:
+                for o in outs:
+                    pending[o] += 1
+        self._pending = pending
+        self.ready: list[int] = [i for i in range(n) if pending[i] == 0]
+        for i in self.ready:
+            self._array(i)
+        self._skip = threading.local()
+
+    # -- buffers -----------------------------------------------------------------------------
+
+    def _array(self, i: int) -> np.ndarray:
+        arr = self._arrays[i]
+        if arr is None:
+            out = self.plan.outputs[i]
+            dt = dtypes.BY_NAME[out.dtype]
+            arr = np.empty(out.shape, dtype=dt.numpy)
+            if not dt.fixed_width:
+                arr.fill(b"")
+            self._arrays[i] = arr
+            if dt.fixed_width:
+                self._bytes[i] = memoryview(arr.reshape(-1).view(np.uint8))
+        return arr
+
+    def _stage_buf(self, sid: int) -> np.ndarray:
+        buf = self._stage.get(sid)
+        if buf is None:
+            buf = self._stage[sid] = np.empty(self.plan.staging[sid].size, dtype=np.uint8)
+        return buf
+
+    def _skip_buf(self, n: int) -> memoryview:
+        buf = getattr(self._skip, "buf", None)
+        if buf is None or len(buf) < n:
+            buf = self._skip.buf = bytearray(max(n, _SKIP_CHUNK))
+        return memoryview(buf)[:n]
+
+    def buffers(self, req: ReadRequest) -> list[memoryview]:
+        """Writable buffers, one per segment, that the request's bytes land in, in order."""
+        views = []
+        with self._lock:
+            for seg in req.segments:
+                if seg.kind == DIRECT:
+                    self._array(seg.target)
+                    views.append(self._bytes[seg.target][seg.offset:seg.offset + seg.length])
+                elif seg.kind == STAGED:
+                    views.append(memoryview(self._stage_buf(seg.target))[seg.offset:seg.offset + seg.length])
+                else:
+                    views.append(None)
+        return [v if v is not None else self._skip_buf(seg.length) for v, seg in zip(views, req.segments)]
+
+    # -- completion --------------------------------------------------------------------------
+
+    def checksums(self, req: ReadRequest, views: Sequence) -> list[int | None]:
+        """CRC32C of every segment whose entry is verified (call in the reading thread)."""
+        return [crc.value(v) if seg.entry >= 0 and self._check[seg.entry] else None
+                for seg, v in zip(req.segments, views)]
+
+    def place(self, req: ReadRequest, data, views: Sequence | None = None) -> list[memoryview]:
+        """Copy a request's bytes (from a remote read or a Ray worker) into its buffers."""
+        views = self.buffers(req) if views is None else views
+        mv = memoryview(data).cast("B")
+        pos = 0
+        for seg, v in zip(req.segments, views):
+            if seg.kind != SKIP:
+                v[:] = mv[pos:pos + seg.length]
+            pos += seg.length
+        return views
+
+    def complete(self, req: ReadRequest, crcs: Sequence[int | None]) -> list[int]:
+        """Record a finished request; return the outputs it completed. Raises on bad checksums."""
+        done_outputs: list[int] = []
+        finished_stages = []
+        with self._lock:
+            for seg, c in zip(req.segments, crcs):
+                if seg.kind == SKIP:
+                    continue
+                if seg.kind == DIRECT:
+                    self._dec(seg.target, done_outputs)
+                else:
+                    self._stage_left[seg.target] -= seg.length
+                    if self._stage_left[seg.target] == 0:
+                        finished_stages.append(seg.target)
+                if c is not None:
+                    parts = self._entry_parts.setdefault(seg.entry, [])
+                    parts.append((seg.entry_offset, seg.length, c))
+                    self._entry_left[seg.entry] -= seg.length
+                    if self._entry_left[seg.entry] == 0:
+                        self._verify_entry(seg.entry, parts)
+                        del self._entry_parts[seg.entry]
+                        for o in self._entry_outputs.get(seg.entry, ()):
+                            self._dec(o, done_outputs)
+        for sid in finished_stages:  # copies run outside the lock: they may be large
+            self._unstage(sid)
+            with self._lock:
+                for c in self.plan.staging[sid].copies:
+                    self._dec(c.output, done_outputs)
+        return done_outputs
+
+    def _dec(self, out: int, done: list[int]) -> None:
+        self._pending[out] -= 1
+        if self._pending[out] == 0:
+            done.append(out)
+
+    def _verify_entry(self, eid: int, parts: list[tuple[int, int, int]]) -> None:
+        parts.sort()
+        value = 0
+        for _, length, c in parts:
+            value = crc.combine(value, c, length)
+        e = self.plan.entries[eid]
+        if value != crc.unmask(e.crc32c):
+            raise ChecksumMismatchError(
+                f"checksum mismatch for tensor {e.name!r}: {e.file} bytes "
+                f"[{e.offset}, {e.offset + e.size}) (crc32c {value:#010x}, index says "
+                f"{crc.unmask(e.crc32c):#010x}); the data file is corrupt")
+
+    def _unstage(self, sid: int) -> None:
+        st = self.plan.staging[sid]
+        e = self.plan.entries[st.entry]
+        dt = dtypes.BY_NAME[e.dtype]
+        buf = self._stage.pop(sid)
+        if not dt.fixed_width:
+            where = f"tensor {e.name!r} in {e.file} bytes [{e.offset}, {e.offset + e.size})"
+            shape = box_shape(e.box)
+            count = int(np.prod(shape, dtype=np.int64))
+            src = decode_strings(buf, count, shape, stored_crc=e.crc32c if self.verify else None,
+                                 where=where)
+            for c in st.copies:
+                out = self.plan.outputs[c.output]
+                with self._lock:
+                    arr = self._array(c.output)
+                arr[relative(c.box, out.box)] = src[relative(c.box, e.box)]
+            return
+        npdt = dt.numpy.newbyteorder(">") if e.big_endian else dt.numpy
+        item = dt.itemsize
+        strides = tuple(s * item for s in _strides(box_shape(e.box)))
+        for c in st.copies:
+            out = self.plan.outputs[c.output]
+            first = sum((a - o) * s for (a, _), (o, _), s in zip(c.box, e.box, strides))
+            src = np.ndarray(box_shape(c.box), dtype=npdt, buffer=buf, offset=first - st.start,
+                             strides=strides)
+            with self._lock:
+                arr = self._array(c.output)
+            arr[relative(c.box, out.box)] = src
+
+    def tensor_names(self, req: ReadRequest, limit: int = 3) -> str:
+        """The tensors a request reads, for error messages."""
+        names = sorted({self.plan.entries[s.entry].name for s in req.segments if s.entry >= 0})
+        return ", ".join(repr(n) for n in names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+    # -- results -----------------------------------------------------------------------------
+
+    def take(self, i: int) -> np.ndarray:
+        """Hand over a completed output and forget it (streaming frees memory this way)."""
+        with self._lock:
+            arr = self._array(i)
+            self._arrays[i] = None
+            self._bytes[i] = None
+        return arr

@@ -1,0 +1,35 @@
+"""Executors run a ``ReadPlan``: the thread executor (default) and the Ray executor.
+
+An executor reads every request of a plan into the buffers an :class:`~distrestore.assemble.Assembly`
+gives it, keeps at most ``max_inflight_bytes`` of requests outstanding, and yields output indices
+as they complete. ``distrestore.execute.ray`` is the only module that imports ray.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Mapping, Protocol
+
+from ..assemble import Assembly
+from ..plan import ReadPlan
+from ..storage import Storage
+
+
+class Executor(Protocol):
+    def workers_for(self, local: bool) -> int:
+        """How many requests this executor runs at once for local or remote storage."""
+
+    def run(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], *,
+            max_inflight_bytes: int | None = None, progress=None) -> Iterator[int]:
+        """Read the plan; yield each output index once it is complete."""
+
+
+def get_executor(executor) -> Executor:
+    if executor is None or executor == "threads":
+        from .threads import ThreadExecutor
+        return ThreadExecutor()
+    if executor == "ray":
+        from .ray import RayExecutor
+        return RayExecutor()
+    if isinstance(executor, str):
+        raise ValueError(f"unknown executor {executor!r}; use 'threads', 'ray' or an Executor")
+    return executor

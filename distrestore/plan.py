@@ -1,0 +1,401 @@
+"""The read planner: from wanted tensors (or regions of them) to a ``ReadPlan`` of byte ranges.
+
+Pure data, no I/O. Each wanted region becomes one *output*; each stored entry that holds part of
+it contributes a *piece*. A piece whose bytes are contiguous both in the data file and in the
+output is read straight into the output ("direct"); anything else (strings, a column block, a
+foreign byte order, bytes two outputs share) is read once into a *staging* buffer and copied
+out. Byte ranges are then split so every worker stays busy and coalesced across small gaps so
+small tensors do not cost a request each. Everything here is plain, frozen, picklable data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Sequence
+
+from .errors import CorruptCheckpointError
+from .format import dtypes
+from .format.messages import TensorEntry
+from .format.slices import Box, box_from_region, box_shape, box_size, intersect, to_box
+from .index import CheckpointIndex
+
+DIRECT, STAGED, SKIP = 0, 1, 2
+
+
+class Output(NamedTuple):
+    """One array the plan fills: region ``box`` of tensor ``name``."""
+
+    name: str
+    checkpoint: str
+    dtype: str  # TF dtype name
+    box: Box  # in the full tensor's coordinates
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return box_shape(self.box)
+
+
+class StoredEntry(NamedTuple):
+    """A stored tensor or slice whose bytes the plan reads (all of them, when ``verify``)."""
+
+    name: str
+    file: str
+    offset: int
+    size: int
+    crc32c: int  # masked, as stored
+    dtype: str
+    box: Box  # what it holds, in the full tensor's coordinates
+    big_endian: bool
+    verify: bool  # every byte is read, so its CRC32C is checked
+
+
+class Copy(NamedTuple):
+    """Copy region ``box`` (full-tensor coordinates) from a staging buffer into an output."""
+
+    output: int
+    box: Box
+
+
+class Staging(NamedTuple):
+    """A buffer holding bytes [start, start + size) of one stored entry until they are placed."""
+
+    entry: int
+    start: int  # byte offset inside the entry
+    size: int
+    copies: tuple[Copy, ...]
+
+
+class Segment(NamedTuple):
+    """A run of a request's bytes and where it goes."""
+
+    length: int
+    kind: int  # DIRECT (into an output), STAGED (into a staging buffer), SKIP (a coalesced gap)
+    target: int  # output or staging index
+    offset: int  # byte offset in the target
+    entry: int  # stored entry whose bytes these are (-1 for SKIP)
+    entry_offset: int  # byte offset of this run inside that entry
+
+
+class ReadRequest(NamedTuple):
+    """Read bytes [start, end) of ``file``; ``segments`` tile the range in order."""
+
+    file: str
+    start: int
+    end: int
+    segments: tuple[Segment, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """How ranges are cut and joined. Defaults depend on the storage (see ``for_storage``)."""
+
+    max_gap_bytes: int = 64 * 1024
+    """Join neighbouring ranges of one file when at most this many unneeded bytes separate them."""
+    max_request_bytes: int = 16 * 2**20
+    """No request is larger than this (big ranges are split; joins stop here)."""
+    min_request_bytes: int = 2**20
+    """Splitting for balance never cuts ranges smaller than this."""
+    workers: int = 8
+    """Aim for at least a few requests per worker so all of them stay busy."""
+
+    @classmethod
+    def for_storage(cls, local: bool, workers: int, max_inflight_bytes: int | None = None) -> "PlanOptions":
+        if local:
+            opts = cls(max_gap_bytes=64 * 1024, max_request_bytes=16 * 2**20, workers=workers)
+        else:  # object stores: a request costs tens of ms, so join across bigger gaps
+            opts = cls(max_gap_bytes=2 * 2**20, max_request_bytes=32 * 2**20,
+                       min_request_bytes=4 * 2**20, workers=workers)
+        if max_inflight_bytes:
+            # one request alone must fit in the budget
+            cap = max(1, max_inflight_bytes)
+            opts = cls(opts.max_gap_bytes, min(opts.max_request_bytes, cap),
+                       min(opts.min_request_bytes, cap), workers)
+        return opts
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    outputs: tuple[Output, ...]
+    entries: tuple[StoredEntry, ...]
+    staging: tuple[Staging, ...]
+    requests: tuple[ReadRequest, ...]
+    options: PlanOptions = field(default_factory=PlanOptions)
+
+    @property
+    def bytes_to_read(self) -> int:
+        return sum(r.nbytes for r in self.requests)
+
+    @property
+    def bytes_needed(self) -> int:
+        return sum(s.length for r in self.requests for s in r.segments if s.kind != SKIP)
+
+    def assign(self, workers: int) -> list[list[int]]:
+        """Requests per worker, balanced by bytes (largest first to the least loaded)."""
+        loads = [(0, w) for w in range(workers)]
+        out: list[list[int]] = [[] for _ in range(workers)]
+        import heapq
+        heapq.heapify(loads)
+        for i in sorted(range(len(self.requests)), key=lambda i: -self.requests[i].nbytes):
+            load, w = heapq.heappop(loads)
+            out[w].append(i)
+            heapq.heappush(loads, (load + self.requests[i].nbytes, w))
+        return out
+
+    def summary(self, workers: int | None = None) -> str:
+        workers = workers or self.options.workers
+        files: dict[str, list[int]] = {}
+        for r in self.requests:
+            f = files.setdefault(r.file, [0, 0])
+            f[0] += 1
+            f[1] += r.nbytes
+        lines = [f"ReadPlan: {len(self.outputs)} outputs from {len(self.entries)} stored entries, "
+                 f"{len(self.requests)} requests, {_fmt(self.bytes_to_read)} to read "
+                 f"({_fmt(self.bytes_needed)} needed), {len(self.staging)} staging buffers"]
+        for path, (n, b) in files.items():
+            lines.append(f"  {path}: {n} requests, {_fmt(b)}")
+        if self.requests:
+            per = [sum(self.requests[i].nbytes for i in idx) for idx in self.assign(workers)]
+            lines.append(f"  per worker ({workers}): " + ", ".join(_fmt(b) for b in per))
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+def _fmt(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# -- planning ----------------------------------------------------------------------------------
+
+class Want(NamedTuple):
+    """A region of one checkpoint tensor (region: tuple of step-1 slices, None = all)."""
+
+    checkpoint: CheckpointIndex
+    name: str
+    region: tuple | None = None
+
+
+def _strides(shape: Sequence[int]) -> list[int]:
+    out = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        out[i] = out[i + 1] * shape[i + 1]
+    return out
+
+
+def _flat(point: Sequence[int], origin: Box, strides: Sequence[int]) -> int:
+    return sum((p - o) * s for p, (o, _), s in zip(point, origin, strides))
+
+
+def _span(inner: Box, outer: Box) -> tuple[int, int]:
+    """First and one-past-last flat element index of ``inner`` inside a row-major ``outer``."""
+    strides = _strides(box_shape(outer))
+    first = _flat([a for a, _ in inner], outer, strides)
+    last = _flat([b - 1 for _, b in inner], outer, strides)
+    return first, last + 1
+
+
+def _contiguous(inner: Box, outer: Box) -> bool:
+    first, end = _span(inner, outer)
+    return end - first == box_size(inner)
+
+
+def _stored_pieces(index: CheckpointIndex, entry: TensorEntry, want_box: Box):
+    """(stored entry, its box) pairs that intersect ``want_box``; checks slice coverage like TF."""
+    if not entry.slices:
+        yield entry, tuple((0, d) for d in entry.shape)
+        return
+    boxes = [(to_box(s, entry.shape), s) for s in entry.slices]
+    for i, (b1, _) in enumerate(boxes):
+        for b2, _ in boxes[i + 1:]:
+            if intersect(b1, b2) is not None:
+                raise CorruptCheckpointError(
+                    f"{index.prefix}: overlapping slices {b1} and {b2} in partitioned tensor {entry.name!r}")
+    covered = 0
+    for box, extents in boxes:
+        part = intersect(box, want_box)
+        if part is not None:
+            covered += box_size(part)
+            yield index.slice_entry(entry.name, extents), box
+    if covered != box_size(want_box):
+        raise CorruptCheckpointError(
+            f"{index.prefix}: does not have sufficient slices for partitioned tensor "
+            f"{entry.name!r} to restore region {list(want_box)}")
+
+
+def _check_size(index: CheckpointIndex, stored: TensorEntry, box: Box) -> None:
+    if stored.shape != box_shape(box):
+        raise CorruptCheckpointError(
+            f"{index.prefix}: slice entry of {stored.name!r} has shape {list(stored.shape)}, "
+            f"expected {list(box_shape(box))}")
+    if stored.dtype.fixed_width:
+        want = box_size(box) * stored.dtype.itemsize
+        if stored.size != want:
+            raise CorruptCheckpointError(
+                f"{index.prefix}: invalid size in bundle entry for {stored.name!r}: "
+                f"{stored.size} bytes, expected {want}")
+
+
+class _Range(NamedTuple):
+    file: str
+    start: int
+    end: int
+    kind: int
+    target: int
+    offset: int
+    entry: int
+    entry_offset: int
+
+
+def build_plan(wants: Sequence[Want], options: PlanOptions | None = None) -> ReadPlan:
+    options = options or PlanOptions()
+    outputs: list[Output] = []
+    entries: list[StoredEntry] = []
+    entry_ids: dict[tuple, int] = {}
+    pieces: dict[int, list[tuple[int, Box]]] = {}  # entry id -> [(output, intersection box)]
+
+    for want in wants:
+        index = want.checkpoint
+        entry = index.entry(want.name)
+        if entry.dtype.is_variant:
+            from .errors import UnsupportedCheckpointError
+            raise UnsupportedCheckpointError(
+                f"tensor {want.name!r} in {index.prefix} is a DT_VARIANT; it has no numpy value "
+                "(read its raw records with CheckpointReader.get_variant_records)")
+        want_box = box_from_region(want.region, entry.shape)
+        out_id = len(outputs)
+        outputs.append(Output(want.name, index.prefix, entry.dtype.name, want_box))
+        if box_size(want_box) == 0:
+            continue
+        for stored, box in _stored_pieces(index, entry, want_box):
+            _check_size(index, stored, box)
+            file = index.data_file(stored.shard_id)
+            key = (file, stored.offset, stored.size, box)
+            eid = entry_ids.get(key)
+            if eid is None:
+                eid = entry_ids[key] = len(entries)
+                entries.append(StoredEntry(want.name, file, stored.offset, stored.size, stored.crc32c,
+                                           stored.dtype.name, box, index.big_endian, False))
+                pieces[eid] = []
+            pieces[eid].append((out_id, intersect(box, want_box)))
+
+    staging: list[Staging] = []
+    ranges: list[_Range] = []
+    for eid, plist in pieces.items():
+        ranges.extend(_plan_entry(eid, entries, plist, outputs, staging, options))
+    ranges = _split(ranges, options)
+    requests = _coalesce(ranges, options)
+    return ReadPlan(tuple(outputs), tuple(entries), tuple(staging), tuple(requests), options)
+
+
+def _plan_entry(eid, entries, plist, outputs, staging, options) -> list[_Range]:
+    e = entries[eid]
+    dt = dtypes.BY_NAME[e.dtype]
+    if not dt.fixed_width or e.big_endian:
+        # strings must be decoded whole; foreign byte order is converted while copying out
+        entries[eid] = e._replace(verify=True)
+        staging.append(Staging(eid, 0, e.size, tuple(Copy(o, box) for o, box in plist)))
+        return [_Range(e.file, e.offset, e.offset + e.size, STAGED, len(staging) - 1, 0, eid, 0)]
+    item = dt.itemsize
+    spans = []
+    for out_id, box in plist:
+        first, end = _span(box, e.box)
+        spans.append((first * item, end * item, out_id, box))
+    spans.sort()
+    overlap = any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1))
+    covered = sum(b - a for a, b, _, _ in spans) == e.size and not overlap
+    ranges = []
+    if overlap:
+        # several outputs need the same bytes: read them once into one buffer, copy out to each
+        lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+        entries[eid] = e._replace(verify=(lo == 0 and hi == e.size))
+        staging.append(Staging(eid, lo, hi - lo, tuple(Copy(o, box) for _, _, o, box in spans)))
+        return [_Range(e.file, e.offset + lo, e.offset + hi, STAGED, len(staging) - 1, 0, eid, lo)]
+    entries[eid] = e._replace(verify=covered)
+    for a, b, out_id, box in spans:
+        out = outputs[out_id]
+        if _contiguous(box, e.box) and _contiguous(box, out.box):
+            dest = _span(box, out.box)[0] * item
+            ranges.append(_Range(e.file, e.offset + a, e.offset + b, DIRECT, out_id, dest, eid, a))
+        else:
+            for sub in _cut_box(box, e.box, item, options.max_request_bytes):
+                sa, sb = (x * item for x in _span(sub, e.box))
+                staging.append(Staging(eid, sa, sb - sa, (Copy(out_id, sub),)))
+                ranges.append(_Range(e.file, e.offset + sa, e.offset + sb, STAGED,
+                                     len(staging) - 1, 0, eid, sa))
+    return ranges
+
+
+def _cut_box(box: Box, outer: Box, item: int, limit: int) -> list[Box]:
+    """Cut a non-contiguous box along its leading dimension so each piece's covering byte range
+    stays under ``limit`` (a column block of a huge tensor must not need one huge buffer)."""
+    first, end = _span(box, outer)
+    if (end - first) * item <= limit:
+        return [box]
+    for d, (a, b) in enumerate(box):
+        if b - a > 1:
+            break
+    else:
+        return [box]
+    n = b - a
+    per_index = max(1, (end - first) * item // n)
+    step = max(1, limit // per_index)
+    out = []
+    for s in range(a, b, step):
+        sub = box[:d] + ((s, min(b, s + step)),) + box[d + 1:]
+        out.extend(_cut_box(sub, outer, item, limit) if step == 1 and d + 1 < len(box) else [sub])
+    return out
+
+
+def _split(ranges: list[_Range], options: PlanOptions) -> list[_Range]:
+    """Split big ranges so that no request exceeds the limit and all workers get work."""
+    total = sum(r.end - r.start for r in ranges)
+    chunk = options.max_request_bytes
+    if options.workers > 1 and total:
+        chunk = max(options.min_request_bytes, min(chunk, -(-total // (4 * options.workers))))
+    out = []
+    for r in ranges:
+        n = r.end - r.start
+        if n <= chunk:
+            out.append(r)
+            continue
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            out.append(r._replace(start=r.start + a, end=r.start + b, offset=r.offset + a,
+                                  entry_offset=r.entry_offset + a))
+    return out
+
+
+def _coalesce(ranges: list[_Range], options: PlanOptions) -> list[ReadRequest]:
+    ranges.sort(key=lambda r: (r.file, r.start))
+    requests: list[ReadRequest] = []
+    cur: list[_Range] = []
+
+    def flush():
+        if not cur:
+            return
+        segs = []
+        pos = cur[0].start
+        for r in cur:
+            if r.start > pos:
+                segs.append(Segment(r.start - pos, SKIP, -1, 0, -1, 0))
+            segs.append(Segment(r.end - r.start, r.kind, r.target, r.offset, r.entry, r.entry_offset))
+            pos = r.end
+        requests.append(ReadRequest(cur[0].file, cur[0].start, pos, tuple(segs)))
+        cur.clear()
+
+    for r in ranges:
+        if cur and (r.file != cur[-1].file or r.start < cur[-1].end
+                    or r.start - cur[-1].end > options.max_gap_bytes
+                    or r.end - cur[0].start > options.max_request_bytes):
+            flush()
+        cur.append(r)
+    flush()
+    return requests
