@@ -109,15 +109,20 @@ class Assembly:
         return [crc.value(v) if seg.entry >= 0 and self._check[seg.entry] else None
                 for seg, v in zip(req.segments, views)]
 
-    def place(self, req: ReadRequest, data, views: Sequence | None = None) -> list[memoryview]:
-        """Copy a request's bytes (from a remote read or a Ray worker) into its buffers."""
+    def place(self, req: ReadRequest, data, views: Sequence | None = None, *,
+              gaps_included: bool = True) -> list[memoryview]:
+        """Copy a request's bytes (from a remote read or a Ray worker) into its buffers.
+        ``data`` holds the whole range, or only the needed segments when ``gaps_included`` is
+        False (what a remote worker ships back)."""
         views = self.buffers(req) if views is None else views
         mv = memoryview(data).cast("B")
         pos = 0
         for seg, v in zip(req.segments, views):
             if seg.kind != SKIP:
                 v[:] = mv[pos:pos + seg.length]
-            pos += seg.length
+                pos += seg.length
+            elif gaps_included:
+                pos += seg.length
         return views
 
     def complete(self, req: ReadRequest, crcs: Sequence[int | None]) -> list[int]:
