@@ -18,6 +18,7 @@ from .plan import PlanOptions, ReadPlan, ReadRequest
 from .reader import CheckpointReader, list_variables, load_checkpoint, load_variable
 from .restore import TensorRequest, fetch, iter_fetch, iter_restore_tensors, plan_requests, restore_tensors
 from .variable import Variable
+from .variable_store import PartitionedVariable, VariableStore, init_from_checkpoint
 from .writer import MergeConflictError, merge_checkpoints, save_tensors
 
 __version__ = "0.1.0"
@@ -38,5 +39,5 @@ __all__ = [
     "ThreadExecutor", "UnsupportedCheckpointError", "Variable", "fetch", "get_checkpoint_state",
     "iter_fetch", "iter_restore_tensors", "latest_checkpoint", "list_variables", "load_checkpoint",
     "load_variable", "merge_checkpoints", "open_checkpoint", "plan_requests", "restore_tensors",
-    "save_tensors",
+    "save_tensors", "PartitionedVariable", "VariableStore", "init_from_checkpoint",
 ]

@@ -19,7 +19,7 @@ from .errors import ChecksumMismatchError
 from .format import crc, dtypes
 from .format.slices import box_shape, relative
 from .format.strings import decode_strings
-from .plan import DIRECT, SKIP, STAGED, ReadPlan, ReadRequest, _strides
+from .plan import DIRECT, PACKED, SKIP, STAGED, ReadPlan, ReadRequest, _strides
 
 _SKIP_CHUNK = 1 << 20
 
@@ -34,6 +34,8 @@ class Assembly:
         self._bytes: list[memoryview | None] = [None] * n
         self._stage: dict[int, np.ndarray] = {}
         self._stage_left = [s.size for s in plan.staging]
+        self._packed: dict[int, np.ndarray] = {}
+        self._packed_left = [p.size for p in plan.packed]
         self._entry_parts: dict[int, list[tuple[int, int, int]]] = {}
         self._entry_left = {i: e.size for i, e in enumerate(plan.entries)}
         self._entry_outputs: dict[int, set[int]] = {}
@@ -55,6 +57,9 @@ class Assembly:
             if self._check[eid]:
                 for o in outs:
                     pending[o] += 1
+        for p in plan.packed:
+            for o in p.outputs:
+                pending[o] += 1
         self._pending = pending
         self.ready: list[int] = [i for i in range(n) if pending[i] == 0]
         for i in self.ready:
@@ -98,6 +103,11 @@ class Assembly:
                     views.append(self._bytes[seg.target][seg.offset:seg.offset + seg.length])
                 elif seg.kind == STAGED:
                     views.append(memoryview(self._stage_buf(seg.target))[seg.offset:seg.offset + seg.length])
+                elif seg.kind == PACKED:
+                    buf = self._packed.get(seg.target)
+                    if buf is None:
+                        buf = self._packed[seg.target] = np.empty(self.plan.packed[seg.target].size, np.uint8)
+                    views.append(memoryview(buf)[seg.offset:seg.offset + seg.length])
                 else:
                     views.append(None)
         return [v if v is not None else self._skip_buf(seg.length) for v, seg in zip(views, req.segments)]
@@ -129,9 +139,15 @@ class Assembly:
         """Record a finished request; return the outputs it completed. Raises on bad checksums."""
         done_outputs: list[int] = []
         finished_stages = []
+        finished_packs = []
         with self._lock:
             for seg, c in zip(req.segments, crcs):
                 if seg.kind == SKIP:
+                    continue
+                if seg.kind == PACKED:
+                    self._packed_left[seg.target] -= seg.length
+                    if self._packed_left[seg.target] == 0:
+                        finished_packs.append(seg.target)
                     continue
                 if seg.kind == DIRECT:
                     self._dec(seg.target, done_outputs)
@@ -148,6 +164,8 @@ class Assembly:
                         del self._entry_parts[seg.entry]
                         for o in self._entry_outputs.get(seg.entry, ()):
                             self._dec(o, done_outputs)
+        for pid in finished_packs:
+            done_outputs.extend(self._unpack(pid))
         for sid in finished_stages:  # copies run outside the lock: they may be large
             self._unstage(sid)
             with self._lock:
@@ -171,6 +189,31 @@ class Assembly:
                 f"checksum mismatch for tensor {e.name!r}: {e.file} bytes "
                 f"[{e.offset}, {e.offset + e.size}) (crc32c {value:#010x}, index says "
                 f"{crc.unmask(e.crc32c):#010x}); the data file is corrupt")
+
+    def _unpack(self, pid: int) -> list[int]:
+        """Verify each small tensor of a packed buffer and hand it out as a view of the buffer."""
+        p = self.plan.packed[pid]
+        buf = self._packed.pop(pid)
+        mv = memoryview(buf)
+        outputs = self.plan.outputs
+        by_name = dtypes.BY_NAME
+        value, unmask = crc.value, crc.unmask
+        verify = self.verify
+        arrays = self._arrays
+        pending = self._pending
+        for out_id, off, stored in zip(p.outputs, p.offsets, p.crcs):
+            out = outputs[out_id]
+            dt = by_name[out.dtype].numpy
+            n = dt.itemsize
+            for d in out.shape:
+                n *= d
+            if verify and value(mv[off:off + n]) != unmask(stored):
+                raise ChecksumMismatchError(
+                    f"checksum mismatch for tensor {out.name!r}: {p.file} bytes "
+                    f"[{p.start + off}, {p.start + off + n}); the data file is corrupt")
+            arrays[out_id] = np.ndarray(out.shape, dt, buf, off)
+            pending[out_id] -= 1
+        return [o for o in p.outputs if self._pending[o] == 0]
 
     def _unstage(self, sid: int) -> None:
         st = self.plan.staging[sid]
@@ -210,8 +253,9 @@ class Assembly:
 
     def take(self, i: int) -> np.ndarray:
         """Hand over a completed output and forget it (streaming frees memory this way)."""
-        with self._lock:
+        arr = self._arrays[i]
+        if arr is None:  # an output with nothing to read (zero elements)
             arr = self._array(i)
-            self._arrays[i] = None
-            self._bytes[i] = None
+        self._arrays[i] = None
+        self._bytes[i] = None
         return arr

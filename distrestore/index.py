@@ -14,6 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ._gc import gc_paused
 from .errors import (CheckpointNotFoundError, CorruptCheckpointError, StorageError,
                      TensorNotFoundError, UnsupportedCheckpointError)
 from .format import dtypes, sstable
@@ -36,6 +37,8 @@ class CheckpointIndex:
         self.entries = entries
         self._slice_values = slice_entries  # encoded key -> raw BundleEntryProto, decoded on use
         self.storage = storage
+        n = header.num_shards
+        self._data_files = [f"{prefix}.data-{i:05d}-of-{n:05d}" for i in range(n)]
 
     # -- construction ---------------------------------------------------------------------
 
@@ -45,8 +48,9 @@ class CheckpointIndex:
         entries: dict = {}
         hidden: dict[bytes, bytes] = {}
         try:
-            for block in sstable.read_blocks(data, path):
-                decode_block_entries(block, sstable.entries_limit(block, path), entries, hidden, path)
+            with gc_paused():
+                for block in sstable.read_blocks(data, path):
+                    decode_block_entries(block, sstable.entries_limit(block, path), entries, hidden, path)
         except (IndexError, struct.error):
             raise CorruptCheckpointError(f"{path}: truncated index block entry") from None
         if "" not in entries:
@@ -78,14 +82,15 @@ class CheckpointIndex:
         return self.header.endianness == BIG
 
     def data_file(self, shard_id: int) -> str:
-        n = self.header.num_shards
-        if not 0 <= shard_id < max(n, 1):
+        try:
+            return self._data_files[shard_id]
+        except IndexError:
             raise CorruptCheckpointError(
-                f"{self.prefix}.index: shard id {shard_id} out of range for {n} shards")
-        return f"{self.prefix}.data-{shard_id:05d}-of-{n:05d}"
+                f"{self.prefix}.index: shard id {shard_id} out of range for "
+                f"{self.header.num_shards} shards") from None
 
     def data_files(self) -> list[str]:
-        return [self.data_file(i) for i in range(self.header.num_shards)]
+        return list(self._data_files)
 
     def entry(self, name: str) -> TensorEntry:
         try:
@@ -108,7 +113,8 @@ class CheckpointIndex:
         return name in self.entries or name.encode("utf-8", "surrogateescape") in self._slice_values
 
     def shape_map(self) -> dict[str, list[int]]:
-        return {n: list(e.shape) for n, e in self.entries.items()}
+        with gc_paused():
+            return {n: list(e.shape) for n, e in self.entries.items()}
 
     def dtype_map(self) -> dict[str, np.dtype]:
         return {n: e.dtype.numpy for n, e in self.entries.items()}

@@ -11,15 +11,15 @@ small tensors do not cost a request each. Everything here is plain, frozen, pick
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
-from .errors import CorruptCheckpointError
+from .errors import CorruptCheckpointError, UnsupportedCheckpointError
 from .format import dtypes
 from .format.messages import TensorEntry
 from .format.slices import Box, box_from_region, box_shape, box_size, intersect, to_box
 from .index import CheckpointIndex
 
-DIRECT, STAGED, SKIP = 0, 1, 2
+DIRECT, STAGED, SKIP, PACKED = 0, 1, 2, 3
 
 
 class Output(NamedTuple):
@@ -29,10 +29,7 @@ class Output(NamedTuple):
     checkpoint: str
     dtype: str  # TF dtype name
     box: Box  # in the full tensor's coordinates
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return box_shape(self.box)
+    shape: tuple[int, ...]  # of the box
 
 
 class StoredEntry(NamedTuple):
@@ -65,12 +62,28 @@ class Staging(NamedTuple):
     copies: tuple[Copy, ...]
 
 
+class Packed(NamedTuple):
+    """Small whole tensors stored back to back: read once into one buffer, handed out as views.
+
+    Bytes [start, start + size) of ``file``; output ``outputs[i]`` sits at ``offsets[i]`` in the
+    buffer and its stored masked CRC32C is ``crcs[i]``. One request and one Python object per
+    group instead of per tensor is what makes checkpoints with 10^5 tensors cheap to restore.
+    """
+
+    file: str
+    start: int
+    size: int
+    outputs: tuple[int, ...]
+    offsets: tuple[int, ...]
+    crcs: tuple[int, ...]
+
+
 class Segment(NamedTuple):
     """A run of a request's bytes and where it goes."""
 
     length: int
-    kind: int  # DIRECT (into an output), STAGED (into a staging buffer), SKIP (a coalesced gap)
-    target: int  # output or staging index
+    kind: int  # DIRECT (into an output), STAGED/PACKED (into a staging/packed buffer), SKIP (a gap)
+    target: int  # output, staging or packed index
     offset: int  # byte offset in the target
     entry: int  # stored entry whose bytes these are (-1 for SKIP)
     entry_offset: int  # byte offset of this run inside that entry
@@ -93,7 +106,7 @@ class ReadRequest(NamedTuple):
 class PlanOptions:
     """How ranges are cut and joined. Defaults depend on the storage (see ``for_storage``)."""
 
-    max_gap_bytes: int = 64 * 1024
+    max_gap_bytes: int = 0
     """Join neighbouring ranges of one file when at most this many unneeded bytes separate them."""
     max_request_bytes: int = 16 * 2**20
     """No request is larger than this (big ranges are split; joins stop here)."""
@@ -101,19 +114,23 @@ class PlanOptions:
     """Splitting for balance never cuts ranges smaller than this."""
     workers: int = 8
     """Aim for at least a few requests per worker so all of them stay busy."""
+    pack_bytes: int = 256 * 1024
+    """Whole tensors up to this size are read in packed groups and returned as views."""
 
     @classmethod
     def for_storage(cls, local: bool, workers: int, max_inflight_bytes: int | None = None) -> "PlanOptions":
+        # max_gap_bytes stays 0: a subset or partition restore reads exactly the bytes it needs
+        # (neighbouring ranges still join); latency is hidden by concurrency instead
         if local:
-            opts = cls(max_gap_bytes=64 * 1024, max_request_bytes=16 * 2**20, workers=workers)
-        else:  # object stores: a request costs tens of ms, so join across bigger gaps
-            opts = cls(max_gap_bytes=2 * 2**20, max_request_bytes=32 * 2**20,
+            opts = cls(max_gap_bytes=0, max_request_bytes=16 * 2**20, workers=workers)
+        else:  # object stores: a request costs tens of ms, so fewer, bigger requests
+            opts = cls(max_gap_bytes=0, max_request_bytes=32 * 2**20,
                        min_request_bytes=4 * 2**20, workers=workers)
         if max_inflight_bytes:
             # one request alone must fit in the budget
             cap = max(1, max_inflight_bytes)
             opts = cls(opts.max_gap_bytes, min(opts.max_request_bytes, cap),
-                       min(opts.min_request_bytes, cap), workers)
+                       min(opts.min_request_bytes, cap), workers, min(opts.pack_bytes, cap))
         return opts
 
 
@@ -124,6 +141,7 @@ class ReadPlan:
     staging: tuple[Staging, ...]
     requests: tuple[ReadRequest, ...]
     options: PlanOptions = field(default_factory=PlanOptions)
+    packed: tuple[Packed, ...] = ()
 
     @property
     def bytes_to_read(self) -> int:
@@ -152,9 +170,11 @@ class ReadPlan:
             f = files.setdefault(r.file, [0, 0])
             f[0] += 1
             f[1] += r.nbytes
-        lines = [f"ReadPlan: {len(self.outputs)} outputs from {len(self.entries)} stored entries, "
-                 f"{len(self.requests)} requests, {_fmt(self.bytes_to_read)} to read "
-                 f"({_fmt(self.bytes_needed)} needed), {len(self.staging)} staging buffers"]
+        packed = sum(len(p.outputs) for p in self.packed)
+        lines = [f"ReadPlan: {len(self.outputs)} outputs from {len(self.entries) + packed} stored "
+                 f"entries, {len(self.requests)} requests, {_fmt(self.bytes_to_read)} to read "
+                 f"({_fmt(self.bytes_needed)} needed), {len(self.staging)} staging buffers, "
+                 f"{packed} small tensors in {len(self.packed)} packed groups"]
         for path, (n, b) in files.items():
             lines.append(f"  {path}: {n} requests, {_fmt(b)}")
         if self.requests:
@@ -175,12 +195,13 @@ def _fmt(n: int) -> str:
 
 # -- planning ----------------------------------------------------------------------------------
 
-class Want(NamedTuple):
-    """A region of one checkpoint tensor (region: tuple of step-1 slices, None = all)."""
+class Want(Protocol):
+    """A region of one checkpoint tensor (region: tuple of step-1 slices, None = all); e.g. a
+    ``restore.TensorRequest``."""
 
     checkpoint: CheckpointIndex
     name: str
-    region: tuple | None = None
+    region: tuple | None
 
 
 def _strides(shape: Sequence[int]) -> list[int]:
@@ -260,18 +281,41 @@ def build_plan(wants: Sequence[Want], options: PlanOptions | None = None) -> Rea
     entries: list[StoredEntry] = []
     entry_ids: dict[tuple, int] = {}
     pieces: dict[int, list[tuple[int, Box]]] = {}  # entry id -> [(output, intersection box)]
+    small: list[tuple[str, int, int, int, int]] = []  # (file, offset, size, output, crc)
+    small_seen: set[tuple[str, int, int]] = set()
+    full_boxes: dict[tuple, tuple[Box, int]] = {}  # shape -> (whole box, element count)
+    pack_bytes = options.pack_bytes
 
     for want in wants:
         index = want.checkpoint
         entry = index.entry(want.name)
-        if entry.dtype.is_variant:
-            from .errors import UnsupportedCheckpointError
+        dt = entry.dtype
+        if dt.enum == dtypes.VARIANT:
             raise UnsupportedCheckpointError(
                 f"tensor {want.name!r} in {index.prefix} is a DT_VARIANT; it has no numpy value "
                 "(read its raw records with CheckpointReader.get_variant_records)")
-        want_box = box_from_region(want.region, entry.shape)
+        if want.region is None:
+            shape = entry.shape
+            hit = full_boxes.get(shape)
+            if hit is None:
+                hit = full_boxes[shape] = (tuple((0, d) for d in shape), box_size(tuple((0, d) for d in shape)))
+            want_box, count = hit
+        else:
+            want_box = box_from_region(want.region, entry.shape)
+            shape, count = box_shape(want_box), box_size(want_box)
         out_id = len(outputs)
-        outputs.append(Output(want.name, index.prefix, entry.dtype.name, want_box))
+        outputs.append(Output(want.name, index.prefix, dt.name, want_box, shape))
+        if (want.region is None and entry.size <= pack_bytes and not entry.slices
+                and dt.enum != dtypes.STRING and not index.big_endian):
+            # the common case, kept cheap: a small whole tensor, read in a packed group
+            file = index.data_file(entry.shard_id)
+            key = (file, entry.offset, entry.size)
+            if key not in small_seen:
+                small_seen.add(key)
+                if entry.size != count * dt.numpy.itemsize:
+                    _check_size(index, entry, want_box)
+                small.append((file, entry.offset, entry.size, out_id, entry.crc32c))
+                continue
         if box_size(want_box) == 0:
             continue
         for stored, box in _stored_pieces(index, entry, want_box):
@@ -290,9 +334,37 @@ def build_plan(wants: Sequence[Want], options: PlanOptions | None = None) -> Rea
     ranges: list[_Range] = []
     for eid, plist in pieces.items():
         ranges.extend(_plan_entry(eid, entries, plist, outputs, staging, options))
-    ranges = _split(ranges, options)
-    requests = _coalesce(ranges, options)
-    return ReadPlan(tuple(outputs), tuple(entries), tuple(staging), tuple(requests), options)
+    chunk = _chunk_size(sum(r.end - r.start for r in ranges) + sum(t[2] for t in small), options)
+    packed = _pack(small, chunk, options)
+    ranges.extend(_Range(p.file, p.start, p.start + p.size, PACKED, i, 0, -1, 0)
+                  for i, p in enumerate(packed))
+    ranges = _split(ranges, chunk)
+    requests = _coalesce(ranges, options, chunk)
+    return ReadPlan(tuple(outputs), tuple(entries), tuple(staging), tuple(requests), options,
+                    tuple(packed))
+
+
+def _pack(small, chunk: int, options: PlanOptions) -> list[Packed]:
+    """Group small tensors by file order into buffers of at most ``chunk`` bytes, splitting at
+    gaps wider than ``max_gap_bytes``."""
+    small.sort()
+    groups: list[Packed] = []
+    i, n = 0, len(small)
+    while i < n:
+        file, start = small[i][0], small[i][1]
+        end = start
+        j = i
+        while j < n:
+            f, off, size = small[j][0], small[j][1], small[j][2]
+            if f != file or off - end > options.max_gap_bytes or (j > i and off + size - start > chunk):
+                break
+            end = max(end, off + size)
+            j += 1
+        group = small[i:j]
+        groups.append(Packed(file, start, end - start, tuple(g[3] for g in group),
+                             tuple(g[1] - start for g in group), tuple(g[4] for g in group)))
+        i = j
+    return groups
 
 
 def _plan_entry(eid, entries, plist, outputs, staging, options) -> list[_Range]:
@@ -354,12 +426,17 @@ def _cut_box(box: Box, outer: Box, item: int, limit: int) -> list[Box]:
     return out
 
 
-def _split(ranges: list[_Range], options: PlanOptions) -> list[_Range]:
-    """Split big ranges so that no request exceeds the limit and all workers get work."""
-    total = sum(r.end - r.start for r in ranges)
+def _chunk_size(total: int, options: PlanOptions) -> int:
+    """Request size: at most ``max_request_bytes``, small enough that every worker gets about
+    four requests, but not below ``min_request_bytes``."""
     chunk = options.max_request_bytes
     if options.workers > 1 and total:
         chunk = max(options.min_request_bytes, min(chunk, -(-total // (4 * options.workers))))
+    return min(chunk, options.max_request_bytes)
+
+
+def _split(ranges: list[_Range], chunk: int) -> list[_Range]:
+    """Split ranges longer than ``chunk`` (packed groups are already at most that long)."""
     out = []
     for r in ranges:
         n = r.end - r.start
@@ -373,7 +450,9 @@ def _split(ranges: list[_Range], options: PlanOptions) -> list[_Range]:
     return out
 
 
-def _coalesce(ranges: list[_Range], options: PlanOptions) -> list[ReadRequest]:
+def _coalesce(ranges: list[_Range], options: PlanOptions, chunk: int) -> list[ReadRequest]:
+    """Join ranges of one file separated by at most ``max_gap_bytes`` into requests of at most
+    ``chunk`` bytes (the balanced size ``_split`` cut to)."""
     ranges.sort(key=lambda r: (r.file, r.start))
     requests: list[ReadRequest] = []
     cur: list[_Range] = []
@@ -394,7 +473,7 @@ def _coalesce(ranges: list[_Range], options: PlanOptions) -> list[ReadRequest]:
     for r in ranges:
         if cur and (r.file != cur[-1].file or r.start < cur[-1].end
                     or r.start - cur[-1].end > options.max_gap_bytes
-                    or r.end - cur[0].start > options.max_request_bytes):
+                    or r.end - cur[0].start > chunk):
             flush()
         cur.append(r)
     flush()

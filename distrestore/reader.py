@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._gc import gc_paused
 from .errors import UnsupportedCheckpointError
 from .format.strings import decode_variants
 from .index import CheckpointIndex, open_checkpoint
@@ -78,8 +79,9 @@ def load_checkpoint(ckpt_dir_or_file, *, storage_options: dict | None = None) ->
 
 def list_variables(ckpt_dir_or_file, *, storage_options: dict | None = None) -> list[tuple[str, list[int]]]:
     """``[(name, shape), ...]`` sorted by name, like ``tf.train.list_variables``."""
-    return sorted(load_checkpoint(ckpt_dir_or_file, storage_options=storage_options)
-                  .get_variable_to_shape_map().items())
+    shapes = load_checkpoint(ckpt_dir_or_file, storage_options=storage_options).get_variable_to_shape_map()
+    with gc_paused():
+        return sorted(shapes.items())
 
 
 def load_variable(ckpt_dir_or_file, name: str, *, storage_options: dict | None = None):

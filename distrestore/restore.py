@@ -7,24 +7,24 @@ together, each byte once, and nothing is returned unless every read and checksum
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from ._gc import gc_paused
 from .assemble import Assembly
 from .execute import Executor, get_executor
 from .index import CheckpointIndex, open_checkpoint
-from .plan import PlanOptions, ReadPlan, Want, build_plan
+from .plan import PlanOptions, ReadPlan, build_plan
 from .progress import make_progress
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 
-@dataclass(frozen=True)
-class TensorRequest:
+class TensorRequest(NamedTuple):
     """A wanted tensor, or a region of it (a tuple of step-1 slices in the full tensor's
-    coordinates; None means the whole tensor). Partitioned tensors are assembled transparently."""
+    coordinates; None means the whole tensor). Partitioned tensors are assembled transparently.
+    (Immutable; a NamedTuple because restores make one per tensor, 10^5 of them at times.)"""
 
     checkpoint: CheckpointIndex
     name: str
@@ -35,9 +35,10 @@ def plan_requests(requests: Sequence[TensorRequest], executor: Executor | str = 
                   max_inflight_bytes: int | None = None) -> ReadPlan:
     """The ``ReadPlan`` a fetch of these requests would run (for inspection: ``print(plan)``)."""
     executor = get_executor(executor)
-    local = all(r.checkpoint.storage.local for r in requests)
+    local = all(c.storage.local for c in {id(r.checkpoint): r.checkpoint for r in requests}.values())
     options = PlanOptions.for_storage(local, executor.workers_for(local), max_inflight_bytes)
-    return build_plan([Want(r.checkpoint, r.name, r.region) for r in requests], options)
+    with gc_paused():
+        return build_plan(requests, options)
 
 
 def iter_fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = "threads",
@@ -53,9 +54,9 @@ def iter_fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = 
     executor = get_executor(executor)
     plan = plan_requests(requests, executor, max_inflight_bytes)
     storages = {}
-    for r in requests:
-        for f in r.checkpoint.data_files():
-            storages[f] = r.checkpoint.storage
+    for index in {id(r.checkpoint): r.checkpoint for r in requests}.values():
+        for f in index.data_files():
+            storages[f] = index.storage
     assembly = Assembly(plan, verify=verify)
     prog = make_progress(progress, plan.bytes_to_read, len(plan.outputs))
     try:
@@ -69,13 +70,33 @@ def iter_fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = 
 
 def fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = "threads",
           verify: bool = True, max_inflight_bytes: int | None = None, progress=None) -> list[np.ndarray]:
-    """Read every request as one parallel plan; arrays in request order, or an error and nothing."""
+    """Read every request as one parallel plan; arrays in request order, or an error and nothing.
+    Identical requests are read once (later ones get copies)."""
     requests = list(requests)
-    out: list = [None] * len(requests)
-    for i, arr in iter_fetch(requests, executor=executor, verify=verify,
+    first: dict[tuple, int] = {}
+    unique: list[TensorRequest] = []
+    source: list[int] = []
+    for r in requests:
+        key = (id(r.checkpoint), r.name, _region_key(r.region))
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(r)
+        source.append(first[key])
+    got: list = [None] * len(unique)
+    for i, arr in iter_fetch(unique, executor=executor, verify=verify,
                              max_inflight_bytes=max_inflight_bytes, progress=progress):
-        out[i] = arr
+        got[i] = arr
+    out, used = [], set()
+    for j in source:
+        out.append(got[j] if j not in used else got[j].copy())
+        used.add(j)
     return out
+
+
+def _region_key(region):
+    if region is None:
+        return None
+    return tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in region)
 
 
 def _requests(ckpt_dir_or_file, names, storage_options) -> list[TensorRequest]:

@@ -230,7 +230,27 @@ def _head(head: bytes, name: str) -> tuple[dtypes.DType, tuple[int, ...]]:
     return hit
 
 
+try:  # the C build of the loop below, when the package was installed with a compiler at hand
+    from . import _speedups
+except ImportError:  # pragma: no cover - exercised where no compiler was available
+    _speedups = None
+
+
 def decode_block_entries(block: bytes, limit: int, out: dict, hidden: dict, path: str) -> None:
+    """Decode one index block's entries into ``out``/``hidden`` (see ``py_decode_block_entries``);
+    uses the C accelerator when it is built."""
+    if _speedups is None:
+        return py_decode_block_entries(block, limit, out, hidden, path)
+    try:
+        _speedups.decode_block_entries(block, limit, out, hidden, _head_cache, TensorEntry, _head,
+                                       decode_entry)
+    except CorruptCheckpointError:
+        raise
+    except ValueError as e:
+        raise CorruptCheckpointError(f"{path}: {e}") from None
+
+
+def py_decode_block_entries(block: bytes, limit: int, out: dict, hidden: dict, path: str) -> None:
     """Walk one decoded index block (entries end at ``limit``) and decode every tensor entry
     into ``out[name]``; slice-entry keys (leading NUL) go to ``hidden[key] = raw value``.
 

@@ -1,0 +1,201 @@
+"""Planner tests: indexes built in memory, exact requests asserted, no I/O."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from distrestore.errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedCheckpointError
+from distrestore.format import crc, sstable
+from distrestore.format.messages import encode_entry, encode_header
+from distrestore.format.slices import parse_spec, slice_key
+from distrestore.index import CheckpointIndex
+from distrestore.plan import DIRECT, PACKED, SKIP, STAGED, Copy, PlanOptions, ReadPlan, Segment, build_plan
+from distrestore.restore import TensorRequest
+
+F32, I64, STR = 1, 9, 7
+P = "mem/ckpt"
+D0 = f"{P}.data-00000-of-00002"
+D1 = f"{P}.data-00001-of-00002"
+
+
+def make_index(entries: dict[str, tuple], slices: dict[str, list[str]] | None = None,
+               num_shards: int = 2) -> CheckpointIndex:
+    """entries: name -> (dtype, shape, shard, offset); sizes follow from dtype and shape.
+    slices: name -> specs, each stored back to back in shard 1 from offset 0."""
+    items = {b"": encode_header(num_shards)}
+    for name, (dt, shape, shard, offset) in entries.items():
+        size = int(np.prod(shape, dtype=np.int64)) * (4 if dt == F32 else 8)
+        items[name.encode()] = encode_entry(dt, shape, shard, offset, size, crc.mask(0))
+    for name, specs in (slices or {}).items():
+        offset = 0
+        full_shape = None
+        exts = []
+        for spec in specs:
+            full_shape, ext = parse_spec(spec)
+            exts.append(ext)
+            shape = tuple(d if n == -1 else n for (s, n), d in zip(ext, full_shape))
+            size = int(np.prod(shape)) * 4
+            items[slice_key(name, ext)] = encode_entry(F32, shape, 1, offset, size, crc.mask(0))
+            offset += size
+        items[name.encode()] = encode_entry(F32, full_shape, slices=exts)
+    return CheckpointIndex.from_bytes(P, sstable.build_table(sorted(items.items())))
+
+
+def plan(index, wants, **opts) -> ReadPlan:
+    options = PlanOptions(**{"workers": 1, **opts})
+    return build_plan([TensorRequest(index, n, r) for n, r in wants], options)
+
+
+def segments_at(p: ReadPlan):
+    """(request, segment, absolute file offset of the segment) for every segment."""
+    for r in p.requests:
+        pos = r.start
+        for s in r.segments:
+            yield r, s, pos
+            pos += s.length
+
+
+def test_small_neighbours_share_one_packed_request():
+    idx = make_index({"a": (F32, (4,), 0, 0), "b": (F32, (2, 2), 0, 16), "c": (F32, (3,), 0, 32)})
+    p = plan(idx, [("a", None), ("c", None), ("b", None)])
+    assert len(p.packed) == 1
+    g = p.packed[0]
+    assert (g.file, g.start, g.size) == (D0, 0, 44)
+    assert g.outputs == (0, 2, 1) and g.offsets == (0, 16, 32)
+    assert p.requests == (p.requests[0],)
+    r = p.requests[0]
+    assert (r.file, r.start, r.end) == (D0, 0, 44)
+    assert r.segments == (Segment(44, PACKED, 0, 0, -1, 0),)
+    assert p.bytes_to_read == p.bytes_needed == 44
+
+
+def test_unwanted_bytes_between_tensors_are_not_read():
+    idx = make_index({"a": (F32, (4,), 0, 0), "skip": (F32, (4,), 0, 16), "c": (F32, (4,), 0, 32)})
+    p = plan(idx, [("a", None), ("c", None)])
+    assert [(r.start, r.end) for r in p.requests] == [(0, 16), (32, 48)]
+    assert p.bytes_to_read == p.bytes_needed == 32
+
+
+def test_gap_joining_when_allowed_reads_gap_once_as_skip():
+    idx = make_index({"a": (F32, (4,), 0, 0), "skip": (F32, (4,), 0, 16), "c": (F32, (4,), 0, 32)})
+    p = plan(idx, [("a", None), ("c", None)], max_gap_bytes=16, pack_bytes=0)
+    (r,) = p.requests
+    assert (r.start, r.end) == (0, 48)
+    assert [s.kind for s in r.segments] == [DIRECT, SKIP, DIRECT]
+    assert p.bytes_to_read == 48 and p.bytes_needed == 32
+
+
+def test_big_tensor_is_split_across_workers_and_read_directly():
+    idx = make_index({"big": (F32, (1024, 1024), 1, 100)})  # 4 MiB
+    p = plan(idx, [("big", None)], workers=4, min_request_bytes=256 * 1024, max_request_bytes=2**20)
+    assert all(r.file == D1 for r in p.requests)
+    # 4 MiB over 4 workers, 4 requests each -> 256 KiB chunks, contiguous, each straight into the output
+    assert [(r.start, r.end) for r in p.requests] == [(100 + i * 2**18, 100 + (i + 1) * 2**18) for i in range(16)]
+    for i, r in enumerate(p.requests):
+        assert r.segments == (Segment(2**18, DIRECT, 0, i * 2**18, 0, i * 2**18),)
+    assert p.entries[0].verify  # every byte is read: the CRC is checked
+    assert sorted(len(w) for w in p.assign(4)) == [4, 4, 4, 4]
+
+
+def test_row_block_is_one_contiguous_range_into_the_output():
+    idx = make_index({"w": (F32, (10, 6), 0, 0)})
+    p = plan(idx, [("w", (slice(2, 5),))], pack_bytes=0)
+    (r,) = p.requests
+    assert (r.start, r.end) == (2 * 24, 5 * 24)
+    assert r.segments == (Segment(72, DIRECT, 0, 0, 0, 48),)
+    assert p.outputs[0].shape == (3, 6)
+    assert not p.entries[0].verify  # part of an entry: its CRC covers bytes we do not read
+
+
+def test_column_block_reads_covering_rows_once_and_copies_out():
+    idx = make_index({"w": (F32, (10, 6), 0, 0)})
+    p = plan(idx, [("w", (slice(None), slice(1, 3)))])
+    (r,) = p.requests
+    # first element (0, 1) to last (9, 2): one covering range, read into a staging buffer
+    assert (r.start, r.end) == (4, (9 * 6 + 3) * 4)
+    assert r.segments[0].kind == STAGED
+    (st,) = p.staging
+    assert st.copies == (Copy(0, ((0, 10), (1, 3))),)
+
+
+def test_two_column_blocks_of_one_tensor_share_one_read():
+    idx = make_index({"w": (F32, (10, 6), 0, 0)})
+    p = plan(idx, [("w", (slice(None), slice(0, 3))), ("w", (slice(None), slice(3, 6)))])
+    assert len(p.requests) == 1 and p.requests[0].nbytes == 240
+    (st,) = p.staging
+    assert sorted(c.output for c in st.copies) == [0, 1]
+    assert p.entries[0].verify
+
+
+def test_repartition_five_row_slices_into_two_reads_each_byte_once():
+    specs = [f"100 8 {i * 20},20:0,8" for i in range(5)]
+    idx = make_index({}, {"emb": specs})
+    p = plan(idx, [("emb", (slice(0, 50),)), ("emb", (slice(50, 100),))], pack_bytes=0)
+    assert p.bytes_to_read == p.bytes_needed == 100 * 8 * 4
+    direct = sorted((s.target, s.offset, s.length, pos) for _, s, pos in segments_at(p))
+    # slice [40, 60) straddles the two outputs: its first 10 rows go to output 0, the rest to 1
+    assert (0, 40 * 32, 10 * 32, 2 * 20 * 32) in direct
+    assert (1, 0, 10 * 32, 2 * 20 * 32 + 10 * 32) in direct
+    assert all(s.kind == DIRECT for r in p.requests for s in r.segments)
+    assert all(e.verify for e in p.entries)  # every stored slice is read whole
+
+
+def test_column_partitioned_checkpoint_into_full_tensor():
+    idx = make_index({}, {"w": ["4 7 0,4:0,4", "4 7 0,4:4,3"]})
+    p = plan(idx, [("w", None)])
+    assert p.bytes_to_read == p.bytes_needed == 4 * 7 * 4
+    assert sorted(c.box for st in p.staging for c in st.copies) == [((0, 4), (0, 4)), ((0, 4), (4, 7))]
+
+
+def test_missing_slices_and_overlaps_are_errors():
+    idx = make_index({}, {"w": ["10 3 0,4:-", "10 3 5,5:-"]})
+    with pytest.raises(CorruptCheckpointError, match="sufficient slices"):
+        plan(idx, [("w", None)])
+    plan(idx, [("w", (slice(0, 4),))])  # a region the slices do cover is fine
+    idx = make_index({}, {"w": ["10 3 0,6:-", "10 3 5,5:-"]})
+    with pytest.raises(CorruptCheckpointError, match="overlapping"):
+        plan(idx, [("w", None)])
+
+
+def test_strings_are_staged_whole_and_verified():
+    items = {b"": encode_header(1), b"s": encode_entry(STR, (3,), 0, 0, 20, 123)}
+    idx = CheckpointIndex.from_bytes("mem/s", sstable.build_table(sorted(items.items())))
+    p = build_plan([TensorRequest(idx, "s")], PlanOptions(workers=1))
+    (r,) = p.requests
+    assert (r.start, r.end) == (0, 20) and r.segments[0].kind == STAGED
+    assert p.entries[0].verify
+
+
+def test_wrong_size_and_unknown_names_and_variants():
+    items = {b"": encode_header(1), b"x": encode_entry(F32, (3,), 0, 0, 10, 0),
+             b"v": encode_entry(21, (2,), 0, 10, 10, 0)}
+    idx = CheckpointIndex.from_bytes("mem/bad", sstable.build_table(sorted(items.items())))
+    with pytest.raises(CorruptCheckpointError, match="invalid size.*'x'"):
+        build_plan([TensorRequest(idx, "x")])
+    with pytest.raises(TensorNotFoundError, match="nope"):
+        build_plan([TensorRequest(idx, "nope")])
+    with pytest.raises(UnsupportedCheckpointError, match="VARIANT"):
+        build_plan([TensorRequest(idx, "v")])
+
+
+def test_request_size_never_exceeds_limit_and_plan_pickles():
+    idx = make_index({"big": (F32, (1000, 100), 0, 0), **{f"s{i}": (F32, (10,), 1, 40 * i) for i in range(50)}})
+    p = plan(idx, [("big", None)] + [(f"s{i}", None) for i in range(50)], max_request_bytes=50_000,
+             min_request_bytes=1000, pack_bytes=1000)
+    assert max(r.nbytes for r in p.requests) <= 50_000
+    assert p.bytes_to_read == p.bytes_needed == 400_000 + 50 * 40
+    # segments tile each request exactly
+    for r in p.requests:
+        assert sum(s.length for s in r.segments) == r.nbytes
+    again = pickle.loads(pickle.dumps(p))
+    assert again == p
+    text = p.summary(workers=2)
+    assert "ReadPlan: 51 outputs" in text and D0 in text and "per worker (2)" in text
+
+
+def test_budget_caps_request_size():
+    opts = PlanOptions.for_storage(local=True, workers=4, max_inflight_bytes=100_000)
+    assert opts.max_request_bytes <= 100_000 and opts.pack_bytes <= 100_000
