@@ -25,8 +25,9 @@ _SKIP_CHUNK = 1 << 20
 
 
 class Assembly:
-    def __init__(self, plan: ReadPlan, *, verify: bool = True):
+    def __init__(self, plan: ReadPlan, *, verify: bool = True, names: Sequence[str] | None = None):
         self.plan = plan
+        self.names = names  # output names, for messages about packed outputs
         self.verify = verify
         self._lock = threading.Lock()
         n = len(plan.outputs)
@@ -58,8 +59,8 @@ class Assembly:
                 for o in outs:
                     pending[o] += 1
         for p in plan.packed:
-            for o in p.outputs:
-                pending[o] += 1
+            for o in p.outputs.tolist():
+                pending[o] = 1  # only its group completes it
         self._pending = pending
         self.ready: list[int] = [i for i in range(n) if pending[i] == 0]
         for i in self.ready:
@@ -191,29 +192,25 @@ class Assembly:
                 f"{crc.unmask(e.crc32c):#010x}); the data file is corrupt")
 
     def _unpack(self, pid: int) -> list[int]:
-        """Verify each small tensor of a packed buffer and hand it out as a view of the buffer."""
+        """Verify every small tensor of a packed buffer (one batched CRC call) and hand each
+        out as a view of the buffer."""
         p = self.plan.packed[pid]
         buf = self._packed.pop(pid)
-        mv = memoryview(buf)
-        outputs = self.plan.outputs
-        by_name = dtypes.BY_NAME
-        value, unmask = crc.value, crc.unmask
-        verify = self.verify
-        arrays = self._arrays
-        pending = self._pending
-        for out_id, off, stored in zip(p.outputs, p.offsets, p.crcs):
-            out = outputs[out_id]
-            dt = by_name[out.dtype].numpy
-            n = dt.itemsize
-            for d in out.shape:
-                n *= d
-            if verify and value(mv[off:off + n]) != unmask(stored):
+        if self.verify:
+            bad = crc.first_mismatch(buf, p.offsets, p.sizes, p.crcs)
+            if bad >= 0:
+                name = self.plan_names(int(p.outputs[bad]))
+                a = p.start + int(p.offsets[bad])
                 raise ChecksumMismatchError(
-                    f"checksum mismatch for tensor {out.name!r}: {p.file} bytes "
-                    f"[{p.start + off}, {p.start + off + n}); the data file is corrupt")
-            arrays[out_id] = np.ndarray(out.shape, dt, buf, off)
-            pending[out_id] -= 1
-        return [o for o in p.outputs if self._pending[o] == 0]
+                    f"checksum mismatch for tensor {name!r}: {p.file} bytes [{a}, "
+                    f"{a + int(p.sizes[bad])}); the data file is corrupt")
+        arrays, pending = self._arrays, self._pending
+        by_enum = dtypes.BY_ENUM
+        outs = p.outputs.tolist()
+        for out_id, off, shape, dt in zip(outs, p.offsets.tolist(), p.shapes, p.dtypes.tolist()):
+            arrays[out_id] = np.ndarray(shape, by_enum[dt].numpy, buf, off)
+            pending[out_id] = 0
+        return outs
 
     def _unstage(self, sid: int) -> None:
         st = self.plan.staging[sid]
@@ -244,9 +241,16 @@ class Assembly:
                 arr = self._array(c.output)
             arr[relative(c.box, out.box)] = src
 
+    def plan_names(self, out_id: int) -> str:
+        """The tensor name of an output (packed outputs carry none in the plan)."""
+        out = self.plan.outputs[out_id]
+        return out.name if out is not None else (self.names[out_id] if self.names else f"#{out_id}")
+
     def tensor_names(self, req: ReadRequest, limit: int = 3) -> str:
         """The tensors a request reads, for error messages."""
-        names = sorted({self.plan.entries[s.entry].name for s in req.segments if s.entry >= 0})
+        names = sorted({self.plan.entries[s.entry].name for s in req.segments if s.entry >= 0}
+                       | {self.plan_names(o) for s in req.segments if s.kind == PACKED
+                          for o in self.plan.packed[s.target].outputs[:limit].tolist()})
         return ", ".join(repr(n) for n in names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
     # -- results -----------------------------------------------------------------------------

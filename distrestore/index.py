@@ -10,7 +10,8 @@ refused with a message saying so.
 from __future__ import annotations
 
 import struct
-from typing import Iterable
+from operator import attrgetter, itemgetter
+from typing import Iterable, NamedTuple
 
 import numpy as np
 
@@ -39,6 +40,7 @@ class CheckpointIndex:
         self.storage = storage
         n = header.num_shards
         self._data_files = [f"{prefix}.data-{i:05d}-of-{n:05d}" for i in range(n)]
+        self._columns = None
 
     # -- construction ---------------------------------------------------------------------
 
@@ -109,6 +111,12 @@ class CheckpointIndex:
             raise CorruptCheckpointError(f"{self.prefix}.index: slice of {name!r} has a different dtype")
         return entry
 
+    def columns(self) -> "IndexColumns":
+        """The entries as numpy columns (built once), for planning 10^5 tensors at numpy speed."""
+        if self._columns is None:
+            self._columns = IndexColumns.build(self.entries)
+        return self._columns
+
     def has_tensor(self, name: str) -> bool:
         return name in self.entries or name.encode("utf-8", "surrogateescape") in self._slice_values
 
@@ -122,6 +130,43 @@ class CheckpointIndex:
     def __repr__(self) -> str:
         return (f"CheckpointIndex({self.prefix!r}, {len(self.entries)} tensors, "
                 f"{self.header.num_shards} data file(s))")
+
+
+class IndexColumns(NamedTuple):
+    """Entry fields as arrays aligned with ``names``; ``position`` maps a name to its row."""
+
+    names: list[str]
+    position: dict[str, int]
+    entries: list[TensorEntry]
+    dtype: np.ndarray  # int16 enum
+    shard: np.ndarray  # int64
+    offset: np.ndarray  # int64
+    size: np.ndarray  # int64
+    crc: np.ndarray  # uint32, masked
+    sliced: np.ndarray  # bool
+    expected_size: np.ndarray  # int64: elements x itemsize (-1 for strings and variants)
+
+    @classmethod
+    def build(cls, entries: dict[str, TensorEntry]) -> "IndexColumns":
+        # map/itemgetter pipelines: C-level loops, no Python frame per entry
+        with gc_paused():
+            names = list(entries)
+            rows = list(entries.values())
+            n = len(rows)
+            position = dict(zip(names, range(n)))
+            col = lambda k, t: np.fromiter(map(itemgetter(k), rows), t, n)  # noqa: E731
+            dtype = np.fromiter(map(attrgetter("dtype.enum"), rows), np.int16, n)
+            elems = {shape: int(np.prod(shape, dtype=np.int64)) for shape in set(map(itemgetter(2), rows))}
+            count = np.fromiter(map(elems.__getitem__, map(itemgetter(2), rows)), np.int64, n)
+            itemsize = np.full(64, -1, np.int64)
+            for d in dtypes.BY_ENUM.values():
+                if d.fixed_width and d.enum < 64:
+                    itemsize[d.enum] = d.itemsize
+            size_of = itemsize[np.minimum(dtype, 63)]
+            expected = np.where(size_of > 0, count * size_of, -1)
+            sliced = np.fromiter(map(bool, map(itemgetter(7), rows)), bool, n)
+            return cls(names, position, rows, dtype, col(3, np.int64), col(4, np.int64),
+                       col(5, np.int64), col(6, np.uint32), sliced, expected)
 
 
 def _check_version(header: BundleHeader, path: str) -> None:

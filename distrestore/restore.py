@@ -7,6 +7,7 @@ together, each byte once, and nothing is returned unless every read and checksum
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -41,6 +42,25 @@ def plan_requests(requests: Sequence[TensorRequest], executor: Executor | str = 
         return build_plan(requests, options)
 
 
+def _run(requests: list[TensorRequest], executor, verify, max_inflight_bytes, progress):
+    """Run one plan; yield (assembly, batch of completed request indices)."""
+    executor = get_executor(executor)
+    plan = plan_requests(requests, executor, max_inflight_bytes)
+    storages = {}
+    for index in {id(r.checkpoint): r.checkpoint for r in requests}.values():
+        for f in index.data_files():
+            storages[f] = index.storage
+    assembly = Assembly(plan, verify=verify, names=[r.name for r in requests])
+    prog = make_progress(progress, plan.bytes_to_read, len(plan.outputs))
+    try:
+        for batch in executor.run(plan, assembly, storages, max_inflight_bytes=max_inflight_bytes,
+                                  progress=prog):
+            yield assembly, (batch,) if isinstance(batch, int) else batch
+    finally:
+        if prog is not None:
+            prog.close()
+
+
 def iter_fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = "threads",
                verify: bool = True, max_inflight_bytes: int | None = None,
                progress=None) -> Iterator[tuple[int, np.ndarray]]:
@@ -50,22 +70,9 @@ def iter_fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = 
     first read starts and forgotten once yielded, so a consumer that drops them restores a
     checkpoint larger than memory (peak: the budget plus the tensors being assembled).
     """
-    requests = list(requests)
-    executor = get_executor(executor)
-    plan = plan_requests(requests, executor, max_inflight_bytes)
-    storages = {}
-    for index in {id(r.checkpoint): r.checkpoint for r in requests}.values():
-        for f in index.data_files():
-            storages[f] = index.storage
-    assembly = Assembly(plan, verify=verify)
-    prog = make_progress(progress, plan.bytes_to_read, len(plan.outputs))
-    try:
-        for i in executor.run(plan, assembly, storages, max_inflight_bytes=max_inflight_bytes,
-                              progress=prog):
+    for assembly, batch in _run(list(requests), executor, verify, max_inflight_bytes, progress):
+        for i in batch:
             yield i, assembly.take(i)
-    finally:
-        if prog is not None:
-            prog.close()
 
 
 def fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = "threads",
@@ -73,19 +80,25 @@ def fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = "thre
     """Read every request as one parallel plan; arrays in request order, or an error and nothing.
     Identical requests are read once (later ones get copies)."""
     requests = list(requests)
-    first: dict[tuple, int] = {}
-    unique: list[TensorRequest] = []
-    source: list[int] = []
-    for r in requests:
-        key = (id(r.checkpoint), r.name, _region_key(r.region))
-        if key not in first:
-            first[key] = len(unique)
-            unique.append(r)
-        source.append(first[key])
+    keys = list(zip(map(id, map(attrgetter("checkpoint"), requests)), map(attrgetter("name"), requests),
+                    map(_region_key, map(attrgetter("region"), requests))))
+    if len(set(keys)) == len(keys):
+        unique, source = requests, None
+    else:
+        first: dict[tuple, int] = {}
+        unique, source = [], []
+        for r, key in zip(requests, keys):
+            if key not in first:
+                first[key] = len(unique)
+                unique.append(r)
+            source.append(first[key])
     got: list = [None] * len(unique)
-    for i, arr in iter_fetch(unique, executor=executor, verify=verify,
-                             max_inflight_bytes=max_inflight_bytes, progress=progress):
-        got[i] = arr
+    with gc_paused():  # 10^5 arrays at once: see _gc
+        for assembly, batch in _run(unique, executor, verify, max_inflight_bytes, progress):
+            for i in batch:
+                got[i] = assembly.take(i)
+    if source is None:
+        return got
     out, used = [], set()
     for j in source:
         out.append(got[j] if j not in used else got[j].copy())
@@ -96,6 +109,8 @@ def fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = "thre
 def _region_key(region):
     if region is None:
         return None
+    if not isinstance(region, tuple):
+        region = (region,)
     return tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in region)
 
 
@@ -105,7 +120,8 @@ def _requests(ckpt_dir_or_file, names, storage_options) -> list[TensorRequest]:
         names = [n for n, e in index.entries.items() if not e.dtype.is_variant]
     elif isinstance(names, str):
         names = [names]
-    return [TensorRequest(index, n) for n in names]
+    make = tuple.__new__  # TensorRequest(index, n) without the NamedTuple's Python-level __new__
+    return [make(TensorRequest, (index, n, None)) for n in names]
 
 
 def restore_tensors(ckpt_dir_or_file, names: Sequence[str] | None = None, *,

@@ -1,8 +1,8 @@
 """Executors run a ``ReadPlan``: the thread executor (default) and the Ray executor.
 
 An executor reads every request of a plan into the buffers an :class:`~distrestore.assemble.Assembly`
-gives it, keeps at most ``max_inflight_bytes`` of requests outstanding, and yields output indices
-as they complete. ``distrestore.execute.ray`` is the only module that imports ray.
+gives it, keeps at most ``max_inflight_bytes`` of requests outstanding, and yields batches of
+output indices as they complete (a packed group completes thousands at once). ``distrestore.execute.ray`` is the only module that imports ray.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ class Executor(Protocol):
         """How many requests this executor runs at once for local or remote storage."""
 
     def run(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], *,
-            max_inflight_bytes: int | None = None, progress=None) -> Iterator[int]:
-        """Read the plan; yield each output index once it is complete."""
+            max_inflight_bytes: int | None = None, progress=None) -> Iterator[list[int]]:
+        """Read the plan; yield lists of output indices as they complete (each index once;
+        a bare int is accepted too)."""
 
 
 def get_executor(executor) -> Executor:

@@ -32,7 +32,8 @@ class ThreadExecutor:
 
     def run(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], *,
             max_inflight_bytes: int | None = None, progress=None) -> Iterator[int]:
-        yield from assembly.ready
+        if assembly.ready:
+            yield assembly.ready
         if not plan.requests:
             return
         local = all(s.local for s in storages.values())
@@ -56,7 +57,8 @@ class ThreadExecutor:
                     finished = fut.result()  # re-raises the worker's error
                     if progress is not None:
                         progress.advance(req.nbytes, len(finished))
-                    yield from finished
+                    if finished:
+                        yield finished
         finally:
             for fut in running:
                 fut.cancel()

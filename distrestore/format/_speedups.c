@@ -167,7 +167,95 @@ done:
     return result;
 }
 
+/* ---- CRC32C over many pieces of one buffer ------------------------------------------------ */
+
+static uint32_t crc_table[8][256];
+static int crc_table_ready = 0;
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
+    crc_table_ready = 1;
+}
+
+static uint32_t crc_sw(const unsigned char *p, Py_ssize_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        w ^= c;
+        c = crc_table[7][w & 0xFF] ^ crc_table[6][(w >> 8) & 0xFF] ^ crc_table[5][(w >> 16) & 0xFF] ^
+            crc_table[4][(w >> 24) & 0xFF] ^ crc_table[3][(w >> 32) & 0xFF] ^
+            crc_table[2][(w >> 40) & 0xFF] ^ crc_table[1][(w >> 48) & 0xFF] ^ crc_table[0][w >> 56];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) c = (c >> 8) ^ crc_table[0][(c ^ *p++) & 0xFF];
+    return c ^ 0xFFFFFFFFu;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <nmmintrin.h>
+__attribute__((target("sse4.2"))) static uint32_t crc_hw(const unsigned char *p, Py_ssize_t n) {
+    uint64_t c = 0xFFFFFFFFu;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c = _mm_crc32_u64(c, w);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--) c32 = _mm_crc32_u8(c32, *p++);
+    return c32 ^ 0xFFFFFFFFu;
+}
+static int have_hw(void) { return __builtin_cpu_supports("sse4.2"); }
+#else
+static uint32_t crc_hw(const unsigned char *p, Py_ssize_t n) { return crc_sw(p, n); }
+static int have_hw(void) { return 0; }
+#endif
+
+static uint32_t unmask(uint32_t m) {
+    uint32_t rot = m - 0xA282EAD8u;
+    return (rot >> 17) | (rot << 15);
+}
+
+/* first_crc_mismatch(buf, offsets, sizes, masked) -> index of the first piece whose CRC32C does
+   not match its masked stored value, or -1. offsets/sizes: int64 buffers, masked: uint32. */
+static PyObject *first_crc_mismatch(PyObject *self, PyObject *args) {
+    Py_buffer buf, offs, sizes, masked;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*", &buf, &offs, &sizes, &masked)) return NULL;
+    Py_ssize_t n = offs.len / 8, bad = -1;
+    if (sizes.len / 8 != n || masked.len / 4 != n) {
+        PyErr_SetString(PyExc_ValueError, "offsets, sizes and crcs differ in length");
+    } else {
+        const int64_t *o = (const int64_t *)offs.buf, *s = (const int64_t *)sizes.buf;
+        const uint32_t *m = (const uint32_t *)masked.buf;
+        const unsigned char *b = (const unsigned char *)buf.buf;
+        int hw = have_hw();
+        if (!crc_table_ready) crc_init();
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (o[i] < 0 || s[i] < 0 || o[i] + s[i] > buf.len) { bad = i; break; }
+            uint32_t c = hw ? crc_hw(b + o[i], s[i]) : crc_sw(b + o[i], s[i]);
+            if (c != unmask(m[i])) { bad = i; break; }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&buf); PyBuffer_Release(&offs); PyBuffer_Release(&sizes); PyBuffer_Release(&masked);
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromSsize_t(bad);
+}
+
 static PyMethodDef methods[] = {
+    {"first_crc_mismatch", first_crc_mismatch, METH_VARARGS,
+     "Index of the first piece of a buffer whose CRC32C differs from its masked stored value, or -1."},
     {"decode_block_entries", decode_block_entries, METH_VARARGS,
      "Decode every entry of one index block into dicts (see the module comment)."},
     {NULL, NULL, 0, NULL},
