@@ -14,6 +14,10 @@ from .errors import (AssignmentMapError, ChecksumMismatchError, CheckpointNotFou
                      UnsupportedCheckpointError)
 from .execute.threads import ThreadExecutor
 from .index import CheckpointIndex, get_checkpoint_state, latest_checkpoint, open_checkpoint
+from .format.object_graph import ObjectGraph, escape_local_name
+from .objects import (Checkpoint, CheckpointLoadStatus, InitializationOnlyStatus, Node, NodeDict,
+                      NodeList, Optimizer, UnusedCheckpointValuesWarning, read_object_graph,
+                      tracked_children)
 from .plan import PlanOptions, ReadPlan, ReadRequest
 from .reader import CheckpointReader, list_variables, load_checkpoint, load_variable
 from .restore import TensorRequest, fetch, iter_fetch, iter_restore_tensors, plan_requests, restore_tensors
@@ -40,4 +44,7 @@ __all__ = [
     "iter_fetch", "iter_restore_tensors", "latest_checkpoint", "list_variables", "load_checkpoint",
     "load_variable", "merge_checkpoints", "open_checkpoint", "plan_requests", "restore_tensors",
     "save_tensors", "PartitionedVariable", "VariableStore", "init_from_checkpoint",
+    "Checkpoint", "CheckpointLoadStatus", "InitializationOnlyStatus", "Node", "NodeDict", "NodeList",
+    "ObjectGraph", "Optimizer", "UnusedCheckpointValuesWarning", "escape_local_name",
+    "read_object_graph", "tracked_children",
 ]

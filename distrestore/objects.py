@@ -31,11 +31,10 @@ Not thread-safe: restore and attach from one thread at a time.
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import warnings
 import weakref
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -48,6 +47,7 @@ from .variable import Variable
 __all__ = [
     "Checkpoint", "CheckpointLoadStatus", "InitializationOnlyStatus", "Node", "NodeDict",
     "NodeList", "Optimizer", "UnusedCheckpointValuesWarning", "read_object_graph",
+    "tracked_children",
 ]
 
 
@@ -79,10 +79,15 @@ def _wrap(value):
 
 
 def _children(obj) -> dict[str, Any]:
-    """Tracked children by local name (TF's ``_trackable_children``); variables have none."""
     if isinstance(obj, Node):
         return obj._dr_children
     return {}
+
+
+def tracked_children(obj) -> dict[str, Any]:
+    """An object's tracked children by local name (TF's ``_trackable_children``), in tracking
+    order; a variable has none."""
+    return dict(_children(obj))
 
 
 class Node:
@@ -96,9 +101,17 @@ class Node:
     beginning with ``_dr_`` are reserved.
     """
 
+    _dr_state: dict[str, Callable[[], Any]] = {"_dr_children": dict, "_dr_deferred": dict}
+    """Per-instance internals, made in ``__new__`` so subclasses need not call ``__init__`` first."""
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        for klass in reversed(cls.__mro__):
+            for name, factory in vars(klass).get("_dr_state", {}).items():
+                object.__setattr__(self, name, factory())
+        return self
+
     def __init__(self, **children):
-        object.__setattr__(self, "_dr_children", {})
-        object.__setattr__(self, "_dr_deferred", {})
         for name, value in children.items():
             setattr(self, name, value)
 
@@ -127,8 +140,10 @@ class Node:
         raise AttributeError(f"{type(self).__name__!s} object has no attribute or child {name!r}")
 
     def __delattr__(self, name: str) -> None:
+        tracked = name in self._dr_children
         self._dr_untrack(name)
-        object.__delattr__(self, name)
+        if name in self.__dict__ or not tracked:
+            object.__delattr__(self, name)
 
     def __getitem__(self, name: str):
         try:
@@ -199,12 +214,14 @@ class NodeList(Node):
 
     Appending a child under a new index runs the restores deferred for that index. Mutations that
     shift elements (``insert``, ``pop``, ``del``) rename the children after them, as TF's names
-    would be on the next save; they trigger no restore for the shifted names.
+    would be on the next save: an index that already existed keeps its (already run) restores,
+    an index that did not runs its deferred restores like an append.
     """
+
+    _dr_state = {"_dr_items": list}
 
     def __init__(self, items: Iterable = ()):
         super().__init__()
-        object.__setattr__(self, "_dr_items", [])
         self.extend(items)
 
     def _dr_sync(self, old_items: list) -> None:
@@ -290,9 +307,10 @@ class NodeList(Node):
 class NodeDict(Node):
     """A dict of children named by their (string) keys (TF's ``_DictWrapper``)."""
 
+    _dr_state = {"_dr_items": dict}
+
     def __init__(self, items=(), **kwargs):
         super().__init__()
-        object.__setattr__(self, "_dr_items", {})
         self.update(items, **kwargs)
 
     def __setitem__(self, key, value) -> None:
@@ -356,10 +374,8 @@ class Optimizer(Node):
     children.
     """
 
-    def __init__(self, **children):
-        object.__setattr__(self, "_dr_slots", {})  # slot name -> {id(var): (var, slot)}
-        object.__setattr__(self, "_dr_deferred_slots", {})  # slot name -> {id(var): (var, [pos])}
-        super().__init__(**children)
+    # slot name -> {id(var): (var, slot)}, and -> {id(var): (var, [pending positions])}
+    _dr_state = {"_dr_slots": dict, "_dr_deferred_slots": dict}
 
     def get_slot(self, var: Variable, name: str) -> Variable | None:
         hit = self._dr_slots.get(name, {}).get(id(var))
@@ -531,6 +547,17 @@ class _Read(NamedTuple):
     uid: int
 
 
+def _fetch_key(restore: _Restore) -> tuple:
+    """Restores read alike (same fetch function and options) share one fetch call."""
+    def part(v):
+        try:
+            hash(v)
+            return v
+        except TypeError:
+            return ("id", id(v))
+    return (id(restore.fetch),) + tuple((k, part(v)) for k, v in sorted(restore.fetch_kwargs.items()))
+
+
 class _Batch:
     """One step that restores: walks positions, gathers and checks reads, fetches them in one
     call, assigns. Every change to bookkeeping is journaled and undone if the step fails."""
@@ -550,6 +577,11 @@ class _Batch:
             for undo in reversed(self._undo):
                 undo()
             raise
+        finally:
+            # the journal's closures refer to the batch: drop them, or the cycle would keep
+            # restores (and their unused-values warning) alive until a garbage collection
+            self._undo = []
+            self._reads = {}
 
     # -- the walk ---------------------------------------------------------------------------
 
@@ -638,11 +670,20 @@ class _Batch:
             local = children.get(ref.local_name)
             if local is None:
                 if child_pos.object_proto.has_values and isinstance(obj, Node):
-                    lst = obj._dr_deferred.setdefault(ref.local_name, [])
-                    lst.append(child_pos)
-                    self.record(lambda lst=lst, cp=child_pos: lst.remove(cp))
+                    self._defer(obj, ref.local_name, child_pos)
             elif self.bind(child_pos, local):
                 queue.append((child_pos, local))
+
+    def _defer(self, node: Node, name: str, position: _Position) -> None:
+        deferred = node._dr_deferred
+        lst = deferred.setdefault(name, [])
+        lst.append(position)
+
+        def undo():
+            lst.remove(position)
+            if not lst and deferred.get(name) is lst:
+                del deferred[name]
+        self.record(undo)
 
     def _queue_slot_variables(self, pos: _Position, obj, queue) -> None:
         r, pid = pos.restore, pos.proto_id
@@ -685,8 +726,11 @@ class _Batch:
             return
         from .restore import TensorRequest  # the engine: same layer, imported late
         groups: dict[tuple, list[_Read]] = {}
+        keys: dict[int, tuple] = {}
         for rd in reads:
-            k = (id(rd.restore.fetch), tuple(sorted(rd.restore.fetch_kwargs.items())))
+            k = keys.get(id(rd.restore))
+            if k is None:
+                k = keys[id(rd.restore)] = _fetch_key(rd.restore)
             groups.setdefault(k, []).append(rd)
         values: list[tuple[Variable, np.ndarray]] = []
         for group in groups.values():
@@ -905,8 +949,6 @@ class Checkpoint(Node):
     """
 
     def __init__(self, root=None, **kwargs):
-        object.__setattr__(self, "_dr_children", {})
-        object.__setattr__(self, "_dr_deferred", {})
         object.__setattr__(self, "_dr_save_counter", None)
         attached: list[tuple[str, Any]] | None = None
         graph_root = None
@@ -933,9 +975,14 @@ class Checkpoint(Node):
                 elif child is not w:
                     raise ValueError(f"Cannot create a Checkpoint with keyword argument {k} if "
                                      f"root.{k} already exists.")
-        object.__setattr__(self, "_dr_view",
-                           _GraphView(graph_root if graph_root is not None else self, attached or []))
-        object.__setattr__(self, "_dr_has_root", graph_root is not None)
+        # the view is made on demand: a stored view of `self` would be a reference cycle, and
+        # a cycle delays the unused-values warning to the next garbage collection
+        object.__setattr__(self, "_dr_graph_root", graph_root)
+        object.__setattr__(self, "_dr_attached", attached if attached is not None else [])
+
+    @property
+    def _dr_view(self) -> _GraphView:
+        return _GraphView(self if self._dr_graph_root is None else self._dr_graph_root, self._dr_attached)
 
     @property
     def save_counter(self) -> Variable:
@@ -949,9 +996,9 @@ class Checkpoint(Node):
         counter = Variable(0, shape=[], dtype="int64", name="save_counter")
         object.__setattr__(self, "_dr_save_counter", counter)
         self._dr_track("save_counter", counter)
-        if self._dr_has_root:
-            self._dr_view.attached.append(("save_counter", counter))
-            root = self._dr_view.root
+        if self._dr_graph_root is not None:
+            self._dr_attached.append(("save_counter", counter))
+            root = self._dr_graph_root
             pending = root._dr_deferred.pop("save_counter", None)
             if pending:
                 # TF restores only the first pending restore here (restore[0])
@@ -986,8 +1033,29 @@ class Checkpoint(Node):
             return InitializationOnlyStatus(self._dr_view.root)
         restore = self._dr_open(save_path, storage_options, executor, verify, max_inflight_bytes,
                                 progress, fetch)
+        created = self._dr_save_counter is None
         self._dr_maybe_create_save_counter()
-        return self._dr_walk(restore)
+        try:
+            status = self._dr_walk(restore)
+        except BaseException:
+            if created:  # leave the object tree as it was before the call
+                self._dr_remove_save_counter()
+            raise
+        if created and self._dr_graph_root is not None:
+            # TF creates the counter after the walk and consumes the root's pending restore of
+            # "save_counter" with it; here the walk restored it as an attached dependency
+            pending = self._dr_graph_root._dr_deferred.get("save_counter", [])
+            pending[:] = [p for p in pending if p.restore is not restore]
+            if not pending:
+                self._dr_graph_root._dr_deferred.pop("save_counter", None)
+        return status
+
+    def _dr_remove_save_counter(self) -> None:
+        counter = self._dr_save_counter
+        object.__setattr__(self, "_dr_save_counter", None)
+        if self._dr_children.get("save_counter") is counter:
+            del self._dr_children["save_counter"]
+        self._dr_attached[:] = [(n, o) for n, o in self._dr_attached if o is not counter]
 
     def _dr_open(self, save_path, storage_options, executor, verify, max_inflight_bytes, progress,
                  fetch) -> _Restore:
@@ -1013,7 +1081,11 @@ class Checkpoint(Node):
 
         if not restore.graph.nodes:
             return CheckpointLoadStatus(restore, view)
-        batch.execute(walk)
+        try:
+            batch.execute(walk)
+        except BaseException:
+            restore.report.expect_partial = True  # undone: nothing of it is left to report
+            raise
         return CheckpointLoadStatus(restore, view)
 
     @property

@@ -9,11 +9,10 @@ objects is ``distrestore.objects``' job.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from ..errors import CorruptCheckpointError, TensorNotFoundError
-from .wire import LENGTH, VARINT, field, iter_fields, to_signed64
+from .wire import FIXED32, FIXED64, LENGTH, VARINT, field, read_varint, to_signed64
 
 OBJECT_GRAPH_PROTO_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VARIABLE_VALUE_KEY = "VARIABLE_VALUE"
@@ -63,16 +62,14 @@ def checkpoint_key(path: Iterable[str], attribute: str = VARIABLE_VALUE_KEY) -> 
 
 # -- messages ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ObjectReference:
+class ObjectReference(NamedTuple):
     """An edge: ``local_name`` of the parent leads to node ``node_id``."""
 
     node_id: int
     local_name: str
 
 
-@dataclass(frozen=True)
-class SerializedTensor:
+class SerializedTensor(NamedTuple):
     """One saved tensor of an object."""
 
     name: str
@@ -83,8 +80,7 @@ class SerializedTensor:
     """The bundle key the value is stored under: the only authority for reading it."""
 
 
-@dataclass(frozen=True)
-class SlotVariableReference:
+class SlotVariableReference(NamedTuple):
     """An optimizer's slot ``slot_name`` for the variable at ``original_variable_node_id``."""
 
     original_variable_node_id: int
@@ -92,14 +88,12 @@ class SlotVariableReference:
     slot_variable_node_id: int
 
 
-@dataclass(frozen=True)
-class RegisteredSaver:
+class RegisteredSaver(NamedTuple):
     name: str
     object_name: str
 
 
-@dataclass(frozen=True)
-class TrackableObject:
+class TrackableObject(NamedTuple):
     """One node of the graph."""
 
     children: tuple[ObjectReference, ...] = ()
@@ -136,8 +130,47 @@ class TrackableObject:
         return None
 
 
-def _str(b: bytes) -> str:
-    return b.decode("utf-8", "surrogateescape")
+def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
+    """The fields of the message in ``buf[pos:end]``: ``(number, wire, a, b)`` where a length-
+    delimited value is ``buf[a:b]`` and a varint's value is ``a``. Offsets, not copies: a graph
+    has a few fields per object and hundreds of thousands of objects in big models."""
+    out = []
+    try:
+        while pos < end:
+            tag = buf[pos]
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = read_varint(buf, pos)
+            wire = tag & 7
+            if wire == LENGTH:
+                n = buf[pos]
+                if n < 0x80:
+                    pos += 1
+                else:
+                    n, pos = read_varint(buf, pos)
+                if pos + n > end:
+                    raise CorruptCheckpointError("length-delimited field runs past the message")
+                out.append((tag >> 3, LENGTH, pos, pos + n))
+                pos += n
+            elif wire == VARINT:
+                v = buf[pos]
+                if v < 0x80:
+                    pos += 1
+                else:
+                    v, pos = read_varint(buf, pos)
+                out.append((tag >> 3, VARINT, v, 0))
+            elif wire == FIXED32:
+                pos += 4
+            elif wire == FIXED64:
+                pos += 8
+            else:
+                raise CorruptCheckpointError(f"unsupported protobuf wire type {wire}")
+    except IndexError:
+        raise CorruptCheckpointError("truncated protobuf message") from None
+    if pos > end:
+        raise CorruptCheckpointError("truncated protobuf message")
+    return out
 
 
 def _int32(v: int) -> int:
@@ -145,79 +178,49 @@ def _int32(v: int) -> int:
     return v - (1 << 32) if v >= 1 << 31 else v
 
 
-def _decode_reference(buf: bytes) -> ObjectReference:
-    node_id, name = 0, ""
-    for num, wire, val in iter_fields(buf):
-        if num == 1 and wire == VARINT:
-            node_id = _int32(val)
-        elif num == 2 and wire == LENGTH:
-            name = _str(val)
-    return ObjectReference(node_id, name)
-
-
-def _decode_tensor(buf: bytes) -> SerializedTensor:
-    name = full_name = key = ""
-    for num, wire, val in iter_fields(buf):
-        if wire != LENGTH:
-            continue  # e.g. field 4 optional_restore (bool) in older protos
-        if num == 1:
-            name = _str(val)
-        elif num == 2:
-            full_name = _str(val)
-        elif num == 3:
-            key = _str(val)
-    return SerializedTensor(name, full_name, key)
-
-
-def _decode_slot(buf: bytes) -> SlotVariableReference:
-    original, slot_name, slot_id = 0, "", 0
-    for num, wire, val in iter_fields(buf):
-        if num == 1 and wire == VARINT:
-            original = _int32(val)
-        elif num == 2 and wire == LENGTH:
-            slot_name = _str(val)
-        elif num == 3 and wire == VARINT:
-            slot_id = _int32(val)
-    return SlotVariableReference(original, slot_name, slot_id)
-
-
-def _decode_saver(buf: bytes) -> RegisteredSaver:
-    name = object_name = ""
-    for num, wire, val in iter_fields(buf):
-        if num == 1 and wire == LENGTH:
-            name = _str(val)
-        elif num == 2 and wire == LENGTH:
-            object_name = _str(val)
-    return RegisteredSaver(name, object_name)
-
-
-def _decode_bool_value(buf: bytes) -> bool:
-    value = False
-    for num, wire, val in iter_fields(buf):
-        if num == 1 and wire == VARINT:
-            value = bool(val)
-    return value
-
-
-def _decode_object(buf: bytes) -> TrackableObject:
+def _decode_object(buf: bytes, pos: int, end: int) -> TrackableObject:
     children, attributes, slots = [], [], []
     saver = None
     has_values = None
-    for num, wire, val in iter_fields(buf):
+    for num, wire, a, b in _fields(buf, pos, end):
         if wire != LENGTH:
             continue
-        if num == 1:
-            children.append(_decode_reference(val))
-        elif num == 2:
-            attributes.append(_decode_tensor(val))
-        elif num == 3:
-            slots.append(_decode_slot(val))
-        elif num == 4:
-            saver = _decode_saver(val)
-            if not saver.name:  # proto3: an empty message is "set" but TF tests .name
-                saver = None if not saver.object_name else saver
-        elif num == 5:
-            has_values = _decode_bool_value(val)
+        if num == 1:  # ObjectReference
+            node_id, name = 0, ""
+            for n2, w2, a2, b2 in _fields(buf, a, b):
+                if n2 == 1 and w2 == VARINT:
+                    node_id = _int32(a2)
+                elif n2 == 2 and w2 == LENGTH:
+                    name = buf[a2:b2].decode("utf-8", "surrogateescape")
+            children.append(ObjectReference(node_id, name))
+        elif num == 2:  # SerializedTensor (field 4, optional_restore, of older protos skipped)
+            strs = ["", "", ""]
+            for n2, w2, a2, b2 in _fields(buf, a, b):
+                if w2 == LENGTH and 1 <= n2 <= 3:
+                    strs[n2 - 1] = buf[a2:b2].decode("utf-8", "surrogateescape")
+            attributes.append(SerializedTensor(*strs))
+        elif num == 3:  # SlotVariableReference
+            original, slot_name, slot_id = 0, "", 0
+            for n2, w2, a2, b2 in _fields(buf, a, b):
+                if n2 == 1 and w2 == VARINT:
+                    original = _int32(a2)
+                elif n2 == 2 and w2 == LENGTH:
+                    slot_name = buf[a2:b2].decode("utf-8", "surrogateescape")
+                elif n2 == 3 and w2 == VARINT:
+                    slot_id = _int32(a2)
+            slots.append(SlotVariableReference(original, slot_name, slot_id))
+        elif num == 4:  # RegisteredSaver
+            strs = ["", ""]
+            for n2, w2, a2, b2 in _fields(buf, a, b):
+                if w2 == LENGTH and 1 <= n2 <= 2:
+                    strs[n2 - 1] = buf[a2:b2].decode("utf-8", "surrogateescape")
+            # proto3: an empty message is "set", but TF tests the saver's name
+            saver = RegisteredSaver(*strs) if any(strs) else None
+        elif num == 5:  # google.protobuf.BoolValue
+            has_values = False
+            for n2, w2, a2, _ in _fields(buf, a, b):
+                if n2 == 1 and w2 == VARINT:
+                    has_values = bool(a2)
     return TrackableObject(tuple(children), tuple(attributes), tuple(slots), saver, has_values)
 
 
@@ -225,11 +228,12 @@ def parse_object_graph(data: bytes, *, source: str = "checkpoint") -> "ObjectGra
     """Decode a serialized ``TrackableObjectGraph``; unknown fields are skipped."""
     if isinstance(data, str):
         data = data.encode("latin-1")
+    buf = bytes(data)
     nodes = []
     try:
-        for num, wire, val in iter_fields(memoryview(bytes(data))):
+        for num, wire, a, b in _fields(buf, 0, len(buf)):
             if num == 1 and wire == LENGTH:
-                nodes.append(_decode_object(val))
+                nodes.append(_decode_object(buf, a, b))
     except CorruptCheckpointError as e:
         raise CorruptCheckpointError(f"{source}: cannot parse {OBJECT_GRAPH_PROTO_KEY}: {e}") from None
     graph = ObjectGraph(tuple(nodes))
