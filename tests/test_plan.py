@@ -64,7 +64,7 @@ def test_small_neighbours_share_one_packed_request():
     assert len(p.packed) == 1
     g = p.packed[0]
     assert (g.file, g.start, g.size) == (D0, 0, 44)
-    assert g.outputs == (0, 2, 1) and g.offsets == (0, 16, 32)
+    assert g.outputs.tolist() == [0, 2, 1] and g.offsets.tolist() == [0, 16, 32]
     assert p.requests == (p.requests[0],)
     r = p.requests[0]
     assert (r.file, r.start, r.end) == (D0, 0, 44)
