@@ -145,6 +145,8 @@ class IndexColumns(NamedTuple):
     crc: np.ndarray  # uint32, masked
     sliced: np.ndarray  # bool
     expected_size: np.ndarray  # int64: elements x itemsize (-1 for strings and variants)
+    kind: np.ndarray  # int64: equal for entries of equal dtype and shape
+    shapes: list[tuple[int, ...]]
 
     @classmethod
     def build(cls, entries: dict[str, TensorEntry]) -> "IndexColumns":
@@ -156,8 +158,12 @@ class IndexColumns(NamedTuple):
             position = dict(zip(names, range(n)))
             col = lambda k, t: np.fromiter(map(itemgetter(k), rows), t, n)  # noqa: E731
             dtype = np.fromiter(map(attrgetter("dtype.enum"), rows), np.int16, n)
-            elems = {shape: int(np.prod(shape, dtype=np.int64)) for shape in set(map(itemgetter(2), rows))}
-            count = np.fromiter(map(elems.__getitem__, map(itemgetter(2), rows)), np.int64, n)
+            shape_list = list(map(itemgetter(2), rows))
+            shapes = set(shape_list)
+            elems = {shape: int(np.prod(shape, dtype=np.int64)) for shape in shapes}
+            count = np.fromiter(map(elems.__getitem__, shape_list), np.int64, n)
+            shape_id = dict(zip(shapes, range(len(shapes))))
+            kind = np.fromiter(map(shape_id.__getitem__, shape_list), np.int64, n) * 64 + dtype
             itemsize = np.full(64, -1, np.int64)
             for d in dtypes.BY_ENUM.values():
                 if d.fixed_width and d.enum < 64:
@@ -166,7 +172,7 @@ class IndexColumns(NamedTuple):
             expected = np.where(size_of > 0, count * size_of, -1)
             sliced = np.fromiter(map(bool, map(itemgetter(7), rows)), bool, n)
             return cls(names, position, rows, dtype, col(3, np.int64), col(4, np.int64),
-                       col(5, np.int64), col(6, np.uint32), sliced, expected)
+                       col(5, np.int64), col(6, np.uint32), sliced, expected, kind, shape_list)
 
 
 def _check_version(header: BundleHeader, path: str) -> None:

@@ -16,7 +16,10 @@ class CheckpointState(NamedTuple):
     last_preserved_timestamp: float
 
 
-_TOKEN = re.compile(r'\s*([A-Za-z_]+)\s*:\s*(?:"((?:[^"\\]|\\.)*)"|\'((?:[^\'\\]|\\.)*)\'|([-+0-9.eEinfINFa]+))\s*')
+_TOKEN = re.compile(r'([A-Za-z_]+)\s*:\s*(?:"((?:[^"\\]|\\.)*)"|\'((?:[^\'\\]|\\.)*)\'|([-+0-9.eEinfINFa]+))')
+# between fields: whitespace, comments and the optional ',' / ';' separators. Comments are skipped
+# here, not stripped beforehand, so a '#' inside a quoted path stays part of the path.
+_SKIP = re.compile(r'(?:\s+|#[^\n]*|[,;])*')
 
 
 def _unescape(s: str) -> str:
@@ -29,9 +32,8 @@ def parse_state(text: str, where: str = "checkpoint") -> CheckpointState:
     paths: list[str] = []
     stamps: list[float] = []
     preserved = 0.0
-    pos = 0
-    text = re.sub(r"(?m)#.*$", "", text)
-    while pos < len(text.rstrip()):
+    pos = _SKIP.match(text).end()
+    while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m:
             raise CorruptCheckpointError(f"{where}: cannot parse checkpoint state near {text[pos:pos + 40]!r}")
@@ -45,7 +47,7 @@ def parse_state(text: str, where: str = "checkpoint") -> CheckpointState:
             stamps.append(float(value))
         elif name == "last_preserved_timestamp":
             preserved = float(value)
-        pos = m.end()
+        pos = _SKIP.match(text, m.end()).end()
     return CheckpointState(latest, paths, stamps, preserved)
 
 
