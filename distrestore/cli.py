@@ -1,4 +1,4 @@
-"""Command line: ``python -m distrestore {demo,ls,restore,plan}``; also a Ray job entry point
+"""Command line: ``python -m distrestore {demo,ls,tree,plan,restore}``; also a Ray job entry point
 (``ray job submit -- python -m distrestore restore s3://... --executor ray``)."""
 
 from __future__ import annotations
@@ -23,6 +23,14 @@ def cmd_ls(args) -> int:
     dtypes = {n: e.dtype.name for n, e in reader.index.entries.items()}
     for name, shape in sorted(reader.get_variable_to_shape_map().items()):
         print(f"{name}\t{dtypes[name]}\t{shape}")
+    return 0
+
+
+def cmd_tree(args) -> int:
+    from .index import open_checkpoint
+    from .objects import read_object_graph
+    index = open_checkpoint(args.checkpoint, storage_options=_storage_options(args))
+    print(read_object_graph(index).format_tree(index.entries))
     return 0
 
 
@@ -104,6 +112,7 @@ def main(argv=None) -> int:
             sp.add_argument("--executor", default="threads", choices=["threads", "ray"])
 
     common(sub.add_parser("ls", help="list tensors: name, dtype, shape"))
+    common(sub.add_parser("tree", help="print a TF2 checkpoint's object graph"))
     common(sub.add_parser("plan", help="print the read plan"), names=True)
     r = sub.add_parser("restore", help="restore tensors in parallel")
     common(r, names=True)
@@ -113,4 +122,5 @@ def main(argv=None) -> int:
     d = sub.add_parser("demo", help="write a checkpoint, restore it in parallel, check it")
     d.add_argument("--executor", default="threads", choices=["threads", "ray"])
     args = p.parse_args(argv)
-    return {"ls": cmd_ls, "plan": cmd_plan, "restore": cmd_restore, "demo": cmd_demo}[args.cmd](args)
+    return {"ls": cmd_ls, "tree": cmd_tree, "plan": cmd_plan, "restore": cmd_restore,
+            "demo": cmd_demo}[args.cmd](args)

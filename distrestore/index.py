@@ -16,7 +16,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 from ._gc import gc_paused
-from .errors import (CheckpointNotFoundError, CorruptCheckpointError, StorageError,
+from .errors import (CheckpointNotFoundError, CorruptCheckpointError, DistRestoreError, StorageError,
                      TensorNotFoundError, UnsupportedCheckpointError)
 from .format import dtypes, sstable
 from .format.messages import (BIG, BundleHeader, TensorEntry, decode_block_entries, decode_entry,
@@ -55,6 +55,10 @@ class CheckpointIndex:
                     decode_block_entries(block, sstable.entries_limit(block, path), entries, hidden, path)
         except (IndexError, struct.error):
             raise CorruptCheckpointError(f"{path}: truncated index block entry") from None
+        except DistRestoreError as e:  # e.g. an unknown dtype, named by tensor: add the file
+            if path in str(e):
+                raise
+            raise type(e)(f"{path}: {e}") from None
         if "" not in entries:
             raise CorruptCheckpointError(f"{path}: the index has no header entry")
         header = decode_header(entries.pop(""), path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from ..errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError, DistRestoreError
 from . import dtypes
 from .slices import Extents
 from .wire import FIXED32, LENGTH, VARINT, field, iter_fields, read_varint, to_signed64
@@ -244,9 +244,9 @@ def decode_block_entries(block: bytes, limit: int, out: dict, hidden: dict, path
     try:
         _speedups.decode_block_entries(block, limit, out, hidden, _head_cache, TensorEntry, _head,
                                        decode_entry)
-    except CorruptCheckpointError:
+    except DistRestoreError:  # ours, raised by the fallbacks it calls: already precise
         raise
-    except ValueError as e:
+    except ValueError as e:  # the C loop's own complaints about the block's framing
         raise CorruptCheckpointError(f"{path}: {e}") from None
 
 
