@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from operator import attrgetter, itemgetter
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .format.messages import (BIG, BundleHeader, TensorEntry, decode_block_entri
                               decode_header)
 from .format.slices import Extents, slice_key
 from .format.state import CheckpointState, parse_state
-from .storage import Storage, dirname, is_absolute, join
+from .storage import Storage, is_absolute, join
 
 CONSUMER = 1  # the bundle format version this reader implements (TF's kTensorBundleVersion)
 
@@ -275,12 +275,3 @@ def open_checkpoint(ckpt_dir_or_file, *, storage_options: dict | None = None,
             f"Unsuccessful TensorSliceReader constructor: Failed to find any matching files for "
             f"{prefix} (no {prefix}.index)")
     return CheckpointIndex.open(prefix, storage)
-
-
-def checkpoint_dir_of(prefix: str) -> str:
-    return dirname(prefix)
-
-
-def iter_entries(index: CheckpointIndex, names: Iterable[str] | None = None):
-    for name in (index.entries if names is None else names):
-        yield index.entry(name)

@@ -19,9 +19,6 @@ from .index import CheckpointIndex, open_checkpoint
 from .plan import PlanOptions, ReadPlan, build_plan
 from .progress import make_progress
 
-OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-
-
 class TensorRequest(NamedTuple):
     """A wanted tensor, or a region of it (a tuple of step-1 slices in the full tensor's
     coordinates; None means the whole tensor). Partitioned tensors are assembled transparently.

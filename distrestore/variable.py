@@ -7,8 +7,6 @@ variable half-assigned.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from .errors import ShapeMismatchError
@@ -100,5 +98,3 @@ class Variable:
     def __repr__(self) -> str:
         return f"<dr.Variable {self.name or ''!s} shape={list(self.shape)} dtype={self._dtype.name}>"
 
-
-Initializer = Callable[[tuple, np.dtype], np.ndarray]

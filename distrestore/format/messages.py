@@ -251,68 +251,15 @@ def decode_block_entries(block: bytes, limit: int, out: dict, hidden: dict, path
 
 
 def py_decode_block_entries(block: bytes, limit: int, out: dict, hidden: dict, path: str) -> None:
-    """Walk one decoded index block (entries end at ``limit``) and decode every tensor entry
-    into ``out[name]``; slice-entry keys (leading NUL) go to ``hidden[key] = raw value``.
-
-    This fuses the table walk and ``decode_entry`` for the layout TF writes for plain entries
-    (dtype, shape, then shard/offset/size/crc), which is the whole cost of opening a checkpoint
-    with hundreds of thousands of tensors; anything else falls back to ``decode_entry``.
-    """
-    pos = 0
-    key = b""
-    head_cache = _head_cache
-    unpack = _unpack_u32
-    make = TensorEntry
-    while pos < limit:
-        shared, non_shared, vlen = block[pos], block[pos + 1], block[pos + 2]
-        if (shared | non_shared | vlen) < 0x80:
-            pos += 3
+    """Walk one decoded index block and decode every tensor entry into ``out[name]``; the
+    header (key "") goes to ``out[""]`` raw and slice-entry keys (leading NUL) to
+    ``hidden[key] = raw value``. The pure-Python twin of the C accelerator's loop."""
+    from .sstable import iter_block
+    for key, value in iter_block(block, path):
+        if not key:
+            out[""] = value
+        elif key[0] == 0:
+            hidden[key] = value
         else:
-            shared, pos = read_varint(block, pos)
-            non_shared, pos = read_varint(block, pos)
-            vlen, pos = read_varint(block, pos)
-        kend = pos + non_shared
-        key = key[:shared] + block[pos:kend]
-        pos = vend = kend + vlen
-        if vend > limit:
-            raise CorruptCheckpointError(f"{path}: block entry runs past the block end")
-        if not key or key[0] == 0:
-            if key:
-                hidden[key] = block[kend:vend]
-            else:
-                out[""] = block[kend:vend]  # the header, decoded by the caller
-            continue
-        name = key.decode("utf-8", "surrogateescape")
-        # fast path: 08 <dtype> 12 <len> <shape...> then fields 3-6 only
-        if vlen > 4 and block[kend] == 0x08 and block[kend + 2] == 0x12 and block[kend + 3] < 0x80 \
-                and block[kend + 1] < 0x80:
-            p = kend + 4 + block[kend + 3]
-            head = block[kend:p]
-            hit = head_cache.get(head)
-            if hit is None:
-                hit = _head(head, name)
-            shard = offset = size = crc = 0
-            ok = True
-            while p < vend:
-                tag = block[p]
-                if tag == 0x35:
-                    (crc,) = unpack(block, p + 1)
-                    p += 5
-                    continue
-                if tag != 0x20 and tag != 0x28 and tag != 0x18:
-                    ok = False
-                    break
-                v = block[p + 1]
-                p += 2
-                if v >= 0x80:
-                    v, p = read_varint(block, p - 1)
-                if tag == 0x20:
-                    offset = v
-                elif tag == 0x28:
-                    size = v
-                else:
-                    shard = v
-            if ok and p == vend:
-                out[name] = make(name, hit[0], hit[1], shard, offset, size, crc, ())
-                continue
-        out[name] = decode_entry(name, block[kend:vend])
+            name = key.decode("utf-8", "surrogateescape")
+            out[name] = decode_entry(name, value)

@@ -98,11 +98,6 @@ def to_box(extents: Extents, shape: Sequence[int]) -> Box:
     return tuple((0, d) if n == -1 else (s, s + n) for (s, n), d in zip(extents, shape))
 
 
-def to_extents(box: Box, shape: Sequence[int]) -> Extents:
-    """Extents as TF writes them: a dimension covered whole becomes (0, -1)."""
-    return tuple((0, -1) if (a, b) == (0, d) else (a, b - a) for (a, b), d in zip(box, shape))
-
-
 def box_from_region(region, shape: Sequence[int]) -> Box:
     """A region given as a tuple of ``slice`` objects (step 1) or None (whole tensor)."""
     if region is None:

@@ -1,0 +1,67 @@
+"""The C index accelerator and the pure-Python loop decode every index identically."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distrestore.format import crc, messages, sstable
+from distrestore.format.messages import encode_entry, encode_header
+from distrestore.format.slices import slice_key
+from distrestore.index import CheckpointIndex
+
+pytestmark = pytest.mark.skipif(messages._speedups is None, reason="C accelerator not built")
+
+
+def both(prefix: str, raw: bytes, monkeypatch) -> tuple[CheckpointIndex, CheckpointIndex]:
+    fast = CheckpointIndex.from_bytes(prefix, raw)
+    with monkeypatch.context() as m:
+        m.setattr(messages, "_speedups", None)
+        slow = CheckpointIndex.from_bytes(prefix, raw)
+    return fast, slow
+
+
+def test_fixtures_decode_identically(fixtures_dir, monkeypatch):
+    checked = 0
+    for exp in sorted(fixtures_dir.glob("*/expected.json")):
+        prefix = exp.parent / json.loads(exp.read_text())["prefix"]
+        index_file = prefix.with_name(prefix.name + ".index")
+        if not index_file.exists():
+            continue
+        fast, slow = both(str(prefix), index_file.read_bytes(), monkeypatch)
+        assert fast.entries == slow.entries and fast._slice_values == slow._slice_values
+        assert fast.header == slow.header
+        checked += 1
+    assert checked >= 8
+
+
+def test_unusual_entries_decode_identically(monkeypatch):
+    items = {b"": encode_header(3)}
+    for i in range(3000):  # several blocks, varints of every width, long shared prefixes
+        name = f"scope_{i % 7}/{'x' * (i % 200)}/ü{i}".encode()
+        items[name] = encode_entry(1 + i % 20 if 1 + i % 20 not in (7, 20, 21) else 1,
+                                   (i % 5, 300 + i) if i % 3 else (), i % 3, i * 70_000_001,
+                                   i * 129, crc.mask(i))
+    items[b"part"] = encode_entry(1, (10, 3), slices=[((0, 4), (0, -1)), ((4, 6), (0, -1))])
+    items[slice_key("part", ((0, 4), (0, -1)))] = encode_entry(1, (4, 3), 1, 0, 48, 5)
+    items[slice_key("part", ((4, 6), (0, -1)))] = encode_entry(1, (6, 3), 1, 48, 72, 6)
+    items[b"unknown_field"] = encode_entry(1, (2,), 0, 0, 8, 1) + b"\x40\x05"  # field 8, varint
+    raw = sstable.build_table(sorted(items.items()), block_size=4096)
+    fast, slow = both("mem/x", raw, monkeypatch)
+    assert len(fast.entries) == 3002
+    assert fast.entries == slow.entries and fast._slice_values == slow._slice_values
+    assert fast.entries["part"].slices == (((0, 4), (0, -1)), ((4, 6), (0, -1)))
+    assert type(fast.entries["unknown_field"]) is messages.TensorEntry
+
+
+def test_corrupt_block_framing_is_a_named_error():
+    items = sorted({b"": encode_header(1), b"a": encode_entry(1, (1,), 0, 0, 4, 0)}.items())
+    block = sstable._BlockBuilder(16)
+    for k, v in items:
+        block.add(k, v)
+    raw = bytearray(block.finish())
+    raw[2] = 0x7F  # the header entry claims a 127-byte value
+    with pytest.raises(ValueError, match="mem/y.index"):
+        messages.decode_block_entries(bytes(raw), sstable.entries_limit(bytes(raw), "x"), {}, {},
+                                      "mem/y.index")
