@@ -9,7 +9,9 @@ refused with a message saying so.
 
 from __future__ import annotations
 
+import os
 import struct
+import warnings
 from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
@@ -201,13 +203,19 @@ def get_checkpoint_state(checkpoint_dir: str, latest_filename: str | None = None
                          storage: Storage | None = None) -> CheckpointState | None:
     """The directory's ``checkpoint`` state, relative paths joined with the directory (TF's
     ``get_checkpoint_state``); None when the file does not exist."""
+    checkpoint_dir = os.fspath(checkpoint_dir)
     storage = storage or Storage.for_url(checkpoint_dir, storage_options)
     path = join(checkpoint_dir, latest_filename or "checkpoint")
     try:
         text = storage.read(path).decode("utf-8")
     except CheckpointNotFoundError:
         return None
-    state = parse_state(text, path)
+    try:
+        state = parse_state(text, path)
+    except (CorruptCheckpointError, UnicodeDecodeError) as e:
+        # TF logs "<path>: Checkpoint ignored" and carries on as if there were no state file
+        warnings.warn(f"{path}: checkpoint state file ignored, it does not parse: {e}", stacklevel=2)
+        return None
     if not state.model_checkpoint_path:
         raise CorruptCheckpointError(f"Invalid checkpoint state loaded from {checkpoint_dir}")
 
@@ -221,6 +229,7 @@ def get_checkpoint_state(checkpoint_dir: str, latest_filename: str | None = None
 def latest_checkpoint(checkpoint_dir: str, latest_filename: str | None = None, *,
                       storage_options: dict | None = None, storage: Storage | None = None) -> str | None:
     """The newest checkpoint prefix listed in the directory's state file, if its files exist."""
+    checkpoint_dir = os.fspath(checkpoint_dir)
     storage = storage or Storage.for_url(checkpoint_dir, storage_options)
     state = get_checkpoint_state(checkpoint_dir, latest_filename, storage=storage)
     if state is None:
@@ -266,7 +275,7 @@ def open_checkpoint(ckpt_dir_or_file, *, storage_options: dict | None = None,
     """Resolve a directory or prefix and read its index once."""
     if isinstance(ckpt_dir_or_file, CheckpointIndex):
         return ckpt_dir_or_file
-    path = str(ckpt_dir_or_file)
+    path = os.fspath(ckpt_dir_or_file)
     storage = storage or Storage.for_url(path, storage_options)
     prefix = resolve_prefix(path, storage)
     if not storage.exists(prefix + ".index"):

@@ -125,7 +125,8 @@ class Storage:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_url(cls, url: str, storage_options: dict | None = None, **kw) -> "Storage":
+    def for_url(cls, url, storage_options: dict | None = None, **kw) -> "Storage":
+        url = os.fspath(url)
         protocol = "file" if is_local(url) else url.split("://", 1)[0]
         return cls(protocol, dict(storage_options or {}), **kw)
 

@@ -8,6 +8,7 @@ one tensor from several inputs are joined; unlike TF it never deletes a director
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Mapping, Sequence
 
@@ -30,7 +31,15 @@ def _as_array(name: str, value) -> tuple[np.ndarray, dtypes.DType]:
         value = value.numpy()
     if isinstance(value, (bytes, str)):
         value = np.array(value, dtype=object)
-    arr = np.asarray(value)
+    arr = None
+    if isinstance(value, (list, tuple)):
+        # lists of bytes/str: np.asarray would make fixed-width S/U arrays, which drop trailing
+        # NUL bytes (and refuse non-ASCII bytes next to str)
+        obj = np.array(value, dtype=object)
+        if obj.size and all(isinstance(v, (bytes, str)) for v in obj.reshape(-1).tolist()):
+            arr = obj
+    if arr is None:
+        arr = np.asarray(value)
     dt = dtypes.from_numpy(arr.dtype)
     if dt.is_string:
         flat = [v.encode() if isinstance(v, str) else bytes(v) for v in arr.reshape(-1).tolist()]
@@ -57,6 +66,7 @@ def save_tensors(prefix: str, tensors: Mapping[str, object], *, num_shards: int 
     them; bfloat16/float8/int4 via ml_dtypes arrays."""
     if num_shards < 1:
         raise ValueError("num_shards must be at least 1")
+    prefix = os.fspath(prefix)  # a str or a path-like, as TF's savers accept
     storage = Storage.for_url(prefix, storage_options)
     items = sorted(((n, *_as_array(n, v)) for n, v in tensors.items()), key=lambda t: t[0].encode())
     if any(n == "" for n, _, _ in items):
@@ -100,6 +110,7 @@ def merge_checkpoints(sources: Sequence[str], destination: str, *,
     another filesystem), source ``.index`` files are removed. No directory is ever deleted."""
     if not sources:
         raise ValueError("merge_checkpoints needs at least one source")
+    destination = os.fspath(destination)
     dest_storage = Storage.for_url(destination, storage_options)
     indexes = [open_checkpoint(s, storage_options=storage_options) for s in sources]
     first = indexes[0].header
