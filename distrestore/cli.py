@@ -17,6 +17,19 @@ def _storage_options(args) -> dict | None:
     return json.loads(args.storage_options) if args.storage_options else None
 
 
+def _connect_ray(executor: str) -> None:
+    """As a Ray job's driver (``ray job submit``, a RayJob) the CLI must join the cluster itself:
+    ``ray.init()`` connects to ``RAY_ADDRESS`` when it is set and starts a local Ray otherwise."""
+    if executor != "ray":
+        return
+    import ray
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=False)
+        else:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+
+
 def cmd_ls(args) -> int:
     from .reader import load_checkpoint
     reader = load_checkpoint(args.checkpoint, storage_options=_storage_options(args))
@@ -45,6 +58,7 @@ def cmd_plan(args) -> int:
 
 def cmd_restore(args) -> int:
     from .restore import restore_tensors
+    _connect_ray(args.executor)
     t = time.perf_counter()
     out = restore_tensors(args.checkpoint, args.names or None, executor=args.executor,
                           storage_options=_storage_options(args), verify=not args.no_verify,
@@ -78,11 +92,7 @@ def cmd_demo(args) -> int:
         print(f"list_variables: {len(list_variables(prefix))} entries, e.g. {list_variables(prefix)[0]}")
         index = open_checkpoint(prefix)
         print(plan_requests([TensorRequest(index, n) for n in index.entries], args.executor).summary())
-        if args.executor == "ray":
-            import ray
-            if not ray.is_initialized():
-                ray.init(address="local", num_cpus=2, include_dashboard=False,
-                         object_store_memory=200 * 2**20, log_to_driver=False)
+        _connect_ray(args.executor)
         t = time.perf_counter()
         out = restore_tensors(prefix, executor=args.executor)
         dt = time.perf_counter() - t
