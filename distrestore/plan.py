@@ -4,8 +4,10 @@ Pure data, no I/O. Each wanted region becomes one *output*; each stored entry th
 it contributes a *piece*. A piece whose bytes are contiguous both in the data file and in the
 output is read straight into the output ("direct"); anything else (strings, a column block, a
 foreign byte order, bytes two outputs share) is read once into a *staging* buffer and copied
-out. Byte ranges are then split so every worker stays busy and coalesced across small gaps so
-small tensors do not cost a request each. Everything here is plain, frozen, picklable data.
+out; small whole tensors are read in packed groups and handed out as views. Byte ranges are then
+split so every worker stays busy and joined when adjacent (or across gaps up to
+``max_gap_bytes``, 0 by default so that subset restores read only needed bytes), so small
+tensors do not cost a request each. Everything here is plain, frozen, picklable data.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import attrgetter, itemgetter
+from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
-from typing import NamedTuple, Protocol, Sequence
 
 from .errors import CorruptCheckpointError, UnsupportedCheckpointError
 from .format import dtypes
