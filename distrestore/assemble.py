@@ -270,6 +270,15 @@ class Assembly:
 
     # -- results -----------------------------------------------------------------------------
 
+    def take_all(self) -> list[np.ndarray]:
+        """Every output, once the whole plan is done."""
+        arrays = self._arrays
+        for i in [i for i, a in enumerate(arrays) if a is None]:  # nothing to read: empty
+            self._array(i)
+        out, self._arrays = arrays, [None] * len(arrays)
+        self._bytes = [None] * len(arrays)
+        return out
+
     def take(self, i: int) -> np.ndarray:
         """Hand over a completed output and forget it (streaming frees memory this way)."""
         arr = self._arrays[i]

@@ -227,6 +227,32 @@ class Want(Protocol):
     region: tuple | None
 
 
+class Wants(NamedTuple):
+    """Wanted tensors as parallel lists: how a restore of 10^5 tensors carries its requests
+    without an object per tensor. ``of`` converts any sequence of ``Want``s."""
+
+    checkpoints: list[CheckpointIndex]
+    names: list[str]
+    regions: list  # tuple of slices, or None for the whole tensor
+
+    @classmethod
+    def of(cls, wants) -> "Wants":
+        if isinstance(wants, Wants):
+            return wants
+        wants = list(wants)
+        return cls(list(map(attrgetter("checkpoint"), wants)), list(map(attrgetter("name"), wants)),
+                   list(map(attrgetter("region"), wants)))
+
+    def distinct_checkpoints(self) -> list[CheckpointIndex]:
+        cps = self.checkpoints
+        if cps and cps.count(cps[0]) == len(cps):  # one checkpoint: a C-level scan
+            return [cps[0]]
+        return list(dict(zip(map(id, cps), cps)).values())
+
+    def all_whole(self) -> bool:
+        return self.regions.count(None) == len(self.regions)
+
+
 def _strides(shape: Sequence[int]) -> list[int]:
     out = [1] * len(shape)
     for i in range(len(shape) - 2, -1, -1):
@@ -298,28 +324,28 @@ class _Range(NamedTuple):
     entry_offset: int
 
 
-def build_plan(wants: Sequence[Want], options: PlanOptions | None = None) -> ReadPlan:
+def build_plan(wants: Sequence[Want] | Wants, options: PlanOptions | None = None) -> ReadPlan:
     options = options or PlanOptions()
-    wants = list(wants)
-    outputs: list[Output | None] = [None] * len(wants)
+    wants = Wants.of(wants)
+    n = len(wants.names)
+    outputs: list[Output | None] = [None] * n
     entries: list[StoredEntry] = []
     entry_ids: dict[tuple, int] = {}
     pieces: dict[int, list[tuple[int, Box]]] = {}  # entry id -> [(output, intersection box)]
     packed_rows = _small_whole_tensors(wants, options)  # [(index, rows, output ids)]
-    taken = np.zeros(len(wants), bool)
+    taken = np.zeros(n, bool)
     for _, _, out_ids in packed_rows:
         taken[out_ids] = True
 
     for out_id in np.flatnonzero(~taken).tolist():
-        want = wants[out_id]
-        index = want.checkpoint
-        entry = index.entry(want.name)
+        index, name = wants.checkpoints[out_id], wants.names[out_id]
+        entry = index.entry(name)
         if entry.dtype.enum == dtypes.VARIANT:
             raise UnsupportedCheckpointError(
-                f"tensor {want.name!r} in {index.prefix} is a DT_VARIANT; it has no numpy value "
+                f"tensor {name!r} in {index.prefix} is a DT_VARIANT; it has no numpy value "
                 "(read its raw records with CheckpointReader.get_variant_records)")
-        want_box = box_from_region(want.region, entry.shape)
-        outputs[out_id] = Output(want.name, index.prefix, entry.dtype.name, want_box, box_shape(want_box))
+        want_box = box_from_region(wants.regions[out_id], entry.shape)
+        outputs[out_id] = Output(name, index.prefix, entry.dtype.name, want_box, box_shape(want_box))
         if box_size(want_box) == 0:
             continue
         for stored, box in _stored_pieces(index, entry, want_box):
@@ -329,7 +355,7 @@ def build_plan(wants: Sequence[Want], options: PlanOptions | None = None) -> Rea
             eid = entry_ids.get(key)
             if eid is None:
                 eid = entry_ids[key] = len(entries)
-                entries.append(StoredEntry(want.name, file, stored.offset, stored.size, stored.crc32c,
+                entries.append(StoredEntry(name, file, stored.offset, stored.size, stored.crc32c,
                                            stored.dtype.name, box, index.big_endian, False))
                 pieces[eid] = []
             pieces[eid].append((out_id, intersect(box, want_box)))
@@ -355,14 +381,13 @@ def _small_whole_tensors(wants, options: PlanOptions):
     """Per checkpoint: index rows and output ids of wanted whole tensors that take the packed
     path (unpartitioned, fixed-width, native byte order, at most ``pack_bytes``, sane size),
     found with numpy over the index columns. Everything else takes the general path."""
-    checkpoints = list(map(attrgetter("checkpoint"), wants))
-    names = list(map(attrgetter("name"), wants))
-    whole = [i for i, r in enumerate(map(attrgetter("region"), wants)) if r is None]
+    checkpoints, names = wants.checkpoints, wants.names
+    distinct = wants.distinct_checkpoints()
     groups: dict[int, tuple] = {}
-    if len({id(c) for c in checkpoints}) == 1:  # the common case: one checkpoint, no loop
-        groups[0] = (checkpoints[0], [names[i] for i in whole], whole)
+    if len(distinct) == 1 and wants.all_whole():  # the common case: no loop at all
+        groups[0] = (distinct[0], names, range(len(names)))
     else:
-        for i in whole:
+        for i in [i for i, r in enumerate(wants.regions) if r is None]:
             g = groups.get(id(checkpoints[i]))
             if g is None:
                 g = groups[id(checkpoints[i])] = (checkpoints[i], [], [])
@@ -375,7 +400,8 @@ def _small_whole_tensors(wants, options: PlanOptions):
         cols = index.columns()
         pos = cols.position
         rows = np.fromiter(map(pos.get, names, repeat(-1)), np.int64, len(names))
-        out_ids = np.asarray(out_ids, np.int64)
+        out_ids = np.asarray(out_ids, np.int64) if not isinstance(out_ids, range) else np.arange(
+            out_ids.start, out_ids.stop, dtype=np.int64)
         found = rows >= 0
         r = np.where(found, rows, 0)
         ok = (found & ~cols.sliced[r] & (cols.size[r] <= options.pack_bytes)

@@ -16,7 +16,8 @@ from ._gc import gc_paused
 from .assemble import Assembly
 from .execute import Executor, get_executor
 from .index import CheckpointIndex, open_checkpoint
-from .plan import PlanOptions, ReadPlan, build_plan
+from .format import dtypes
+from .plan import PlanOptions, ReadPlan, Wants, build_plan
 from .progress import make_progress
 
 class TensorRequest(NamedTuple):
@@ -29,33 +30,39 @@ class TensorRequest(NamedTuple):
     region: tuple | None = None
 
 
-def plan_requests(requests: Sequence[TensorRequest], executor: Executor | str = "threads",
+def plan_requests(requests: Sequence[TensorRequest] | Wants, executor: Executor | str = "threads",
                   max_inflight_bytes: int | None = None) -> ReadPlan:
     """The ``ReadPlan`` a fetch of these requests would run (for inspection: ``print(plan)``)."""
     executor = get_executor(executor)
-    local = all(c.storage.local for c in {id(r.checkpoint): r.checkpoint for r in requests}.values())
+    wants = Wants.of(requests)
+    local = all(c.storage.local for c in wants.distinct_checkpoints())
     options = PlanOptions.for_storage(local, executor.workers_for(local), max_inflight_bytes)
     with gc_paused():
-        return build_plan(requests, options)
+        return build_plan(wants, options)
 
 
-def _run(requests: list[TensorRequest], executor, verify, max_inflight_bytes, progress):
-    """Run one plan; yield (assembly, batch of completed request indices)."""
-    executor = get_executor(executor)
-    plan = plan_requests(requests, executor, max_inflight_bytes)
-    storages = {}
-    for index in {id(r.checkpoint): r.checkpoint for r in requests}.values():
-        for f in index.data_files():
-            storages[f] = index.storage
-    assembly = Assembly(plan, verify=verify, names=[r.name for r in requests])
-    prog = make_progress(progress, plan.bytes_to_read, len(plan.outputs))
-    try:
-        for batch in executor.run(plan, assembly, storages, max_inflight_bytes=max_inflight_bytes,
-                                  progress=prog):
-            yield assembly, (batch,) if isinstance(batch, int) else batch
-    finally:
-        if prog is not None:
-            prog.close()
+class _Run:
+    """One plan, its executor, storages and assembly; ``batches()`` runs it."""
+
+    def __init__(self, wants: Wants, executor, verify: bool, max_inflight_bytes, progress):
+        self.executor = get_executor(executor)
+        self.plan = plan_requests(wants, self.executor, max_inflight_bytes)
+        self.storages = {f: index.storage for index in wants.distinct_checkpoints()
+                         for f in index.data_files()}
+        self.assembly = Assembly(self.plan, verify=verify, names=wants.names)
+        self.max_inflight_bytes = max_inflight_bytes
+        self.progress = progress
+
+    def batches(self) -> Iterator[list[int]]:
+        """Lists of output indices, as they complete."""
+        prog = make_progress(self.progress, self.plan.bytes_to_read, len(self.plan.outputs))
+        try:
+            for batch in self.executor.run(self.plan, self.assembly, self.storages,
+                                           max_inflight_bytes=self.max_inflight_bytes, progress=prog):
+                yield (batch,) if isinstance(batch, int) else batch
+        finally:
+            if prog is not None:
+                prog.close()
 
 
 def iter_fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = "threads",
@@ -67,35 +74,44 @@ def iter_fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = 
     first read starts and forgotten once yielded, so a consumer that drops them restores a
     checkpoint larger than memory (peak: the budget plus the tensors being assembled).
     """
-    for assembly, batch in _run(list(requests), executor, verify, max_inflight_bytes, progress):
+    run = _Run(Wants.of(requests), executor, verify, max_inflight_bytes, progress)
+    for batch in run.batches():
         for i in batch:
-            yield i, assembly.take(i)
+            yield i, run.assembly.take(i)
+
+
+def _fetch_all(wants: Wants, executor, verify, max_inflight_bytes, progress) -> list[np.ndarray]:
+    """Run one plan to completion and hand over every output (no per-tensor bookkeeping)."""
+    with gc_paused():  # 10^5 arrays at once: see _gc
+        run = _Run(wants, executor, verify, max_inflight_bytes, progress)
+        for _ in run.batches():
+            pass
+        return run.assembly.take_all()
 
 
 def fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = "threads",
           verify: bool = True, max_inflight_bytes: int | None = None, progress=None) -> list[np.ndarray]:
     """Read every request as one parallel plan; arrays in request order, or an error and nothing.
     Identical requests are read once (later ones get copies)."""
-    requests = list(requests)
-    keys = list(zip(map(id, map(attrgetter("checkpoint"), requests)), map(attrgetter("name"), requests),
-                    map(_region_key, map(attrgetter("region"), requests))))
-    if len(set(keys)) == len(keys):
-        unique, source = requests, None
+    wants = Wants.of(requests)
+    single = len(wants.distinct_checkpoints()) == 1
+    if single and wants.all_whole():
+        keys = wants.names
     else:
-        first: dict[tuple, int] = {}
-        unique, source = [], []
-        for r, key in zip(requests, keys):
-            if key not in first:
-                first[key] = len(unique)
-                unique.append(r)
-            source.append(first[key])
-    got: list = [None] * len(unique)
-    with gc_paused():  # 10^5 arrays at once: see _gc
-        for assembly, batch in _run(unique, executor, verify, max_inflight_bytes, progress):
-            for i in batch:
-                got[i] = assembly.take(i)
-    if source is None:
-        return got
+        keys = list(zip(map(id, wants.checkpoints), wants.names, map(_region_key, wants.regions)))
+    if len(set(keys)) == len(keys):
+        return _fetch_all(wants, executor, verify, max_inflight_bytes, progress)
+    first: dict[tuple, int] = {}
+    unique = Wants([], [], [])
+    source = []
+    for i, key in enumerate(keys):
+        if key not in first:
+            first[key] = len(unique.names)
+            unique.checkpoints.append(wants.checkpoints[i])
+            unique.names.append(wants.names[i])
+            unique.regions.append(wants.regions[i])
+        source.append(first[key])
+    got = _fetch_all(unique, executor, verify, max_inflight_bytes, progress)
     out, used = [], set()
     for j in source:
         out.append(got[j] if j not in used else got[j].copy())
@@ -111,14 +127,17 @@ def _region_key(region):
     return tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in region)
 
 
-def _requests(ckpt_dir_or_file, names, storage_options) -> list[TensorRequest]:
+def _wants(ckpt_dir_or_file, names, storage_options) -> Wants:
     index = open_checkpoint(ckpt_dir_or_file, storage_options=storage_options)
     if names is None:
-        names = [n for n, e in index.entries.items() if not e.dtype.is_variant]
+        cols = index.columns()
+        variant = cols.dtype == dtypes.VARIANT
+        names = [cols.names[i] for i in np.flatnonzero(~variant).tolist()] if variant.any() else list(cols.names)
     elif isinstance(names, str):
         names = [names]
-    make = tuple.__new__  # TensorRequest(index, n) without the NamedTuple's Python-level __new__
-    return [make(TensorRequest, (index, n, None)) for n in names]
+    else:
+        names = list(names)
+    return Wants([index] * len(names), names, [None] * len(names))
 
 
 def restore_tensors(ckpt_dir_or_file, names: Sequence[str] | None = None, *,
@@ -132,10 +151,10 @@ def restore_tensors(ckpt_dir_or_file, names: Sequence[str] | None = None, *,
     terminal (log lines otherwise) or a ``callback(bytes_done, bytes_total, tensors_done,
     tensors_total)``. Scalars come back as 0-d arrays, strings as object arrays of bytes.
     """
-    requests = _requests(ckpt_dir_or_file, names, storage_options)
-    arrays = fetch(requests, executor=executor, verify=verify,
+    wants = _wants(ckpt_dir_or_file, names, storage_options)
+    arrays = fetch(wants, executor=executor, verify=verify,
                    max_inflight_bytes=max_inflight_bytes, progress=progress)
-    return {r.name: a for r, a in zip(requests, arrays)}
+    return dict(zip(wants.names, arrays))
 
 
 def iter_restore_tensors(ckpt_dir_or_file, names: Sequence[str] | None = None, *,
@@ -143,7 +162,7 @@ def iter_restore_tensors(ckpt_dir_or_file, names: Sequence[str] | None = None, *
                          verify: bool = True, max_inflight_bytes: int | None = None,
                          progress=None) -> Iterator[tuple[str, np.ndarray]]:
     """Streaming ``restore_tensors``: yield ``(name, array)`` as each tensor completes."""
-    requests = _requests(ckpt_dir_or_file, names, storage_options)
-    for i, arr in iter_fetch(requests, executor=executor, verify=verify,
+    wants = _wants(ckpt_dir_or_file, names, storage_options)
+    for i, arr in iter_fetch(wants, executor=executor, verify=verify,
                              max_inflight_bytes=max_inflight_bytes, progress=progress):
-        yield requests[i].name, arr
+        yield wants.names[i], arr
