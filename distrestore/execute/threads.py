@@ -19,7 +19,7 @@ from ..storage import Storage
 
 class ThreadExecutor:
     """Run requests on threads. ``workers``: threads (default: 2 per core, at most 16, for local
-    files; 48 for object stores, where each request mostly waits on the network)."""
+    files; 32 for object stores, where each request mostly waits on the network)."""
 
     def __init__(self, workers: int | None = None, *, remote_workers: int | None = None):
         self.workers = workers
@@ -28,7 +28,7 @@ class ThreadExecutor:
     def workers_for(self, local: bool) -> int:
         if local:
             return self.workers or min(16, 2 * (os.cpu_count() or 2))
-        return self.remote_workers or self.workers or 48
+        return self.remote_workers or self.workers or 32
 
     def run(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], *,
             max_inflight_bytes: int | None = None, progress=None) -> Iterator[int]:
