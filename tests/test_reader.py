@@ -415,9 +415,11 @@ def test_latest_checkpoint_matches_tf(tf, name):
 
 def test_unparseable_state_file_is_like_no_state_file(tmp_path):
     (tmp_path / "checkpoint").write_text("this is { not a state file")
-    assert dr.get_checkpoint_state(str(tmp_path)) is None
-    assert dr.latest_checkpoint(str(tmp_path)) is None
-    with pytest.raises(ValueError, match="Couldn't find"):
+    with pytest.warns(UserWarning, match="state file ignored"):
+        assert dr.get_checkpoint_state(str(tmp_path)) is None
+    with pytest.warns(UserWarning, match="state file ignored"):
+        assert dr.latest_checkpoint(str(tmp_path)) is None
+    with pytest.raises(ValueError, match="Couldn't find"), pytest.warns(UserWarning):
         dr.load_checkpoint(str(tmp_path))
 
 
