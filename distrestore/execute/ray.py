@@ -6,31 +6,35 @@ of tens of MB and sends each task as a small descriptor (the ``ReadRequest`` tup
 actor. The actor reads storage itself, computes the CRC32C of every verified segment while the
 bytes are hot, and returns only the needed bytes (coalesced gaps never travel), the CRCs and its
 node id. The driver waits in completion order (``ray.wait``), copies each result once from the
-object store into the assembly's arrays, and yields the outputs that completed (in batches). A bounded number
-of tasks and bytes is in flight; a task's bytes count from submit until its result is placed, and
-never exceed half the driver node's object store (every result lands there before it is placed).
+object store into the assembly's arrays, and yields the outputs that completed, in batches. A
+bounded number of tasks and bytes is in flight: a task's bytes count from submit until its result
+is placed, and never exceed half the driver node's object store (every result lands there).
 
-**Actors, not stateless tasks.** Both were measured on one node (2 cores, 1.08 GB checkpoint, warm
-page cache, same run, medians of 5): tasks took 1.2-1.4 x the thread executor's time, an actor
-pool 0.86-0.94 x. An actor runs ``tasks_per_worker`` tasks at once in threads, so one task's
-result is copied into the object store while the next one reads; a Ray task worker runs one task
-at a time, and fractional-CPU tasks to get more of them make Ray start and reap worker processes
-between runs (2.8 x). Actors also keep what should outlive a task: each ``Storage``'s filesystem
-(s3fs/gcsfs sessions and connection pools), a thread pool for concurrent requests, reusable read
-buffers. The price is a start-up (about a second for two actors here), paid once per Ray session
-and placement: the pool is shared by every ``RayExecutor`` with the same placement options (also
-those ``executor="ray"`` makes), started by ``workers_for`` so it overlaps planning, and stays up
-idle until ``close()`` or ``ray.shutdown()``. Actors reserve no CPU by default (``num_cpus=0``):
-they mostly wait on I/O, they must not take CPUs from the user's own work, and a reservation could
-never be met on a head node started with ``--num-cpus=0``. They are placed explicitly, a few per
-node, with node affinity, and restarted by Ray if they die (reads are idempotent); if their
-node is gone, the run fails with a ``StorageError`` and the next run builds a new pool.
+**Actors, not stateless tasks.** Both were measured on one node (2 shared cores, a 1.08 GB
+checkpoint, warm page cache, interleaved runs): tasks took 1.2-1.4 x the thread executor's time,
+an actor pool 0.9-1.1 x. An actor runs ``tasks_per_worker`` tasks at once in threads, so one
+task's result is copied into the object store while the next one reads; a Ray task worker runs
+one task at a time, and fractional-CPU tasks to get more of them make Ray start and reap worker
+processes between runs (2.8 x). Actors also keep what should outlive a task: each ``Storage``'s
+filesystem (s3fs/gcsfs sessions and connection pools), a thread pool for concurrent requests,
+reusable read buffers. The price is a start-up (about a second for two actors here), paid once
+per Ray session and placement: the pool is shared by every ``RayExecutor`` with the same
+placement options (also those ``executor="ray"`` makes), started by ``workers_for`` so it
+overlaps planning, and stays up idle until ``close()`` or ``ray.shutdown()``. Actors reserve no
+CPU by default (``num_cpus=0``): they mostly wait on I/O, they must not take CPUs from the user's
+own work, and a reservation could never be met on a head node started with ``--num-cpus=0``.
+They are placed explicitly, a few per node, with node affinity, and restarted by Ray if they die
+(reads are idempotent); if their node is gone, the run fails with a ``ReadWorkerLostError`` (a
+``StorageError``) and the next run builds a new pool.
 
 **Local files are mapped.** A read of 1 MiB or more from a local file maps the range
 (``mmap`` + ``MAP_POPULATE``) and returns views of it, so the page cache is copied once, straight
-into the object store, instead of into a buffer and then into the object store (that second copy
-made the executor 2.0 x slower than threads). The file size is checked first (mapping past the
-end would crash the worker). ``map_local=False`` reads with ``Storage.readinto`` instead.
+into the object store, instead of into a buffer and then into the object store (that extra copy
+made the executor 2.0 x slower than threads). The file size is checked first (touching a mapping
+past the end would kill the worker). ``map_local=False`` reads with ``Storage.readinto`` instead.
+What remains over the thread executor on one node is one copy per byte: the actor copies the
+page cache into the object store and the driver copies that into the arrays, where threads read
+straight into them; that costs 1.2-1.4 x the CPU time of the thread executor.
 
 **Ray must already be initialized.** This module never calls ``ray.init`` with Ray's defaults
 behind the caller's back (they start a local cluster sized to the whole machine, or join whatever
@@ -45,7 +49,8 @@ import mmap
 import os
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, NamedTuple, Sequence
 
@@ -61,16 +66,22 @@ from ..storage import Storage, local_path
 
 log = logging.getLogger("distrestore")
 
-__all__ = ["RayExecutor", "RayExecutorStats", "RayNotInitializedError", "ReadWorkerLostError"]
+__all__ = ["RayExecutor", "RayExecutorStats", "RayNotInitializedError", "RayPlacementError",
+           "ReadWorkerLostError"]
 
 _MAP_MIN_BYTES = 1 << 20  # smaller local reads use preadv into a reused buffer: a mapping costs more
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the whole range in at once (Linux)
+_NUMPY_COPY_BYTES = 1 << 16
 _MAX_WORKERS_PER_NODE = 8
 _MAX_WORKERS = 64
 
 
 class RayNotInitializedError(DistRestoreError, RuntimeError):
     """The Ray executor was asked to run but Ray is not initialized (and no ``init_kwargs``)."""
+
+
+class RayPlacementError(DistRestoreError, RuntimeError):
+    """No read actor could be placed or started where this executor's options allow."""
 
 
 class ReadWorkerLostError(StorageError):
@@ -121,6 +132,8 @@ class _Result(NamedTuple):
 
 
 class _Pool:
+    """Read actors of one placement in one Ray session, and the node each one runs on."""
+
     def __init__(self, key, actors: list, nodes: list[str]):
         self.key = key
         self.actors = actors
@@ -152,6 +165,8 @@ class RayExecutor:
     ``{"reader": 1}`` runs actors only where a "reader" resource is, as many as fit).
     ``max_retries``: Ray restarts a dead actor and retries its tasks this often.
     ``map_local``: map local files (one copy into the object store) rather than read them.
+    ``place_threads``: driver threads copying results into place (default: a quarter of the
+    cores, 1 to 4).
     ``startup_timeout``: seconds to wait for the actors to start; those that cannot (no node
     with the resources) are dropped, and if none starts that is an error.
     ``init_kwargs``: call ``ray.init(**init_kwargs)`` when Ray is not initialized (otherwise
@@ -163,14 +178,15 @@ class RayExecutor:
                  max_tasks_in_flight: int | None = None, tasks_per_worker: int = 2,
                  threads_per_task: int | None = None, nodes: str | Sequence[str] | None = None,
                  num_cpus: float = 0, resources: Mapping[str, float] | None = None,
-                 max_retries: int = 3, map_local: bool = True, startup_timeout: float = 120.0,
-                 init_kwargs: Mapping | None = None):
+                 max_retries: int = 3, map_local: bool = True, place_threads: int | None = None,
+                 startup_timeout: float = 120.0, init_kwargs: Mapping | None = None):
         if target_task_bytes <= 0:
             raise ValueError("target_task_bytes must be positive")
         if tasks_per_worker < 1 or (num_workers is not None and num_workers < 1):
             raise ValueError("num_workers and tasks_per_worker must be at least 1")
         if isinstance(nodes, str) and nodes not in ("local", "spread"):
-            raise ValueError(f"nodes must be None, 'local', 'spread' or a list of node ids, not {nodes!r}")
+            raise ValueError(
+                f"nodes must be None, 'local', 'spread' or a list of node ids, not {nodes!r}")
         self.num_workers = num_workers
         self.target_task_bytes = target_task_bytes
         self.max_tasks_in_flight = max_tasks_in_flight
@@ -181,9 +197,13 @@ class RayExecutor:
         self.resources = dict(resources or {})
         self.max_retries = max_retries
         self.map_local = map_local
+        # the driver's copy out of the object store; a second thread only pays off where cores
+        # are left over from the actors (on 2 cores it cost 5% more CPU and gained nothing)
+        self.place_threads = max(1, place_threads or min(4, (os.cpu_count() or 2) // 4))
         self.startup_timeout = startup_timeout
         self.init_kwargs = dict(init_kwargs) if init_kwargs is not None else None
         self.stats = RayExecutorStats()
+        self._stats_lock = threading.Lock()
         self._keys: set = set()  # the shared pools this executor used
         self._started_ray = False
 
@@ -230,49 +250,53 @@ class RayExecutor:
         return "local" if local else "spread"
 
     def _layout(self, local: bool) -> list[str]:
-        """The node of every actor of the pool."""
+        """The node of every actor of the pool: up to one per CPU of each node (at least one on
+        the driver's node or a named node; none on CPU-less nodes when spreading, the way
+        head nodes are kept free), as many as ``num_cpus``/``resources`` let fit."""
         where = self._placement(local)
         alive = [n for n in ray.nodes() if n.get("Alive")]
-        here = ray.get_runtime_context().get_node_id()
         if where == "local":
+            here = ray.get_runtime_context().get_node_id()
             nodes = [n for n in alive if n["NodeID"] == here]
         elif where == "spread":
-            nodes = alive
+            nodes = [n for n in alive if n.get("Resources", {}).get("CPU", 0) > 0] or alive
         else:
             by_id = {n["NodeID"]: n for n in alive}
             missing = [i for i in where if i not in by_id]
             if missing:
                 raise ValueError(f"RayExecutor(nodes=...): no alive Ray node has id {missing[0]!r}")
             nodes = [by_id[i] for i in dict.fromkeys(where)]
-        counts = []
+        capacity = []
         for n in nodes:
             res = n.get("Resources", {})
-            k = max(1, min(int(res.get("CPU", 1)), _MAX_WORKERS_PER_NODE))
+            k = max(1, min(int(res.get("CPU", 0)), _MAX_WORKERS_PER_NODE))
             if self.num_cpus > 0:
                 k = min(k, int(res.get("CPU", 0) // self.num_cpus))
             for name, need in self.resources.items():
                 if need > 0:
                     k = min(k, int(res.get(name, 0) // need))
-            counts.append(k)
-        nodes = [(n["NodeID"], k) for n, k in zip(nodes, counts) if k > 0]
-        if not nodes:
-            raise StorageError(
+            if k > 0:
+                capacity.append((n["NodeID"], k))
+        if not capacity:
+            raise RayPlacementError(
                 f"no Ray node can host a read worker for this restore (placement {where!r}, "
                 f"num_cpus={self.num_cpus}, resources={self.resources})")
-        want = self.num_workers or min(_MAX_WORKERS, sum(k for _, k in nodes))
+        want = self.num_workers or min(_MAX_WORKERS, sum(k for _, k in capacity))
         layout: list[str] = []
         while len(layout) < want:  # round-robin, so every node gets some before any gets many
-            for node, k in nodes:
+            for node, k in capacity:
                 if len(layout) < want and (self.num_workers or layout.count(node) < k):
                     layout.append(node)
         return layout
 
     def _pool_key(self, local: bool) -> tuple:
+        """Pools are shared by executors whose actors would be the same, in one Ray session."""
         ctx = ray.get_runtime_context()
-        return ((ctx.get_node_id(), ctx.get_job_id()), self._placement(local) if isinstance(
-            self._placement(local), str) else tuple(self._placement(local)), self.num_workers,
-            self.num_cpus, tuple(sorted(self.resources.items())), self.tasks_per_worker,
-            self.max_retries)
+        where = self._placement(local)
+        return ((ctx.get_node_id(), ctx.get_job_id()),
+                where if isinstance(where, str) else tuple(where),
+                self.num_workers, self.num_cpus, tuple(sorted(self.resources.items())),
+                self.tasks_per_worker, self.max_retries)
 
     def _ensure_pool(self, local: bool) -> _Pool:
         self._ensure_ray()
@@ -317,7 +341,10 @@ class RayExecutor:
                     pass
             ray.kill(actor)
         if not keep:
-            raise StorageError(
+            with _POOLS_LOCK:
+                if _POOLS.get(pool.key) is pool:
+                    del _POOLS[pool.key]
+            raise RayPlacementError(
                 f"none of the {len(pool.actors)} Ray read workers started within "
                 f"{self.startup_timeout:.0f} s (num_cpus={self.num_cpus}, "
                 f"resources={self.resources}): the cluster cannot host them")
@@ -367,43 +394,69 @@ class RayExecutor:
         max_tasks = self.max_tasks_in_flight or len(actors) * (self.tasks_per_worker + 1)
         tasks = list(reversed(self._group(plan, assembly, storages, local, budget)))
         load = [0] * len(actors)
-        running: dict = {}  # ObjectRef -> (task, nbytes, actor index)
+        waiting: dict = {}  # ObjectRef -> (task, nbytes, actor index): submitted, not yet taken
+        placing: dict = {}  # Future -> nbytes: results being copied into place
+        placer = (ThreadPoolExecutor(self.place_threads, thread_name_prefix="distrestore-ray-place")
+                  if self.place_threads > 1 else None)
         inflight = 0
         try:
-            while tasks or running:
-                while tasks and len(running) < max_tasks and (
-                        not running or inflight + _task_bytes(tasks[-1]) <= budget):
+            while tasks or waiting or placing:
+                while tasks and len(waiting) + len(placing) < max_tasks and (
+                        not (waiting or placing) or inflight + _task_bytes(tasks[-1]) <= budget):
                     task = tasks.pop()
                     nbytes = _task_bytes(task)
                     a = min(range(len(actors)), key=load.__getitem__)  # the least busy actor
-                    ref = actors[a].read.remote(task)
+                    waiting[actors[a].read.remote(task)] = (task, nbytes, a)
                     load[a] += 1
-                    running[ref] = (task, nbytes, a)
                     inflight += nbytes
                     stats.max_inflight_bytes_seen = max(stats.max_inflight_bytes_seen, inflight)
-                    stats.max_tasks_in_flight_seen = max(stats.max_tasks_in_flight_seen, len(running))
-                [ref], _ = ray.wait(list(running), num_returns=1)
-                task, nbytes, a = running.pop(ref)
-                load[a] -= 1
-                try:
-                    result = _get(ref, task, assembly)
-                except ReadWorkerLostError:
-                    with _POOLS_LOCK:  # the next run starts a new pool where nodes are alive
-                        if _POOLS.get(pool.key) is pool:
-                            del _POOLS[pool.key]
-                    raise
-                del ref
-                finished = self._place(task, result, assembly, progress, stats)
-                del result  # releases the object store copy
-                inflight -= nbytes
-                if finished:
-                    yield finished
+                    stats.max_tasks_in_flight_seen = max(stats.max_tasks_in_flight_seen,
+                                                         len(waiting) + len(placing))
+                if waiting and len(placing) < self.place_threads:
+                    # completion order; while results are being placed, only look
+                    ready, _ = ray.wait(list(waiting), num_returns=1,
+                                        timeout=0.001 if placing else None)
+                    for ref in ready:
+                        task, nbytes, a = waiting.pop(ref)
+                        load[a] -= 1
+                        result = self._take(pool, ref, task, assembly)
+                        del ref
+                        if placer is None:
+                            finished = self._place(task, result, assembly, progress, stats)
+                            del result  # releases the object store copy
+                            inflight -= nbytes
+                            if finished:
+                                yield finished
+                        else:
+                            placing[placer.submit(self._place, task, result, assembly, progress,
+                                                  stats)] = nbytes
+                            del result
+                if placing:
+                    block = not waiting or len(placing) >= self.place_threads
+                    done, _ = futures_wait(placing, timeout=None if block else 0,
+                                           return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        inflight -= placing.pop(fut)
+                        finished = fut.result()  # re-raises ChecksumMismatchError
+                        if finished:
+                            yield finished
         finally:
-            for ref in running:
+            for ref in waiting:
                 try:
                     ray.cancel(ref)
                 except Exception:  # noqa: BLE001 - best effort; the task may be done already
                     pass
+            if placer is not None:
+                placer.shutdown(wait=True, cancel_futures=True)
+
+    def _take(self, pool: _Pool, ref, task: _Task, assembly: Assembly) -> _Result:
+        try:
+            return _get(ref, task, assembly)
+        except ReadWorkerLostError:
+            with _POOLS_LOCK:  # the next run starts a new pool where nodes are alive
+                if _POOLS.get(pool.key) is pool:
+                    del _POOLS[pool.key]
+            raise
 
     def _group(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage],
                local: bool, budget: float) -> list[_Task]:
@@ -460,21 +513,23 @@ class RayExecutor:
             if progress is not None:
                 progress.advance(req.nbytes, len(done))
             finished.extend(done)
-        stats.place_seconds += time.perf_counter() - t0
         nbytes = _task_bytes(task)
-        stats.tasks += 1
-        stats.requests += len(task.requests)
-        stats.bytes_read += nbytes
-        stats.bytes_shipped += shipped
-        stats.worker_seconds += result.seconds
-        stats.bytes_by_node[result.node_id] = stats.bytes_by_node.get(result.node_id, 0) + nbytes
-        stats.tasks_by_node[result.node_id] = stats.tasks_by_node.get(result.node_id, 0) + 1
+        with self._stats_lock:
+            stats.place_seconds += time.perf_counter() - t0
+            stats.tasks += 1
+            stats.requests += len(task.requests)
+            stats.bytes_read += nbytes
+            stats.bytes_shipped += shipped
+            stats.worker_seconds += result.seconds
+            stats.bytes_by_node[result.node_id] = stats.bytes_by_node.get(result.node_id, 0) + nbytes
+            stats.tasks_by_node[result.node_id] = stats.tasks_by_node.get(result.node_id, 0) + 1
         return finished
 
 
 def _place_parts(assembly: Assembly, req: ReadRequest, parts: Sequence[np.ndarray]) -> int:
     """Copy a request's needed bytes (``parts``: runs of whole segments, in order) from the
-    object store into the assembly's buffers: the one copy on the driver."""
+    object store into the assembly's buffers: the one copy on the driver. Big segments are
+    copied by numpy, which releases the GIL, so several placing threads run in parallel."""
     views = assembly.buffers(req)
     it = iter(parts)
     src = memoryview(b"")
@@ -486,7 +541,10 @@ def _place_parts(assembly: Assembly, req: ReadRequest, parts: Sequence[np.ndarra
             src = memoryview(next(it)).cast("B")
             shipped += src.nbytes
             pos = 0
-        view[:] = src[pos:pos + seg.length]
+        if seg.length >= _NUMPY_COPY_BYTES:
+            np.copyto(np.frombuffer(view, np.uint8), np.frombuffer(src, np.uint8, seg.length, pos))
+        else:
+            view[:] = src[pos:pos + seg.length]
         pos += seg.length
     return shipped
 
@@ -497,7 +555,8 @@ def _task_bytes(task: _Task) -> int:
 
 def _where(task: _Task, assembly: Assembly, index: int | None) -> str:
     req = task.requests[index if index is not None else 0]
-    more = "" if index is not None or len(task.requests) == 1 else f" and {len(task.requests) - 1} more ranges"
+    more = ("" if index is not None or len(task.requests) == 1
+            else f" and {len(task.requests) - 1} more ranges")
     return f"{req.file} bytes [{req.start}, {req.end}){more} (tensors {assembly.tensor_names(req)})"
 
 
@@ -517,8 +576,9 @@ def _get(ref, task: _Task, assembly: Assembly) -> _Result:
             raise cause from e
         raise
     except ray.exceptions.RayError as e:  # the actor (or its node) died past its restarts
-        raise ReadWorkerLostError(f"a Ray read worker failed while reading {_where(task, assembly, None)}: "
-                           f"{type(e).__name__}: {e}") from e
+        raise ReadWorkerLostError(
+            f"a Ray read worker failed while reading {_where(task, assembly, None)}: "
+            f"{type(e).__name__}: {e}") from e
 
 
 # -- the actor side ----------------------------------------------------------------------------
@@ -634,7 +694,8 @@ def _read_one(state: _WorkerState, storage: Storage, req: ReadRequest, checks, o
             skip = max((s.length for s in req.segments if s.kind == SKIP), default=0)
             if skip:  # coalesced gaps are read into scratch and never shipped
                 scratch = state.scratch(skip)
-                views = [v if v is not None else scratch[:s.length] for v, s in zip(views, req.segments)]
+                views = [v if v is not None else scratch[:s.length]
+                         for v, s in zip(views, req.segments)]
             storage.readinto(req.file, req.start, views)
             parts = [out]
     except Exception as e:  # noqa: BLE001 - tagged for the driver, re-raised as is
@@ -662,11 +723,11 @@ def _read(state: _WorkerState, task: _Task) -> _Result:
     else:
         pool = state.executor(task.threads)
         futures = [pool.submit(_read_one, state, *job) for job in jobs]
-        wait(futures, return_when=FIRST_EXCEPTION)
+        futures_wait(futures, return_when=FIRST_EXCEPTION)
         if any(f.done() and f.exception() is not None for f in futures):
             for f in futures:
                 f.cancel()
-            wait(futures)  # none may still write into the buffer the next call reuses
+            futures_wait(futures)  # none may still write into the buffer the next call reuses
         results = [f.result() for f in futures]
     node = ray.get_runtime_context().get_node_id()
     return _Result([p for p, _ in results], [c for _, c in results], node, time.perf_counter() - t0)
