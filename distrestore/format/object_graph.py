@@ -12,7 +12,7 @@ import collections
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from ..errors import CorruptCheckpointError, TensorNotFoundError
-from .wire import FIXED32, FIXED64, LENGTH, VARINT, field, read_varint, to_signed64
+from .wire import LENGTH, VARINT, field, field_spans, to_signed64
 
 OBJECT_GRAPH_PROTO_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VARIABLE_VALUE_KEY = "VARIABLE_VALUE"
@@ -130,49 +130,6 @@ class TrackableObject(NamedTuple):
         return None
 
 
-def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
-    """The fields of the message in ``buf[pos:end]``: ``(number, wire, a, b)`` where a length-
-    delimited value is ``buf[a:b]`` and a varint's value is ``a``. Offsets, not copies: a graph
-    has a few fields per object and hundreds of thousands of objects in big models."""
-    out = []
-    try:
-        while pos < end:
-            tag = buf[pos]
-            if tag < 0x80:
-                pos += 1
-            else:
-                tag, pos = read_varint(buf, pos)
-            wire = tag & 7
-            if wire == LENGTH:
-                n = buf[pos]
-                if n < 0x80:
-                    pos += 1
-                else:
-                    n, pos = read_varint(buf, pos)
-                if pos + n > end:
-                    raise CorruptCheckpointError("length-delimited field runs past the message")
-                out.append((tag >> 3, LENGTH, pos, pos + n))
-                pos += n
-            elif wire == VARINT:
-                v = buf[pos]
-                if v < 0x80:
-                    pos += 1
-                else:
-                    v, pos = read_varint(buf, pos)
-                out.append((tag >> 3, VARINT, v, 0))
-            elif wire == FIXED32:
-                pos += 4
-            elif wire == FIXED64:
-                pos += 8
-            else:
-                raise CorruptCheckpointError(f"unsupported protobuf wire type {wire}")
-    except IndexError:
-        raise CorruptCheckpointError("truncated protobuf message") from None
-    if pos > end:
-        raise CorruptCheckpointError("truncated protobuf message")
-    return out
-
-
 def _int32(v: int) -> int:
     v = to_signed64(v)
     return v - (1 << 32) if v >= 1 << 31 else v
@@ -182,12 +139,12 @@ def _decode_object(buf: bytes, pos: int, end: int) -> TrackableObject:
     children, attributes, slots = [], [], []
     saver = None
     has_values = None
-    for num, wire, a, b in _fields(buf, pos, end):
+    for num, wire, a, b in field_spans(buf, pos, end):
         if wire != LENGTH:
             continue
         if num == 1:  # ObjectReference
             node_id, name = 0, ""
-            for n2, w2, a2, b2 in _fields(buf, a, b):
+            for n2, w2, a2, b2 in field_spans(buf, a, b):
                 if n2 == 1 and w2 == VARINT:
                     node_id = _int32(a2)
                 elif n2 == 2 and w2 == LENGTH:
@@ -195,13 +152,13 @@ def _decode_object(buf: bytes, pos: int, end: int) -> TrackableObject:
             children.append(ObjectReference(node_id, name))
         elif num == 2:  # SerializedTensor (field 4, optional_restore, of older protos skipped)
             strs = ["", "", ""]
-            for n2, w2, a2, b2 in _fields(buf, a, b):
+            for n2, w2, a2, b2 in field_spans(buf, a, b):
                 if w2 == LENGTH and 1 <= n2 <= 3:
                     strs[n2 - 1] = buf[a2:b2].decode("utf-8", "surrogateescape")
             attributes.append(SerializedTensor(*strs))
         elif num == 3:  # SlotVariableReference
             original, slot_name, slot_id = 0, "", 0
-            for n2, w2, a2, b2 in _fields(buf, a, b):
+            for n2, w2, a2, b2 in field_spans(buf, a, b):
                 if n2 == 1 and w2 == VARINT:
                     original = _int32(a2)
                 elif n2 == 2 and w2 == LENGTH:
@@ -211,14 +168,14 @@ def _decode_object(buf: bytes, pos: int, end: int) -> TrackableObject:
             slots.append(SlotVariableReference(original, slot_name, slot_id))
         elif num == 4:  # RegisteredSaver
             strs = ["", ""]
-            for n2, w2, a2, b2 in _fields(buf, a, b):
+            for n2, w2, a2, b2 in field_spans(buf, a, b):
                 if w2 == LENGTH and 1 <= n2 <= 2:
                     strs[n2 - 1] = buf[a2:b2].decode("utf-8", "surrogateescape")
             # proto3: an empty message is "set", but TF tests the saver's name
             saver = RegisteredSaver(*strs) if any(strs) else None
         elif num == 5:  # google.protobuf.BoolValue
             has_values = False
-            for n2, w2, a2, _ in _fields(buf, a, b):
+            for n2, w2, a2, _ in field_spans(buf, a, b):
                 if n2 == 1 and w2 == VARINT:
                     has_values = bool(a2)
     return TrackableObject(tuple(children), tuple(attributes), tuple(slots), saver, has_values)
@@ -231,7 +188,7 @@ def parse_object_graph(data: bytes, *, source: str = "checkpoint") -> "ObjectGra
     buf = bytes(data)
     nodes = []
     try:
-        for num, wire, a, b in _fields(buf, 0, len(buf)):
+        for num, wire, a, b in field_spans(buf, 0, len(buf)):
             if num == 1 and wire == LENGTH:
                 nodes.append(_decode_object(buf, a, b))
     except CorruptCheckpointError as e:

@@ -51,32 +51,56 @@ def to_signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def iter_fields(buf) -> Iterator[tuple[int, int, object]]:
-    """Yield (field number, wire type, value); length-delimited values are ``bytes``."""
-    pos, end = 0, len(buf)
+def field_spans(buf, pos: int = 0, end: int | None = None) -> list[tuple[int, int, int, int]]:
+    """The fields of the message in ``buf[pos:end]`` as ``(number, wire, a, b)``: a length-
+    delimited value is ``buf[a:b]``; a varint's or fixed-width field's value is ``a``.
+    Offsets, not copies: an object graph has hundreds of thousands of small messages."""
+    end = len(buf) if end is None else end
+    out = []
     try:
         while pos < end:
-            tag, pos = read_varint(buf, pos)
-            field, wire = tag >> 3, tag & 7
-            if wire == VARINT:
-                val, pos = read_varint(buf, pos)
-            elif wire == LENGTH:
-                n, pos = read_varint(buf, pos)
+            tag = buf[pos]
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = read_varint(buf, pos)
+            wire = tag & 7
+            if wire == LENGTH:
+                n = buf[pos]
+                if n < 0x80:
+                    pos += 1
+                else:
+                    n, pos = read_varint(buf, pos)
                 if pos + n > end:
                     raise CorruptCheckpointError("length-delimited field runs past the message")
-                val = bytes(buf[pos:pos + n])
+                out.append((tag >> 3, LENGTH, pos, pos + n))
                 pos += n
+            elif wire == VARINT:
+                v = buf[pos]
+                if v < 0x80:
+                    pos += 1
+                else:
+                    v, pos = read_varint(buf, pos)
+                out.append((tag >> 3, VARINT, v, 0))
             elif wire == FIXED32:
-                (val,) = struct.unpack_from("<I", buf, pos)
+                out.append((tag >> 3, FIXED32, struct.unpack_from("<I", buf, pos)[0], 0))
                 pos += 4
             elif wire == FIXED64:
-                (val,) = struct.unpack_from("<Q", buf, pos)
+                out.append((tag >> 3, FIXED64, struct.unpack_from("<Q", buf, pos)[0], 0))
                 pos += 8
             else:
                 raise CorruptCheckpointError(f"unsupported protobuf wire type {wire}")
-            yield field, wire, val
     except (IndexError, struct.error):
         raise CorruptCheckpointError("truncated protobuf message") from None
+    if pos > end:
+        raise CorruptCheckpointError("truncated protobuf message")
+    return out
+
+
+def iter_fields(buf) -> Iterator[tuple[int, int, object]]:
+    """Yield (field number, wire type, value); length-delimited values are ``bytes``."""
+    for number, wire, a, b in field_spans(buf):
+        yield number, wire, (bytes(buf[a:b]) if wire == LENGTH else a)
 
 
 def field(number: int, wire: int, value) -> bytes:
