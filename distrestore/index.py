@@ -277,10 +277,19 @@ def open_checkpoint(ckpt_dir_or_file, *, storage_options: dict | None = None,
         return ckpt_dir_or_file
     path = os.fspath(ckpt_dir_or_file)
     storage = storage or Storage.for_url(path, storage_options)
+    if not storage.local:
+        # a prefix is the common case: its index in one GET, no metadata round trips first
+        # (a path that is also a directory with a `checkpoint` file is resolved as TF would
+        # only when it has no .index of its own)
+        try:
+            return CheckpointIndex.open(path, storage)
+        except CheckpointNotFoundError:
+            pass
     prefix = resolve_prefix(path, storage)
-    if not storage.exists(prefix + ".index"):
+    try:
+        return CheckpointIndex.open(prefix, storage)
+    except CheckpointNotFoundError:
         _refuse_v1(prefix, storage)
         raise CheckpointNotFoundError(
             f"Unsuccessful TensorSliceReader constructor: Failed to find any matching files for "
-            f"{prefix} (no {prefix}.index)")
-    return CheckpointIndex.open(prefix, storage)
+            f"{prefix} (no {prefix}.index)") from None

@@ -180,6 +180,9 @@ class Storage:
 
     def read(self, url: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of a file (the whole file when end is None)."""
+        if end is None and start == 0 and not self.local:
+            # one GET, not a size request first: object stores charge a round trip each
+            return self._call(url, None, lambda: self._remote_whole(url))
         if end is None:
             end = self.size(url)
         buf = bytearray(end - start)
@@ -235,6 +238,9 @@ class Storage:
         for v in views:
             v[:] = data[pos:pos + v.nbytes]
             pos += v.nbytes
+
+    def _remote_whole(self, url: str) -> bytes:
+        return bytes(self.fs.cat_file(url))
 
     def _call(self, url: str, byte_range, fn, *, what: str = ""):
         where = url + (f" bytes [{byte_range[0]}, {byte_range[1]})" if byte_range else "")

@@ -6,7 +6,8 @@ storage and ``fetch`` reads data files through it). The hooks sit where the real
 
 * public calls (``readinto``, ``read``, ``size``, ``exists``, ``isdir``, ``glob``) are counted
   as the library makes them;
-* *attempts* are counted, delayed and failed in ``_preadv`` / ``_remote_into``, the transport
+* *attempts* are counted, delayed and failed in ``_preadv`` / ``_remote_into`` /
+  ``_remote_whole``, the transport
   that ``Storage._call`` wraps in its retry loop, so the real retry policy runs on top.
 
 The wrappers pickle (their dataclass fields travel; counters start again at zero on the other
@@ -123,6 +124,10 @@ class CountingStorage(Storage):
     def _remote_into(self, url, start, views):
         self._attempt(url, start, views)
         return super()._remote_into(url, start, views)
+
+    def _remote_whole(self, url):
+        self._attempt(url, 0, [])
+        return super()._remote_whole(url)
 
 
 @dataclass
