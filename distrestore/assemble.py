@@ -58,11 +58,12 @@ class Assembly:
             if self._check[eid]:
                 for o in outs:
                     pending[o] += 1
-        for p in plan.packed:
-            for o in p.outputs.tolist():
-                pending[o] = 1  # only its group completes it
+        if plan.packed:  # only its group completes a packed output
+            marks = np.asarray(pending, np.int64)
+            marks[np.concatenate([p.outputs for p in plan.packed])] = 1
+            pending = marks.tolist()
         self._pending = pending
-        self.ready: list[int] = [i for i in range(n) if pending[i] == 0]
+        self.ready: list[int] = np.flatnonzero(np.asarray(pending) == 0).tolist() if n else []
         for i in self.ready:
             self._array(i)
         self._skip = threading.local()
@@ -204,7 +205,7 @@ class Assembly:
                 raise ChecksumMismatchError(
                     f"checksum mismatch for tensor {name!r}: {p.file} bytes [{a}, "
                     f"{a + int(p.sizes[bad])}); the data file is corrupt")
-        arrays, pending = self._arrays, self._pending
+        arrays = self._arrays
         by_enum = dtypes.BY_ENUM
         outs = p.outputs.tolist()
         offsets = p.offsets.tolist()
@@ -223,9 +224,7 @@ class Assembly:
             else:
                 for i in range(a, b):
                     arrays[outs[i]] = np.ndarray(p.shapes[i], dt, buf, offsets[i])
-        for out_id in outs:
-            pending[out_id] = 0
-        return outs
+        return outs  # their pending counts are not consulted again: the group completed them
 
     def _unstage(self, sid: int) -> None:
         st = self.plan.staging[sid]

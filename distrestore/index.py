@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
@@ -43,6 +44,7 @@ class CheckpointIndex:
         n = header.num_shards
         self._data_files = [f"{prefix}.data-{i:05d}-of-{n:05d}" for i in range(n)]
         self._columns = None
+        self._position = None
 
     # -- construction ---------------------------------------------------------------------
 
@@ -117,6 +119,16 @@ class CheckpointIndex:
             raise CorruptCheckpointError(f"{self.prefix}.index: slice of {name!r} has a different dtype")
         return entry
 
+    def rows_of(self, names: list[str]) -> np.ndarray:
+        """Row of each name in ``columns()`` (-1 where absent); the name -> row map is built
+        only when the names are not simply every entry in index order."""
+        cols = self.columns()
+        if len(names) == len(cols.names) and names == cols.names:
+            return np.arange(len(names), dtype=np.int64)
+        if self._position is None:
+            self._position = dict(zip(cols.names, range(len(cols.names))))
+        return np.fromiter(map(self._position.get, names, repeat(-1)), np.int64, len(names))
+
     def columns(self) -> "IndexColumns":
         """The entries as numpy columns (built once), for planning 10^5 tensors at numpy speed."""
         if self._columns is None:
@@ -139,10 +151,9 @@ class CheckpointIndex:
 
 
 class IndexColumns(NamedTuple):
-    """Entry fields as arrays aligned with ``names``; ``position`` maps a name to its row."""
+    """Entry fields as arrays aligned with ``names`` (``rows_of`` maps names to rows)."""
 
     names: list[str]
-    position: dict[str, int]
     entries: list[TensorEntry]
     dtype: np.ndarray  # int16 enum
     shard: np.ndarray  # int64
@@ -161,7 +172,6 @@ class IndexColumns(NamedTuple):
             names = list(entries)
             rows = list(entries.values())
             n = len(rows)
-            position = dict(zip(names, range(n)))
             col = lambda k, t: np.fromiter(map(itemgetter(k), rows), t, n)  # noqa: E731
             dtype = np.fromiter(map(attrgetter("dtype.enum"), rows), np.int16, n)
             shape_list = list(map(itemgetter(2), rows))
@@ -177,7 +187,7 @@ class IndexColumns(NamedTuple):
             size_of = itemsize[np.minimum(dtype, 63)]
             expected = np.where(size_of > 0, count * size_of, -1)
             sliced = np.fromiter(map(bool, map(itemgetter(7), rows)), bool, n)
-            return cls(names, position, rows, dtype, col(3, np.int64), col(4, np.int64),
+            return cls(names, rows, dtype, col(3, np.int64), col(4, np.int64),
                        col(5, np.int64), col(6, np.uint32), sliced, expected, kind, shape_list)
 
 

@@ -13,7 +13,6 @@ tensors do not cost a request each. Everything here is plain, frozen, picklable 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import NamedTuple, Protocol, Sequence
 
@@ -399,8 +398,7 @@ def _small_whole_tensors(wants, options: PlanOptions):
         if index.big_endian:
             continue
         cols = index.columns()
-        pos = cols.position
-        rows = np.fromiter(map(pos.get, names, repeat(-1)), np.int64, len(names))
+        rows = index.rows_of(names if isinstance(names, list) else list(names))
         out_ids = np.asarray(out_ids, np.int64) if not isinstance(out_ids, range) else np.arange(
             out_ids.start, out_ids.stop, dtype=np.int64)
         found = rows >= 0
