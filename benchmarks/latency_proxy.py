@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""A small HTTP/1.1 reverse proxy (asyncio, loopback) that adds a fixed first-byte latency.
+
+Put it in front of an object-store emulator (fake-gcs-server) to get the regime where concurrency
+matters: every request waits ``--latency-ms`` before it is forwarded upstream, so its first
+response byte arrives that much later; bodies (Range responses included) are streamed through
+unchanged in both directions, and client connections are kept alive (one upstream connection per
+client connection, reused across its requests).
+
+    python benchmarks/latency_proxy.py --upstream 127.0.0.1:4443 --latency-ms 20 [--port 0]
+
+prints ``LISTENING <port>`` on stdout once it accepts connections. ``GET /__proxy_stats`` returns
+``{"requests": n, "response_bytes": b}`` (without delay, not forwarded); ``GET /__proxy_reset``
+zeroes them. With ``LATENCY_PROXY_LOG=<file>`` in its environment it appends one line per
+request (time, method, target, status). Handles Content-Length and chunked bodies and close-delimited responses;
+``Expect: 100-continue`` uploads are not supported (upload straight to the server instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+LOG = open(os.environ["LATENCY_PROXY_LOG"], "a") if os.environ.get("LATENCY_PROXY_LOG") else None
+LIMIT = 4 * 2**20  # stream buffer limit: big reads keep the per-byte cost low
+CHUNK = 2**20
+
+
+class Stats:
+    requests = 0
+    response_bytes = 0
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as e:
+        if e.partial.strip():
+            raise
+        return None
+
+
+def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    return lines[0], headers
+
+
+async def _relay_exact(reader, writer, n: int) -> int:
+    total = 0
+    while n > 0:
+        data = await reader.read(min(n, CHUNK))
+        if not data:
+            raise ConnectionError("peer closed mid-body")
+        writer.write(data)
+        n -= len(data)
+        total += len(data)
+        if writer.transport.get_write_buffer_size() > LIMIT:
+            await writer.drain()
+    await writer.drain()
+    return total
+
+
+async def _relay_chunked(reader, writer) -> int:
+    total = 0
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        writer.write(line)
+        size = int(line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            while True:  # trailers, then the empty line
+                t = await reader.readuntil(b"\r\n")
+                writer.write(t)
+                if t == b"\r\n":
+                    break
+            await writer.drain()
+            return total
+        total += await _relay_exact(reader, writer, size + 2)  # data + CRLF
+
+
+async def _relay_body(reader, writer, headers: dict[str, str]) -> tuple[int, bool]:
+    """Relay a message body; returns (bytes, whether it was close-delimited)."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return await _relay_chunked(reader, writer), False
+    if "content-length" in headers:
+        return await _relay_exact(reader, writer, int(headers["content-length"])), False
+    return -1, True
+
+
+class Proxy:
+    def __init__(self, upstream_host: str, upstream_port: int, latency: float):
+        self.host, self.port, self.latency = upstream_host, upstream_port, latency
+
+    async def handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        ureader = uwriter = None
+        try:
+            while True:
+                head = await _read_head(creader)
+                if head is None:
+                    return
+                reqline, headers = _parse_head(head)
+                method, target = reqline.split(" ", 2)[:2]
+                if target.startswith("/__proxy_"):
+                    await self._admin(target, cwriter)
+                    continue
+                if self.latency:
+                    await asyncio.sleep(self.latency)
+                if uwriter is None or uwriter.is_closing():
+                    ureader, uwriter = await asyncio.open_connection(self.host, self.port, limit=LIMIT)
+                uwriter.write(head)
+                if "content-length" in headers or "transfer-encoding" in headers:
+                    await _relay_body(creader, uwriter, headers)  # request body, streamed
+                await uwriter.drain()
+                while True:
+                    rhead = await _read_head(ureader)
+                    if rhead is None:
+                        raise ConnectionError("upstream closed before responding")
+                    status_line, rheaders = _parse_head(rhead)
+                    status = int(status_line.split(" ", 2)[1])
+                    cwriter.write(rhead)
+                    if 100 <= status < 200:
+                        continue
+                    break
+                Stats.requests += 1
+                if LOG is not None:
+                    LOG.write(f"{time.time():.3f} {method} {target[:160]} -> {status}\n")
+                    LOG.flush()
+                close = False
+                if method == "HEAD" or status in (204, 304):
+                    await cwriter.drain()
+                else:
+                    n, close = await _relay_body(ureader, cwriter, rheaders)
+                    if close:  # close-delimited: relay until EOF, then close both sides
+                        while True:
+                            data = await ureader.read(CHUNK)
+                            if not data:
+                                break
+                            cwriter.write(data)
+                            Stats.response_bytes += len(data)
+                            await cwriter.drain()
+                    else:
+                        Stats.response_bytes += n
+                if close or rheaders.get("connection", "").lower() == "close":
+                    uwriter.close()
+                    uwriter = None
+                if close or headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                asyncio.CancelledError):
+            return
+        finally:
+            for w in (uwriter, cwriter):
+                if w is not None:
+                    w.close()
+
+    async def _admin(self, target: str, writer: asyncio.StreamWriter) -> None:
+        if target.startswith("/__proxy_reset"):
+            Stats.requests = Stats.response_bytes = 0
+        body = json.dumps({"requests": Stats.requests, "response_bytes": Stats.response_bytes}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+
+
+async def serve(upstream: str, latency_ms: float, port: int) -> None:
+    host, _, uport = upstream.rpartition(":")
+    host = host.replace("http://", "") or "127.0.0.1"
+    proxy = Proxy(host, int(uport), latency_ms / 1000.0)
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", port, limit=LIMIT, backlog=1024)
+    print(f"LISTENING {server.sockets[0].getsockname()[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+        sys.stdout.flush()
+        os._exit(0)  # no teardown of open keep-alive connections: nothing to flush
+
+
+def start_proxy(upstream: str, latency_ms: float, timeout: float = 15.0):
+    """Start the proxy in its own process (its own GIL); returns ``(Popen, "http://127.0.0.1:port")``."""
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--upstream", upstream,
+                             "--latency-ms", str(latency_ms)], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    line = proc.stdout.readline()
+    if not line.startswith("LISTENING") or time.monotonic() > deadline:
+        proc.kill()
+        raise RuntimeError(f"latency proxy did not start: {line!r}")
+    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--upstream", required=True, help="host:port of the server to forward to")
+    ap.add_argument("--latency-ms", type=float, default=0.0, help="first-byte latency per request")
+    ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+    args = ap.parse_args()
+    asyncio.run(serve(args.upstream, args.latency_ms, args.port))
+
+
+if __name__ == "__main__":
+    main()
