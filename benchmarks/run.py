@@ -1010,10 +1010,11 @@ class Bench:
                  "restored tensor checked bit-exactly "
                  "(SHA-1 against build-time hashes) before a number is kept; peak RSS = GNU "
                  "`/usr/bin/time -f %M` of the child (its `ru_maxrss`), max over the timed runs; CPU s = "
-                 "the child's user + system CPU time (all threads) over the timed interval, median. The "
-                 "machine is shared with other engineers' test runs (load average 2–4 during this run), "
-                 "so wall times are noisy: compare ratios within a table, and see the 'fastest runs' "
-                 "ratios and CPU seconds.")
+                 "the child's user + system CPU time (all threads) over the timed interval, median. "
+                 f"1-minute load average during the run: {min(LOADS, default=0):.1f}–"
+                 f"{max(LOADS, default=0):.1f} on 2 cores (the machine is shared, so wall times can be "
+                 "noisy: compare ratios within a table, and see the 'fastest runs' ratios and CPU "
+                 "seconds).")
         L.append("")
         L.append("## Targets")
         L.append("")
@@ -1191,6 +1192,18 @@ def _proxy_get(purl: str, path: str) -> dict:
 
 # ================================================================================================
 
+LOADS: list[float] = []
+
+
+def _sample_load(every: float = 5.0) -> None:
+    """Record the 1-minute load average through the run, for the report's header."""
+    def loop():
+        while True:
+            LOADS.append(os.getloadavg()[0])
+            time.sleep(every)
+    threading.Thread(target=loop, daemon=True).start()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller workloads, 3 rounds (for debugging)")
@@ -1222,6 +1235,7 @@ def main() -> None:
     out = args.out or (os.path.join(args.work, "RESULTS-quick.md") if args.quick else os.path.join(HERE, "RESULTS.md"))
     command = "python benchmarks/run.py " + " ".join(a for a in sys.argv[1:])
     started = time.time()
+    _sample_load()
     b = Bench(args)
     os.makedirs(b.work, exist_ok=True)
     sys.path.insert(0, HERE)
