@@ -16,13 +16,13 @@ import pytest
 
 from distrestore import errors
 from distrestore.index import open_checkpoint
-from distrestore.storage import Storage
 from distrestore.variable_store import PartitionedVariable, VariableStore, init_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIO_DIR = REPO / "tests" / "scenarios" / "init_from_checkpoint"
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 from digest import value_digest  # noqa: E402
+from storage_wrappers import CountingStorage  # noqa: E402
 
 EXPECTED = json.loads((SCENARIO_DIR / "expected.json").read_text())
 SCENARIOS = {s["name"]: s for s in EXPECTED["scenarios"]}
@@ -160,18 +160,6 @@ def test_live_against_tensorflow(name):
 
 # -- one plan, each byte once -----------------------------------------------------------------
 
-class CountingStorage(Storage):
-    """Local storage that records every range read."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.reads: list[tuple[str, int, int]] = []
-
-    def readinto(self, url, start, buffers, *, what=""):
-        views = buffers if isinstance(buffers, (list, tuple)) else [buffers]
-        n = sum(memoryview(b).nbytes for b in views)
-        self.reads.append((url, start, start + n))
-        return super().readinto(url, start, buffers, what=what)
 
 
 @pytest.fixture
@@ -233,19 +221,19 @@ def test_initialize_is_one_plan_reading_each_byte_once(count_fetch):
     init_from_checkpoint(f, [("scope1/w", twin)], store=store, storage=storage)
     init_from_checkpoint(a, {"old_scope_2/var3": v3}, store=store, storage=storage)
     init_from_checkpoint(a, {"/": "dec/"}, store=store, storage=storage)
-    assert storage.reads and all(url.endswith((".index", "checkpoint")) for url, _, _ in storage.reads)
-    storage.reads.clear()
+    assert storage.requests and all(url.endswith((".index", "checkpoint")) for url, _, _ in storage.requests)
+    storage.reset()
     assert not big.numpy().any() and not w.numpy().any()          # nothing is loaded at the call
 
     store.initialize()
 
     assert len(count_fetch) == 1                                    # one plan: 5 calls, 2 checkpoints
     assert len(count_fetch[0]) == len(store.variables) - 1         # twin shares enc/scope1/w's request
-    by_file = _no_byte_twice(storage.reads)
+    by_file = _no_byte_twice(storage.requests)
     data_files = sorted(str(p) for p in FIXTURE.glob("model.ckpt-7.data-*")) + \
         sorted(str(p) for p in (SCENARIO_DIR / "ckpt_a").glob("model.ckpt.data-*"))
     assert sorted(by_file) == data_files
-    assert sum(b - a for _, a, b in storage.reads) == sum(Path(p).stat().st_size for p in data_files)
+    assert sum(b - a for _, a, b in storage.requests) == sum(Path(p).stat().st_size for p in data_files)
     fixture = json.loads((FIXTURE / "expected.json").read_text())["tensors"]
     assert value_digest(big.numpy()) == fixture["big/part5"]["sha256"]
     assert value_digest(store.get("enc/scope2/nested/label").numpy()) == fixture["scope2/nested/label"]["sha256"]
@@ -278,7 +266,7 @@ def test_subset_restore_reads_only_needed_bytes(count_fetch):
     big = store.get_variable("big", [100, 8], partitions=[4, 1], initializer=1.5)
     init_from_checkpoint(PATHS["a"], {"old_scope_2/var3": [v3.parts[1], v3.parts[3]]}, store=store, storage=storage)
     init_from_checkpoint(PATHS["f"], {"big/part5": [big.parts[1]]}, store=store, storage=storage)
-    storage.reads.clear()
+    storage.reset()
     store.initialize()
     assert len(count_fetch) == 1
     needed = _needed_rows(store.checkpoint(PATHS["a"]), "old_scope_2/var3", [(25, 50), (75, 100)])
@@ -286,7 +274,7 @@ def test_subset_restore_reads_only_needed_bytes(count_fetch):
         needed.setdefault(url, []).extend(ivs)
     assert sum(b - a for ivs in needed.values() for a, b in ivs) == \
         2 * _nbytes([25, 100], 4) + _nbytes([25, 8], 4)
-    by_file = _no_byte_twice(storage.reads)
+    by_file = _no_byte_twice(storage.requests)
     assert sorted(by_file) == sorted(needed)
     for url, reads in by_file.items():
         ivs = sorted(needed[url])

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import distrestore as dr
+from checks import assert_bit_exact
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
@@ -60,18 +61,6 @@ def tensors(draw):
 
 
 TENSOR_DICTS = st.dictionaries(NAMES, tensors(), min_size=1, max_size=6)
-
-
-def assert_bit_exact(ours, want, what=""):
-    if isinstance(want, bytes):
-        assert type(ours) is bytes and ours == want, what
-        return
-    a, b = np.asarray(ours), np.asarray(want)
-    assert a.dtype == b.dtype and a.shape == b.shape, (what, a.dtype, b.dtype, a.shape, b.shape)
-    if b.dtype == object:
-        assert [bytes(x) for x in a.ravel()] == [bytes(x) for x in b.ravel()], what
-    else:
-        assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes(), what
 
 
 def _as_returned(arr: np.ndarray):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,8 @@ import distrestore as dr
 from distrestore.format import dtypes
 from distrestore.format.slices import parse_spec, to_box
 from distrestore.format.wire import LENGTH, iter_fields
-from distrestore.storage import Storage
 from fixtures.digest import value_digest
+from storage_wrappers import CountingStorage
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tf"
 V2_FIXTURES = sorted(p.name for p in FIXTURES.iterdir()
@@ -310,29 +309,15 @@ def test_empty_directory_is_value_error_and_file_not_found(tmp_path):
 
 # -- only the bytes asked for are read -------------------------------------------------------------
 
-@dataclass
-class ByteCountingStorage(Storage):
-    """Sums the bytes of every range read, per file."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.reads: list[tuple[str, int, int]] = []
-
-    def readinto(self, url, start, buffers, *, what=""):
-        views = buffers if isinstance(buffers, (list, tuple)) else [buffers]
-        n = sum(memoryview(b).nbytes for b in views)
-        self.reads.append((url, start, n))
-        return super().readinto(url, start, buffers, what=what)
-
-    def data_bytes(self) -> int:
-        return sum(n for url, _, n in self.reads if ".data-" in url)
+def _data_bytes(storage: CountingStorage) -> int:
+    return sum(end - start for _, start, end in storage.data_requests())
 
 
 def _counted(name):
-    storage = ByteCountingStorage()
+    storage = CountingStorage()
     index = dr.open_checkpoint(prefix_of(name), storage=storage)
-    assert storage.reads and storage.data_bytes() == 0  # opening reads the index only
-    storage.reads.clear()
+    assert storage.requests and _data_bytes(storage) == 0  # opening reads the index only
+    storage.reset()
     return dr.CheckpointReader(index), storage
 
 
@@ -349,17 +334,17 @@ def test_get_tensor_reads_only_its_bytes(name, tensor):
     stored = [index.slice_entry(tensor, s) for s in entry.slices] if entry.slices else [entry]
     value = reader.get_tensor(tensor)
     assert value_digest(value) == expected(name)["tensors"][tensor]["sha256"]
-    assert storage.data_bytes() == sum(e.size for e in stored) > 0
-    assert {url for url, _, _ in storage.reads} == {index.data_file(e.shard_id) for e in stored}
-    for url, start, n in storage.reads:  # each read lies inside one of the tensor's entries
-        assert any(index.data_file(e.shard_id) == url and e.offset <= start and start + n <= e.offset + e.size
+    assert _data_bytes(storage) == sum(e.size for e in stored) > 0
+    assert {url for url, _, _ in storage.requests} == {index.data_file(e.shard_id) for e in stored}
+    for url, start, end in storage.requests:  # each read lies inside one of the tensor's entries
+        assert any(index.data_file(e.shard_id) == url and e.offset <= start and end <= e.offset + e.size
                    for e in stored)
 
 
 def test_partitioned_tensor_reads_only_its_slices():
     reader, storage = _counted("tf1_sharded")
     reader.get_tensor("big/part5")
-    assert storage.data_bytes() == 100 * 8 * 4
+    assert _data_bytes(storage) == 100 * 8 * 4
 
 
 @pytest.mark.parametrize("region, nbytes", [
@@ -371,14 +356,15 @@ def test_get_slice_of_partitioned_tensor_reads_only_its_bytes(region, nbytes):
     reader, storage = _counted("tf1_sharded")
     got = reader.get_slice("big/part5", region)
     np.testing.assert_array_equal(got, _formula((100, 8), np.float32)[region])
-    assert storage.data_bytes() == nbytes
+    assert _data_bytes(storage) == nbytes
 
 
 def test_get_slice_of_plain_tensor_reads_only_its_bytes():
     reader, storage = _counted("many_small")
     got = reader.get_slice("layer_0007/w", (slice(1, 3),))
     np.testing.assert_array_equal(got, reader.get_tensor("layer_0007/w")[1:3])
-    assert storage.reads[0][2] == 2 * 4 and storage.reads[0][1] == reader.index.entries["layer_0007/w"].offset + 4
+    url, start, end = storage.requests[0]  # the slice's read (the second is get_tensor's)
+    assert end - start == 2 * 4 and start == reader.index.entries["layer_0007/w"].offset + 4
 
 
 # -- against live TensorFlow -----------------------------------------------------------------------

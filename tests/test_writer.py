@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import distrestore as dr
+from checks import assert_bit_exact
 from distrestore.format import messages, sstable
 from distrestore.format.slices import parse_spec, to_box
 from distrestore.format.wire import read_varint
@@ -76,18 +77,6 @@ def _expected_value(v):
     if isinstance(v, bytes):
         return v
     return np.asarray(v)
-
-
-def assert_bit_exact(ours, want, what=""):
-    if isinstance(want, bytes):
-        assert ours == want, what
-        return
-    a, b = np.asarray(ours), np.asarray(want)
-    assert a.dtype == b.dtype and a.shape == b.shape, (what, a.dtype, b.dtype, a.shape, b.shape)
-    if b.dtype == object:
-        assert [bytes(x) for x in a.ravel()] == [bytes(x) for x in b.ravel()], what
-    else:
-        assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes(), what
 
 
 # -- save_tensors ---------------------------------------------------------------------------------

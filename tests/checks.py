@@ -1,0 +1,18 @@
+"""Assertions shared by the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def assert_bit_exact(ours, want, what=""):
+    """Same dtype, shape and bytes (strings: the same bytes elements; a scalar string: bytes)."""
+    if isinstance(want, bytes):
+        assert type(ours) is bytes and ours == want, what
+        return
+    a, b = np.asarray(ours), np.asarray(want)
+    assert a.dtype == b.dtype and a.shape == b.shape, (what, a.dtype, b.dtype, a.shape, b.shape)
+    if b.dtype == object:
+        assert [bytes(x) for x in a.ravel()] == [bytes(x) for x in b.ravel()], what
+    else:
+        assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes(), what
