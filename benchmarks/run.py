@@ -656,6 +656,7 @@ class Bench:
                 "--work", self.work, "--params", json.dumps(params or {})]
         if self.proxy_url and (params or {}).get("endpoint"):
             _proxy_get(self.proxy_url, "/__proxy_reset")
+        self.prime_memory(workload)
         rc, out, err, rss = run_child(argv, timeout)
         res = None
         for line in out.splitlines():
@@ -668,6 +669,24 @@ class Bench:
         if self.proxy_url and (params or {}).get("endpoint"):
             res["proxy"] = _proxy_get(self.proxy_url, "/__proxy_stats")
         return res
+
+    def prime_memory(self, workload: str) -> None:
+        """Touch and free 1.5 x the workload's bytes (0.5-2 GiB) right before each child.
+
+        This VM returns free guest pages to the host a couple of seconds after they are freed
+        (virtio-balloon free page reporting; DAMON is active too). A process that then faults
+        fresh memory pays a host fault per page: the same restore measured 0.32 s (0.58 CPU s)
+        right after another process freed memory and 0.4-1.05 s (0.7-1.9 CPU s) after a few
+        idle seconds, e.g. after a Ray session's exit or a long TF run. Touching and freeing
+        memory here makes every child start with recently freed, host-backed pages, as on a
+        machine without page reporting, whatever ran before it."""
+        if self.args.no_prime:
+            return
+        import numpy as np
+        nbytes = self.manifests.get(workload, {}).get("bytes", 0)
+        n = int(min(2 * GiB, max(GiB // 2, 1.5 * nbytes)))
+        a = np.ones(n // 8, dtype=np.float64)
+        del a
 
     def group(self, title: str, workload: str, entries: list[tuple[str, str, dict]], *,
               note: str = "", nbytes: int | None = None, warmup: int = 1, reps: int | None = None,
@@ -1008,7 +1027,12 @@ class Bench:
         L.append(f"Protocol: every run in a fresh process; contenders interleaved A B C …; one warm-up "
                  f"round, then the median of {self.reps} rounds (more where a table says so); every "
                  "restored tensor checked bit-exactly "
-                 "(SHA-1 against build-time hashes) before a number is kept; peak RSS = GNU "
+                 "(SHA-1 against build-time hashes) before a number is kept; "
+                 + ("" if self.args.no_prime else "before each child the orchestrator touches and frees "
+                    "1.5 × the workload's bytes so that every child faults recently freed, host-backed pages "
+                    "(this VM hands freed pages back to its host ~2 s after they are freed, which made "
+                    "fresh-memory faults up to 3 × slower depending on what ran before; see README); ")
+                 + "peak RSS = GNU "
                  "`/usr/bin/time -f %M` of the child (its `ru_maxrss`), max over the timed runs; CPU s = "
                  "the child's user + system CPU time (all threads) over the timed interval, median. "
                  f"1-minute load average during the run: {min(LOADS, default=0):.1f}–"
@@ -1214,6 +1238,8 @@ def main() -> None:
     ap.add_argument("--work", default=os.path.join(HERE, "_work"), help="work dir for checkpoints")
     ap.add_argument("--keep", action="store_true", help="keep the built checkpoints (reused next time)")
     ap.add_argument("--reps", type=int, default=None, help="timed rounds per group (default 5; quick 3)")
+    ap.add_argument("--no-prime", action="store_true",
+                    help="do not touch and free memory before each child (see Bench.prime_memory)")
     # internal: worker and builder entry points
     ap.add_argument("--contender", help=argparse.SUPPRESS)
     ap.add_argument("--workload", help=argparse.SUPPRESS)
