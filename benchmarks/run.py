@@ -52,6 +52,7 @@ GiB = 2**30
 ALL_WORKLOADS = ("few_large", "many_small", "partitioned", "remote", "memory")
 LATENCIES_MS = (0, 20, 50)
 ANALYSIS_MARK = "<!-- analysis: kept across runs -->"
+ANALYSIS_END = "<!-- /analysis -->"
 BUCKET = "bench"
 
 
@@ -1276,11 +1277,15 @@ def main() -> None:
                 b.notes.append(f"{w}: the benchmark itself failed: {type(e).__name__}: {e}")
     finally:
         text = b.report(command.strip(), started)
-        if os.path.exists(out):  # keep a hand-written analysis section (it names the run it describes)
+        if os.path.exists(out):  # keep the hand-written analysis (it names the run it describes)
             with open(out) as f:
                 old = f.read()
-            if ANALYSIS_MARK in old:
-                text += "\n\n" + old[old.index(ANALYSIS_MARK):].rstrip()
+            if ANALYSIS_MARK in old and ANALYSIS_END in old:
+                block = old[old.index(ANALYSIS_MARK):old.index(ANALYSIS_END) + len(ANALYSIS_END)]
+                block += ("\n\n(The analysis above was written for an earlier run; check it against "
+                          "this run's tables.)" if "(The analysis above was written" not in block else "")
+                at = text.find("\n## Notes")
+                text = (text[:at] + "\n" + block + "\n" + text[at:]) if at >= 0 else text + "\n\n" + block
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w") as f:
             f.write(text + "\n")
