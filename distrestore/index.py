@@ -154,7 +154,6 @@ class IndexColumns(NamedTuple):
     """Entry fields as arrays aligned with ``names`` (``rows_of`` maps names to rows)."""
 
     names: list[str]
-    entries: list[TensorEntry]
     dtype: np.ndarray  # int16 enum
     shard: np.ndarray  # int64
     offset: np.ndarray  # int64
@@ -187,7 +186,7 @@ class IndexColumns(NamedTuple):
             size_of = itemsize[np.minimum(dtype, 63)]
             expected = np.where(size_of > 0, count * size_of, -1)
             sliced = np.fromiter(map(bool, map(itemgetter(7), rows)), bool, n)
-            return cls(names, rows, dtype, col(3, np.int64), col(4, np.int64),
+            return cls(names, dtype, col(3, np.int64), col(4, np.int64),
                        col(5, np.int64), col(6, np.uint32), sliced, expected, kind, shape_list)
 
 

@@ -15,10 +15,11 @@ import numpy as np
 from ._gc import gc_paused
 from .assemble import Assembly
 from .execute import Executor, get_executor
-from .index import CheckpointIndex, open_checkpoint
 from .format import dtypes
+from .index import CheckpointIndex, open_checkpoint
 from .plan import PlanOptions, ReadPlan, Wants, build_plan
 from .progress import make_progress
+
 
 class TensorRequest(NamedTuple):
     """A wanted tensor, or a region of it (a tuple of step-1 slices in the full tensor's

@@ -64,10 +64,6 @@ def slice_key(name: str, extents: Extents) -> bytes:
 
 # -- specs and boxes -----------------------------------------------------------------------
 
-def full(rank: int) -> Extents:
-    return ((0, -1),) * rank
-
-
 def parse_spec(spec: str) -> tuple[tuple[int, ...], Extents]:
     """Parse ``"10 3 0,4:-"`` (``SaveSliceInfo.spec``) into (full shape, extents)."""
     parts = spec.strip().split(" ")
