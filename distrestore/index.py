@@ -12,9 +12,6 @@ from __future__ import annotations
 import os
 import struct
 import warnings
-from itertools import repeat
-from operator import attrgetter, itemgetter
-from typing import NamedTuple
 
 import numpy as np
 
@@ -22,8 +19,8 @@ from ._gc import gc_paused
 from .errors import (CheckpointNotFoundError, CorruptCheckpointError, DistRestoreError, StorageError,
                      TensorNotFoundError, UnsupportedCheckpointError)
 from .format import dtypes, sstable
-from .format.messages import (BIG, BundleHeader, TensorEntry, decode_block_entries, decode_entry,
-                              decode_header)
+from .format.entry_table import EntryTable, IndexColumns, decode_table
+from .format.messages import BIG, BundleHeader, TensorEntry, decode_entry, decode_header
 from .format.slices import Extents, slice_key
 from .format.state import CheckpointState, parse_state
 from .storage import Storage, is_absolute, join
@@ -34,46 +31,42 @@ CONSUMER = 1  # the bundle format version this reader implements (TF's kTensorBu
 class CheckpointIndex:
     """The parsed ``.index`` of one bundle: header, public entries and hidden slice entries."""
 
-    def __init__(self, prefix: str, header: BundleHeader, entries: dict[str, TensorEntry],
+    def __init__(self, prefix: str, header: BundleHeader, entries: EntryTable,
                  slice_entries: dict[bytes, bytes], storage: Storage):
         self.prefix = prefix
         self.header = header
-        self.entries = entries
+        self.entries = entries  # a Mapping name -> TensorEntry, kept as columns
         self._slice_values = slice_entries  # encoded key -> raw BundleEntryProto, decoded on use
         self.storage = storage
         n = header.num_shards
         self._data_files = [f"{prefix}.data-{i:05d}-of-{n:05d}" for i in range(n)]
-        self._columns = None
-        self._position = None
 
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
     def from_bytes(cls, prefix: str, data: bytes, storage: Storage | None = None) -> "CheckpointIndex":
         path = prefix + ".index"
-        entries: dict = {}
-        hidden: dict[bytes, bytes] = {}
         try:
             with gc_paused():
-                for block in sstable.read_blocks(data, path):
-                    decode_block_entries(block, sstable.entries_limit(block, path), entries, hidden, path)
+                header_raw, hidden, entries = decode_table(list(sstable.read_blocks(data, path)), path)
         except (IndexError, struct.error):
             raise CorruptCheckpointError(f"{path}: truncated index block entry") from None
         except DistRestoreError as e:  # e.g. an unknown dtype, named by tensor: add the file
             if path in str(e):
                 raise
             raise type(e)(f"{path}: {e}") from None
-        if "" not in entries:
+        if header_raw is None:
             raise CorruptCheckpointError(f"{path}: the index has no header entry")
-        header = decode_header(entries.pop(""), path)
+        header = decode_header(header_raw, path)
         _check_version(header, path)
         if hidden:
             # TF hides exactly the keys that re-encode a full entry's slices (BuildV2VarMaps)
-            referenced = {slice_key(e.name, s) for e in entries.values() for s in e.slices}
-            for key in [k for k in hidden if k not in referenced]:
-                name = key.decode("utf-8", "surrogateescape")
-                entries[name] = decode_entry(name, hidden.pop(key))
-            entries = dict(sorted(entries.items(), key=lambda kv: kv[0].encode("utf-8", "surrogateescape")))
+            referenced = {slice_key(e.name, s) for e in entries.partitioned() for s in e.slices}
+            extra = [decode_entry(k.decode("utf-8", "surrogateescape"), hidden.pop(k))
+                     for k in [k for k in hidden if k not in referenced]]
+            if extra:
+                entries = EntryTable.from_entries(sorted(
+                    [*entries.values(), *extra], key=lambda e: e.name.encode("utf-8", "surrogateescape")))
         return cls(prefix, header, entries, hidden, storage or Storage.for_url(prefix))
 
     @classmethod
@@ -120,74 +113,29 @@ class CheckpointIndex:
         return entry
 
     def rows_of(self, names: list[str]) -> np.ndarray:
-        """Row of each name in ``columns()`` (-1 where absent); the name -> row map is built
-        only when the names are not simply every entry in index order."""
-        cols = self.columns()
-        if len(names) == len(cols.names) and names == cols.names:
-            return np.arange(len(names), dtype=np.int64)
-        if self._position is None:
-            self._position = dict(zip(cols.names, range(len(cols.names))))
-        return np.fromiter(map(self._position.get, names, repeat(-1)), np.int64, len(names))
+        """Row of each name in ``columns()`` (-1 where absent)."""
+        return self.entries.rows_of(names)
 
-    def columns(self) -> "IndexColumns":
-        """The entries as numpy columns (built once), for planning 10^5 tensors at numpy speed."""
-        if self._columns is None:
-            self._columns = IndexColumns.build(self.entries)
-        return self._columns
+    def columns(self) -> IndexColumns:
+        """The entries as numpy columns, for planning 10^5 tensors at numpy speed."""
+        return self.entries.columns
 
     def has_tensor(self, name: str) -> bool:
         return name in self.entries or name.encode("utf-8", "surrogateescape") in self._slice_values
 
     def shape_map(self) -> dict[str, list[int]]:
+        cols = self.columns()
         with gc_paused():
-            return {n: list(e.shape) for n, e in self.entries.items()}
+            return dict(zip(cols.names, map(list, cols.shapes)))
 
     def dtype_map(self) -> dict[str, np.dtype]:
-        return {n: e.dtype.numpy for n, e in self.entries.items()}
+        cols = self.columns()
+        numpy_of = {enum: dtypes.from_enum(int(enum)).numpy for enum in np.unique(cols.dtype)}
+        return dict(zip(cols.names, map(numpy_of.__getitem__, cols.dtype.tolist())))
 
     def __repr__(self) -> str:
         return (f"CheckpointIndex({self.prefix!r}, {len(self.entries)} tensors, "
                 f"{self.header.num_shards} data file(s))")
-
-
-class IndexColumns(NamedTuple):
-    """Entry fields as arrays aligned with ``names`` (``rows_of`` maps names to rows)."""
-
-    names: list[str]
-    dtype: np.ndarray  # int16 enum
-    shard: np.ndarray  # int64
-    offset: np.ndarray  # int64
-    size: np.ndarray  # int64
-    crc: np.ndarray  # uint32, masked
-    sliced: np.ndarray  # bool
-    expected_size: np.ndarray  # int64: elements x itemsize (-1 for strings and variants)
-    kind: np.ndarray  # int64: equal for entries of equal dtype and shape
-    shapes: list[tuple[int, ...]]
-
-    @classmethod
-    def build(cls, entries: dict[str, TensorEntry]) -> "IndexColumns":
-        # map/itemgetter pipelines: C-level loops, no Python frame per entry
-        with gc_paused():
-            names = list(entries)
-            rows = list(entries.values())
-            n = len(rows)
-            col = lambda k, t: np.fromiter(map(itemgetter(k), rows), t, n)  # noqa: E731
-            dtype = np.fromiter(map(attrgetter("dtype.enum"), rows), np.int16, n)
-            shape_list = list(map(itemgetter(2), rows))
-            shapes = set(shape_list)
-            elems = {shape: int(np.prod(shape, dtype=np.int64)) for shape in shapes}
-            count = np.fromiter(map(elems.__getitem__, shape_list), np.int64, n)
-            shape_id = dict(zip(shapes, range(len(shapes))))
-            kind = np.fromiter(map(shape_id.__getitem__, shape_list), np.int64, n) * 64 + dtype
-            itemsize = np.full(64, -1, np.int64)
-            for d in dtypes.BY_ENUM.values():
-                if d.fixed_width and d.enum < 64:
-                    itemsize[d.enum] = d.itemsize
-            size_of = itemsize[np.minimum(dtype, 63)]
-            expected = np.where(size_of > 0, count * size_of, -1)
-            sliced = np.fromiter(map(bool, map(itemgetter(7), rows)), bool, n)
-            return cls(names, dtype, col(3, np.int64), col(4, np.int64),
-                       col(5, np.int64), col(6, np.uint32), sliced, expected, kind, shape_list)
 
 
 def _check_version(header: BundleHeader, path: str) -> None:

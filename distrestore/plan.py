@@ -13,7 +13,7 @@ tensors do not cost a request each. Everything here is plain, frozen, picklable 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
@@ -84,7 +84,7 @@ class Packed(NamedTuple):
     sizes: np.ndarray  # int64
     crcs: np.ndarray  # uint32
     dtypes: np.ndarray  # int16 enum
-    shapes: tuple[tuple[int, ...], ...]
+    shapes: np.ndarray  # object: shape tuples
     kinds: np.ndarray  # int64: equal for tensors of equal dtype and shape
 
     def __eq__(self, other):  # numpy fields: compare by value
@@ -428,14 +428,13 @@ def _pack(index: CheckpointIndex, rows: np.ndarray, out_ids: np.ndarray, chunk: 
     part = (before - run_base) // max(chunk, 1)
     new[1:] |= part[1:] != part[:-1]
     bounds = np.append(np.flatnonzero(new), len(rows))
-    picked = rows.tolist()
-    shapes_all = [cols.shapes[picked[0]]] if len(picked) == 1 else list(itemgetter(*picked)(cols.shapes))
+    shapes = cols.shapes[rows]
     groups = []
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         start = int(off[a])
         groups.append(Packed(index.data_file(int(shard[a])), start, int(end[a:b].max()) - start,
                              out_ids[a:b], off[a:b] - start, size[a:b], cols.crc[rows[a:b]],
-                             cols.dtype[rows[a:b]], tuple(shapes_all[a:b]), cols.kind[rows[a:b]]))
+                             cols.dtype[rows[a:b]], shapes[a:b], cols.kind[rows[a:b]]))
     return groups
 
 

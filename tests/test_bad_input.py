@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import distrestore as dr
-from distrestore.format import messages, sstable
+from distrestore.format import entry_table, messages, sstable
 from distrestore.format.wire import read_varint
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tf"
@@ -228,7 +228,7 @@ def _write_index(prefix: Path, entries: list, header: bytes | None = None, data:
 @pytest.mark.parametrize("accelerated", [True, False], ids=["C", "python"])
 def test_unknown_dtype_enum(tmp_path, monkeypatch, accelerated):
     if not accelerated:  # the pure-Python index decoder, as on a machine without a compiler
-        monkeypatch.setattr(messages, "_speedups", None)
+        monkeypatch.setattr(entry_table, "_speedups", None)
     prefix = tmp_path / "u"
     _write_index(prefix, [(b"weird/t", messages.encode_entry(999, [2], 0, 0, 8, 0)),
                           (b"z", messages.encode_entry(1, [1], 0, 8, 4, 0))], data=bytes(12))

@@ -1,14 +1,16 @@
-/* Optional C accelerator for the index hot loop (distrestore.format.messages).
+/* Optional C accelerator for the index hot loop (distrestore.format.columns).
  *
- * decode_block_entries(block, limit, out, hidden, head_cache, make_entry, head_fallback,
- *                      entry_fallback)
- * walks one decoded index block exactly like the pure-Python function of the same name:
- * prefix-compressed keys, the header under key "", slice-entry keys (leading NUL) into `hidden`,
- * and for every tensor entry of TF's usual layout (dtype, shape, then shard/offset/size/crc) a
- * TensorEntry made with `make_entry`, the (dtype, shape) pair looked up by the bytes of the
- * leading fields in `head_cache` (filled by `head_fallback(head, name)` on a miss). Entries of any
- * other layout go to `entry_fallback(name, value)`. Opening a checkpoint with 10^5 tensors is
- * this loop and nothing else, which is why it is in C.
+ * decode_columns(blocks, limits, head_ids, head_id, fallback)
+ *   -> (names, header, hidden, shard, offset, size, crc, head)
+ * walks the decoded index blocks exactly like the pure-Python decoder in columns.py:
+ * prefix-compressed keys, the header under key "" (its raw value returned), slice-entry keys
+ * (leading NUL) into the dict `hidden`, and one row per tensor entry. Rows go into growing C
+ * arrays, returned as bytes (int64 shard/offset/size, uint32 masked crc, int32 head id), with the
+ * names as a list of str: no Python object per entry but its name. An entry of TF's usual layout
+ * (dtype, shape, then shard/offset/size/crc) is parsed here, its leading dtype+shape bytes mapped
+ * to a head id through `head_ids` (bytes -> int; `head_id(head, name)` on a miss); any other
+ * layout goes to `fallback(row, name, value)`, which returns (head, shard, offset, size, crc).
+ * Opening a checkpoint with 10^5 tensors is this loop and little else, which is why it is in C.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,137 +35,182 @@ static PyObject *corrupt(const char *what) {
     return NULL;
 }
 
-static PyObject *decode_block_entries(PyObject *self, PyObject *args) {
-    Py_buffer view;
-    Py_ssize_t limit;
-    PyObject *out, *hidden, *head_cache, *make_entry, *head_fallback, *entry_fallback;
-    if (!PyArg_ParseTuple(args, "y*nO!O!O!OOO", &view, &limit, &PyDict_Type, &out, &PyDict_Type,
-                          &hidden, &PyDict_Type, &head_cache, &make_entry, &head_fallback,
-                          &entry_fallback))
-        return NULL;
-    const unsigned char *b = (const unsigned char *)view.buf;
-    if (limit < 0 || limit > view.len) { PyBuffer_Release(&view); return corrupt("bad block limit"); }
-    Py_ssize_t key_len = 0, key_cap = 256, pos = 0;
-    char *key = (char *)PyMem_Malloc(key_cap);
-    PyObject *empty_slices = PyTuple_New(0);
-    PyObject *result = NULL;
-    if (!empty_slices || !key) goto done;
-    /* a tuple subclass without extra fields (a NamedTuple) is allocated directly */
-    PyTypeObject *fast_type = NULL;
-    if (PyType_Check(make_entry) && PyType_IsSubtype((PyTypeObject *)make_entry, &PyTuple_Type) &&
-        ((PyTypeObject *)make_entry)->tp_basicsize == PyTuple_Type.tp_basicsize)
-        fast_type = (PyTypeObject *)make_entry;
+/* a growing array of fixed-size items */
+typedef struct { char *data; Py_ssize_t len, cap, item; } column;
 
-    while (pos < limit) {
-        uint64_t shared, non_shared, vlen;
-        if (read_varint(b, limit, &pos, &shared) || read_varint(b, limit, &pos, &non_shared) ||
-            read_varint(b, limit, &pos, &vlen)) { corrupt("truncated block entry"); goto done; }
-        if (shared > (uint64_t)key_len || non_shared > (uint64_t)(limit - pos) ||
-            vlen > (uint64_t)(limit - pos - (Py_ssize_t)non_shared)) {
-            corrupt("block entry runs past the block end"); goto done;
-        }
-        Py_ssize_t new_len = (Py_ssize_t)(shared + non_shared);
-        if (new_len > key_cap) {
-            key_cap = new_len * 2 + 64;
-            char *k = (char *)PyMem_Realloc(key, key_cap);
-            if (!k) { PyErr_NoMemory(); goto done; }
-            key = k;
-        }
-        memcpy(key + shared, b + pos, non_shared);
-        key_len = new_len;
-        Py_ssize_t kend = pos + (Py_ssize_t)non_shared;
-        Py_ssize_t vend = kend + (Py_ssize_t)vlen;
-        pos = vend;
-
-        if (key_len == 0 || key[0] == 0) {
-            PyObject *v = PyBytes_FromStringAndSize((const char *)b + kend, (Py_ssize_t)vlen);
-            PyObject *k = key_len ? PyBytes_FromStringAndSize(key, key_len) : PyUnicode_FromString("");
-            int rc = (v && k) ? PyDict_SetItem(key_len ? hidden : out, k, v) : -1;
-            Py_XDECREF(v); Py_XDECREF(k);
-            if (rc) goto done;
-            continue;
-        }
-        PyObject *name = PyUnicode_DecodeUTF8(key, key_len, "surrogateescape");
-        if (!name) goto done;
-        PyObject *entry = NULL;
-        /* fast path: 08 <dtype> 12 <len> <shape> then fields 3-6 only */
-        if (vlen > 4 && b[kend] == 0x08 && b[kend + 1] < 0x80 && b[kend + 2] == 0x12 &&
-            b[kend + 3] < 0x80 && kend + 4 + b[kend + 3] <= vend) {
-            Py_ssize_t p = kend + 4 + b[kend + 3];
-            uint64_t shard = 0, offset = 0, size = 0, crc = 0;
-            int ok = 1;
-            while (p < vend) {
-                unsigned char tag = b[p++];
-                if (tag == 0x35) {
-                    if (p + 4 > vend) { ok = 0; break; }
-                    crc = (uint64_t)b[p] | ((uint64_t)b[p + 1] << 8) | ((uint64_t)b[p + 2] << 16) |
-                          ((uint64_t)b[p + 3] << 24);
-                    p += 4;
-                } else if (tag == 0x18 || tag == 0x20 || tag == 0x28) {
-                    uint64_t v;
-                    if (read_varint(b, vend, &p, &v)) { ok = 0; break; }
-                    if (tag == 0x18) shard = v; else if (tag == 0x20) offset = v; else size = v;
-                } else { ok = 0; break; }
-            }
-            if (ok && p == vend) {
-                PyObject *head = PyBytes_FromStringAndSize((const char *)b + kend, 4 + b[kend + 3]);
-                if (!head) { Py_DECREF(name); goto done; }
-                PyObject *hit = PyDict_GetItemWithError(head_cache, head); /* borrowed */
-                if (hit) Py_INCREF(hit);
-                else if (!PyErr_Occurred()) hit = PyObject_CallFunctionObjArgs(head_fallback, head, name, NULL);
-                Py_DECREF(head);
-                if (!hit) { Py_DECREF(name); goto done; }
-                if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 2) {
-                    Py_DECREF(hit); Py_DECREF(name); corrupt("bad head cache entry"); goto done;
-                }
-                PyObject *vals[8];
-                vals[0] = name;
-                vals[1] = PyTuple_GET_ITEM(hit, 0);
-                vals[2] = PyTuple_GET_ITEM(hit, 1);
-                vals[3] = PyLong_FromUnsignedLongLong(shard);
-                vals[4] = PyLong_FromUnsignedLongLong(offset);
-                vals[5] = PyLong_FromUnsignedLongLong(size);
-                vals[6] = PyLong_FromUnsignedLongLong(crc);
-                vals[7] = empty_slices;
-                if (vals[3] && vals[4] && vals[5] && vals[6]) {
-                    if (fast_type) {
-                        /* what CPython's tuple_subtype_new does, without going through the
-                           namedtuple's Python-level __new__ */
-                        entry = fast_type->tp_alloc(fast_type, 8);
-                        if (entry) {
-                            for (int i = 0; i < 8; i++) {
-                                if (i < 3 || i == 7) Py_INCREF(vals[i]);
-                                PyTuple_SET_ITEM(entry, i, vals[i]);
-                            }
-                            vals[3] = vals[4] = vals[5] = vals[6] = NULL; /* now owned by entry */
-                        }
-                    } else {
-                        entry = PyObject_Vectorcall(make_entry, vals, 8, NULL);
-                    }
-                }
-                for (int i = 3; i < 7; i++) Py_XDECREF(vals[i]);
-                Py_DECREF(hit);
-                if (!entry) { Py_DECREF(name); goto done; }
-            }
-        }
-        if (!entry) {
-            PyObject *value = PyBytes_FromStringAndSize((const char *)b + kend, (Py_ssize_t)vlen);
-            if (!value) { Py_DECREF(name); goto done; }
-            entry = PyObject_CallFunctionObjArgs(entry_fallback, name, value, NULL);
-            Py_DECREF(value);
-            if (!entry) { Py_DECREF(name); goto done; }
-        }
-        int rc = PyDict_SetItem(out, name, entry);
-        Py_DECREF(name);
-        Py_DECREF(entry);
-        if (rc) goto done;
+static int column_push(column *c, const void *value) {
+    if (c->len == c->cap) {
+        Py_ssize_t cap = c->cap ? c->cap * 2 : 4096;
+        char *d = (char *)PyMem_Realloc(c->data, cap * c->item);
+        if (!d) { PyErr_NoMemory(); return -1; }
+        c->data = d;
+        c->cap = cap;
     }
-    result = Py_None;
-    Py_INCREF(result);
+    memcpy(c->data + c->len * c->item, value, c->item);
+    c->len++;
+    return 0;
+}
+
+static PyObject *column_bytes(column *c) {
+    return PyBytes_FromStringAndSize(c->data ? c->data : "", c->len * c->item);
+}
+
+/* one row's location fields, after the head */
+typedef struct { int64_t shard, offset, size; uint32_t crc; int32_t head; } row_t;
+
+/* Parse fields 3-6 of an entry of the usual layout; 0 if anything else is there. */
+static int parse_location(const unsigned char *b, Py_ssize_t p, Py_ssize_t vend, row_t *r) {
+    uint64_t shard = 0, offset = 0, size = 0;
+    uint32_t crc = 0;
+    while (p < vend) {
+        unsigned char tag = b[p++];
+        if (tag == 0x35) {
+            if (p + 4 > vend) return 0;
+            crc = (uint32_t)b[p] | ((uint32_t)b[p + 1] << 8) | ((uint32_t)b[p + 2] << 16) |
+                  ((uint32_t)b[p + 3] << 24);
+            p += 4;
+        } else if (tag == 0x18 || tag == 0x20 || tag == 0x28) {
+            uint64_t v;
+            if (read_varint(b, vend, &p, &v)) return 0;
+            if (tag == 0x18) shard = v; else if (tag == 0x20) offset = v; else size = v;
+        } else {
+            return 0;
+        }
+    }
+    if (p != vend) return 0;
+    /* proto int64 fields: a value past 2^63 is negative there too */
+    r->shard = (int64_t)shard; r->offset = (int64_t)offset; r->size = (int64_t)size; r->crc = crc;
+    return 1;
+}
+
+static int row_from_tuple(PyObject *t, row_t *r) {
+    long long v[5];
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 5) {
+        PyErr_SetString(PyExc_TypeError, "fallback must return (head, shard, offset, size, crc)");
+        return -1;
+    }
+    for (int i = 0; i < 5; i++) {
+        v[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(t, i));
+        if (v[i] == -1 && PyErr_Occurred()) return -1;
+    }
+    r->head = (int32_t)v[0]; r->shard = v[1]; r->offset = v[2]; r->size = v[3];
+    r->crc = (uint32_t)v[4];
+    return 0;
+}
+
+static PyObject *decode_columns(PyObject *self, PyObject *args) {
+    PyObject *blocks, *limits, *head_ids, *head_id, *fallback;
+    if (!PyArg_ParseTuple(args, "O!O!O!OO", &PyList_Type, &blocks, &PyList_Type, &limits,
+                          &PyDict_Type, &head_ids, &head_id, &fallback))
+        return NULL;
+    if (PyList_GET_SIZE(blocks) != PyList_GET_SIZE(limits))
+        return corrupt("blocks and limits differ in length");
+    column shard = {NULL, 0, 0, 8}, offset = {NULL, 0, 0, 8}, size = {NULL, 0, 0, 8},
+           crc = {NULL, 0, 0, 4}, head = {NULL, 0, 0, 4};
+    PyObject *names = PyList_New(0), *hidden = PyDict_New(), *header = NULL, *result = NULL;
+    Py_ssize_t key_len = 0, key_cap = 256;
+    char *key = (char *)PyMem_Malloc(key_cap);
+    /* the previous entry's head: consecutive entries usually share dtype and shape */
+    const unsigned char *last_head = NULL;
+    Py_ssize_t last_head_len = -1;
+    int32_t last_head_id = 0;
+    if (!names || !hidden || !key) { PyErr_NoMemory(); goto done; }
+
+    for (Py_ssize_t bi = 0; bi < PyList_GET_SIZE(blocks); bi++) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(blocks, bi), &view, PyBUF_SIMPLE)) goto done;
+        const unsigned char *b = (const unsigned char *)view.buf;
+        Py_ssize_t limit = PyLong_AsSsize_t(PyList_GET_ITEM(limits, bi)), pos = 0;
+        int failed = 0;
+        if (limit == -1 && PyErr_Occurred()) failed = 1;
+        else if (limit < 0 || limit > view.len) { corrupt("bad block limit"); failed = 1; }
+        key_len = 0;  /* every block starts with a full key */
+        while (!failed && pos < limit) {
+            uint64_t shared, non_shared, vlen;
+            if (read_varint(b, limit, &pos, &shared) || read_varint(b, limit, &pos, &non_shared) ||
+                read_varint(b, limit, &pos, &vlen)) { corrupt("truncated block entry"); failed = 1; break; }
+            if (shared > (uint64_t)key_len || non_shared > (uint64_t)(limit - pos) ||
+                vlen > (uint64_t)(limit - pos - (Py_ssize_t)non_shared)) {
+                corrupt("block entry runs past the block end"); failed = 1; break;
+            }
+            Py_ssize_t new_len = (Py_ssize_t)(shared + non_shared);
+            if (new_len > key_cap) {
+                key_cap = new_len * 2 + 64;
+                char *k = (char *)PyMem_Realloc(key, key_cap);
+                if (!k) { PyErr_NoMemory(); failed = 1; break; }
+                key = k;
+            }
+            memcpy(key + shared, b + pos, non_shared);
+            key_len = new_len;
+            Py_ssize_t kend = pos + (Py_ssize_t)non_shared, vend = kend + (Py_ssize_t)vlen;
+            pos = vend;
+
+            if (key_len == 0 || key[0] == 0) {  /* the header, or a hidden slice entry */
+                PyObject *v = PyBytes_FromStringAndSize((const char *)b + kend, (Py_ssize_t)vlen);
+                if (!v) { failed = 1; break; }
+                if (key_len == 0) { Py_XSETREF(header, v); continue; }
+                PyObject *k = PyBytes_FromStringAndSize(key, key_len);
+                int rc = k ? PyDict_SetItem(hidden, k, v) : -1;
+                Py_XDECREF(k); Py_DECREF(v);
+                if (rc) { failed = 1; break; }
+                continue;
+            }
+            PyObject *name = PyUnicode_DecodeUTF8(key, key_len, "surrogateescape");
+            if (!name) { failed = 1; break; }
+            row_t r;
+            int fast = 0;
+            /* the usual layout: 08 <dtype> 12 <len> <shape> then fields 3-6 only */
+            if (vlen > 4 && b[kend] == 0x08 && b[kend + 1] < 0x80 && b[kend + 2] == 0x12 &&
+                b[kend + 3] < 0x80 && kend + 4 + b[kend + 3] <= vend &&
+                parse_location(b, kend + 4 + b[kend + 3], vend, &r)) {
+                Py_ssize_t hlen = 4 + b[kend + 3];
+                fast = 1;
+                if (hlen == last_head_len && memcmp(b + kend, last_head, hlen) == 0) {
+                    r.head = last_head_id;
+                } else {
+                    PyObject *hb = PyBytes_FromStringAndSize((const char *)b + kend, hlen);
+                    PyObject *hit = hb ? PyDict_GetItemWithError(head_ids, hb) : NULL; /* borrowed */
+                    if (hit) Py_INCREF(hit);
+                    else if (hb && !PyErr_Occurred()) hit = PyObject_CallFunctionObjArgs(head_id, hb, name, NULL);
+                    Py_XDECREF(hb);
+                    long long id = hit ? PyLong_AsLongLong(hit) : -1;
+                    Py_XDECREF(hit);
+                    if (id == -1 && PyErr_Occurred()) { Py_DECREF(name); failed = 1; break; }
+                    r.head = last_head_id = (int32_t)id;
+                    last_head = b + kend;
+                    last_head_len = hlen;
+                }
+            }
+            if (!fast) {
+                PyObject *value = PyBytes_FromStringAndSize((const char *)b + kend, (Py_ssize_t)vlen);
+                PyObject *row = PyLong_FromSsize_t(PyList_GET_SIZE(names));
+                PyObject *t = (value && row) ? PyObject_CallFunctionObjArgs(fallback, row, name, value, NULL) : NULL;
+                Py_XDECREF(value); Py_XDECREF(row);
+                int rc = t ? row_from_tuple(t, &r) : -1;
+                Py_XDECREF(t);
+                if (rc) { Py_DECREF(name); failed = 1; break; }
+            }
+            int rc = PyList_Append(names, name);
+            Py_DECREF(name);
+            if (rc || column_push(&shard, &r.shard) || column_push(&offset, &r.offset) ||
+                column_push(&size, &r.size) || column_push(&crc, &r.crc) || column_push(&head, &r.head)) {
+                failed = 1; break;
+            }
+        }
+        /* last_head points into this block: forget it before the buffer is released */
+        last_head = NULL;
+        last_head_len = -1;
+        PyBuffer_Release(&view);
+        if (failed) goto done;
+    }
+    result = Py_BuildValue("(OOONNNNN)", names, header ? header : Py_None, hidden,
+                           column_bytes(&shard), column_bytes(&offset), column_bytes(&size),
+                           column_bytes(&crc), column_bytes(&head));
 done:
-    Py_XDECREF(empty_slices);
+    Py_XDECREF(names); Py_XDECREF(hidden); Py_XDECREF(header);
     PyMem_Free(key);
-    PyBuffer_Release(&view);
+    PyMem_Free(shard.data); PyMem_Free(offset.data); PyMem_Free(size.data);
+    PyMem_Free(crc.data); PyMem_Free(head.data);
     return result;
 }
 
@@ -256,8 +303,8 @@ static PyObject *first_crc_mismatch(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"first_crc_mismatch", first_crc_mismatch, METH_VARARGS,
      "Index of the first piece of a buffer whose CRC32C differs from its masked stored value, or -1."},
-    {"decode_block_entries", decode_block_entries, METH_VARARGS,
-     "Decode every entry of one index block into dicts (see the module comment)."},
+    {"decode_columns", decode_columns, METH_VARARGS,
+     "Decode every entry of an index's blocks into columns (see the module comment)."},
     {NULL, NULL, 0, NULL},
 };
 
