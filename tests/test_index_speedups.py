@@ -67,3 +67,23 @@ def test_corrupt_block_framing_is_a_named_error():
     raw[2] = 0x7F  # the header entry claims a 127-byte value
     with pytest.raises(ValueError, match="mem/y.index"):
         entry_table.decode_table([bytes(raw)], "mem/y.index")
+
+
+def test_batched_crc_check_finds_the_first_bad_piece(monkeypatch):
+    """The C check (three pieces at a time) and the pure-Python loop agree, whatever the sizes."""
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        n = int(rng.integers(0, 20))
+        sizes = rng.integers(0, 2500, n).astype(np.int64)
+        offsets = (np.cumsum(sizes) - sizes + rng.integers(0, 3, n)).astype(np.int64)
+        buf = rng.integers(0, 256, int((offsets + sizes).max()) if n else 0, dtype=np.uint8)
+        masked = np.array([crc.mask(crc.value(buf[o:o + s])) for o, s in zip(offsets, sizes)], np.uint32)
+        bad = masked.copy()
+        for k in sorted(rng.choice(n, size=min(n, 2), replace=False)) if n else []:
+            bad[k] ^= 1 << int(rng.integers(0, 32))
+        for m in (masked, bad):
+            want = next((i for i in range(n) if m[i] != masked[i]), -1)
+            assert crc.first_mismatch(buf, offsets, sizes, m) == want
+            with monkeypatch.context() as p:
+                p.setattr(crc, "_first_mismatch", None)
+                assert crc.first_mismatch(buf, offsets, sizes, m) == want

@@ -249,8 +249,7 @@ static uint32_t crc_sw(const unsigned char *p, Py_ssize_t n) {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <nmmintrin.h>
-__attribute__((target("sse4.2"))) static uint32_t crc_hw(const unsigned char *p, Py_ssize_t n) {
-    uint64_t c = 0xFFFFFFFFu;
+__attribute__((target("sse4.2"))) static uint64_t crc_hw_run(uint64_t c, const unsigned char *p, Py_ssize_t n) {
     while (n >= 8) {
         uint64_t w;
         memcpy(&w, p, 8);
@@ -258,13 +257,41 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(const unsigned char *p,
         p += 8;
         n -= 8;
     }
-    uint32_t c32 = (uint32_t)c;
-    while (n--) c32 = _mm_crc32_u8(c32, *p++);
-    return c32 ^ 0xFFFFFFFFu;
+    while (n--) c = _mm_crc32_u8((uint32_t)c, *p++);
+    return c;
+}
+__attribute__((target("sse4.2"))) static uint32_t crc_hw(const unsigned char *p, Py_ssize_t n) {
+    return (uint32_t)crc_hw_run(0xFFFFFFFFu, p, n) ^ 0xFFFFFFFFu;
+}
+/* Three pieces at once. The crc32 instruction has a latency of about three cycles but can start
+   one per cycle, so one piece at a time leaves two thirds of it idle: interleaving three
+   independent pieces (small tensors are usually of equal size) triples the throughput without
+   the shift-and-combine step that splitting one buffer would need. */
+__attribute__((target("sse4.2"))) static void crc_hw3(const unsigned char *const p[3],
+                                                      const Py_ssize_t n[3], uint32_t out[3]) {
+    uint64_t c0 = 0xFFFFFFFFu, c1 = 0xFFFFFFFFu, c2 = 0xFFFFFFFFu;
+    Py_ssize_t common = n[0] < n[1] ? n[0] : n[1];
+    if (n[2] < common) common = n[2];
+    common &= ~(Py_ssize_t)7;
+    for (Py_ssize_t i = 0; i < common; i += 8) {
+        uint64_t w0, w1, w2;
+        memcpy(&w0, p[0] + i, 8);
+        memcpy(&w1, p[1] + i, 8);
+        memcpy(&w2, p[2] + i, 8);
+        c0 = _mm_crc32_u64(c0, w0);
+        c1 = _mm_crc32_u64(c1, w1);
+        c2 = _mm_crc32_u64(c2, w2);
+    }
+    out[0] = (uint32_t)crc_hw_run(c0, p[0] + common, n[0] - common) ^ 0xFFFFFFFFu;
+    out[1] = (uint32_t)crc_hw_run(c1, p[1] + common, n[1] - common) ^ 0xFFFFFFFFu;
+    out[2] = (uint32_t)crc_hw_run(c2, p[2] + common, n[2] - common) ^ 0xFFFFFFFFu;
 }
 static int have_hw(void) { return __builtin_cpu_supports("sse4.2"); }
 #else
 static uint32_t crc_hw(const unsigned char *p, Py_ssize_t n) { return crc_sw(p, n); }
+static void crc_hw3(const unsigned char *const p[3], const Py_ssize_t n[3], uint32_t out[3]) {
+    for (int k = 0; k < 3; k++) out[k] = crc_sw(p[k], n[k]);
+}
 static int have_hw(void) { return 0; }
 #endif
 
@@ -288,10 +315,29 @@ static PyObject *first_crc_mismatch(PyObject *self, PyObject *args) {
         int hw = have_hw();
         if (!crc_table_ready) crc_init();
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t i = 0; i < n; i++) {
+        for (Py_ssize_t i = 0; i < n && bad < 0;) {
+            if (hw && i + 3 <= n) {
+                const unsigned char *p[3];
+                Py_ssize_t len[3];
+                uint32_t c[3];
+                int ok = 1;
+                for (int k = 0; k < 3; k++) {
+                    if (o[i + k] < 0 || s[i + k] < 0 || o[i + k] + s[i + k] > buf.len) { ok = 0; break; }
+                    p[k] = b + o[i + k];
+                    len[k] = s[i + k];
+                }
+                if (ok) {
+                    crc_hw3(p, len, c);
+                    for (int k = 0; k < 3; k++)
+                        if (c[k] != unmask(m[i + k])) { bad = i + k; break; }
+                    i += 3;
+                    continue;
+                }
+            }
             if (o[i] < 0 || s[i] < 0 || o[i] + s[i] > buf.len) { bad = i; break; }
             uint32_t c = hw ? crc_hw(b + o[i], s[i]) : crc_sw(b + o[i], s[i]);
             if (c != unmask(m[i])) { bad = i; break; }
+            i++;
         }
         Py_END_ALLOW_THREADS
     }
