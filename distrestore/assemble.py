@@ -116,8 +116,13 @@ class Assembly:
 
     # -- completion --------------------------------------------------------------------------
 
-    def checksums(self, req: ReadRequest, views: Sequence) -> list[int | None]:
-        """CRC32C of every segment whose entry is verified (call in the reading thread)."""
+    def checksums(self, req: ReadRequest, views: Sequence,
+                  known: Sequence[int] | None = None) -> list[int | None]:
+        """CRC32C of every segment whose entry is verified (call in the reading thread);
+        ``known``: the CRC32C of every view, when the read computed them."""
+        if known is not None:
+            return [c if seg.entry >= 0 and self._check[seg.entry] else None
+                    for seg, c in zip(req.segments, known)]
         return [crc.value(v) if seg.entry >= 0 and self._check[seg.entry] else None
                 for seg, v in zip(req.segments, views)]
 

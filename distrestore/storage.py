@@ -1,8 +1,11 @@
 """Storage: read byte ranges of local files or any fsspec URL into caller-given buffers.
 
 One primitive, :meth:`Storage.readinto`, with per-range retry of transient failures. Local paths
-read with ``os.preadv`` straight into the destination (no intermediate copy); remote ones through
-fsspec ``cat_file`` (one copy into the destination). A :class:`Storage` pickles as its URL scheme
+read straight into the destination: with the C kernel (``format/_readcrc.c``) a range of 1 MiB or
+more is copied from a mapping of the page cache by a loop that CRC32C-checksums the bytes it moves
+(less than half the CPU time of ``preadv``, checksums included), and the checksums are returned;
+without it, with ``os.preadv``. Remote ones go through fsspec ``cat_file`` (one copy into the
+destination). A :class:`Storage` pickles as its URL scheme
 and ``storage_options`` and makes its filesystem again where it is unpickled, so Ray workers and
 forked processes never share a hidden filesystem instance.
 """
@@ -16,6 +19,11 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import CheckpointNotFoundError, StorageError
+
+try:
+    from .format import _readcrc
+except ImportError:  # not built (no compiler, not x86-64) or a CPU without SSE4.2/PCLMULQDQ
+    _readcrc = None
 
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
               ValueError, TypeError)
@@ -189,22 +197,27 @@ class Storage:
         self.readinto(url, start, memoryview(buf))
         return bytes(buf)
 
-    def readinto(self, url: str, start: int, buffers, *, what: str = "") -> None:
+    def readinto(self, url: str, start: int, buffers, *, what: str = "") -> list[int] | None:
         """Fill ``buffers`` (one writable buffer or a list of them, consecutive in the file)
-        with the bytes of ``url`` from ``start``; retried per the policy; raises StorageError."""
+        with the bytes of ``url`` from ``start``; retried per the policy; raises StorageError.
+        Returns the CRC32C of each buffer where the read computed them on the way (local files
+        with the C kernel), else None."""
         if not isinstance(buffers, (list, tuple)):
             buffers = [buffers]
         views = [memoryview(b).cast("B") for b in buffers]
         length = sum(v.nbytes for v in views)
         if length == 0:  # s3fs answers an empty range with the whole object
-            return
-        self._call(url, (start, start + length),
-                   lambda: (self._preadv if self.local else self._remote_into)(url, start, views),
-                   what=what)
+            return None
+        return self._call(url, (start, start + length),
+                          lambda: (self._preadv if self.local else self._remote_into)(url, start, views),
+                          what=what)
 
-    def _preadv(self, url: str, start: int, views: list[memoryview]) -> None:
+    def _preadv(self, url: str, start: int, views: list[memoryview]) -> list[int] | None:
         fd = os.open(local_path(url), os.O_RDONLY)
         try:
+            if _readcrc is not None:  # same partial-read and end-of-file behaviour as below
+                return _readcrc.read(fd, start, views)
+            views = list(views)  # trimmed below after a partial read; a retry starts afresh
             pos, i = start, 0
             while i < len(views):
                 batch = views[i:i + 1024]  # IOV_MAX
@@ -223,6 +236,7 @@ class Storage:
                     i += 1
                 if got:
                     views[i] = views[i][got:]
+            return None
         finally:
             os.close(fd)
 

@@ -2,7 +2,8 @@
 
 TF stores *masked* CRC32C values (``tsl/lib/hash/crc32c.h``) so that a CRC of data that embeds CRCs
 stays well distributed. ``combine`` lets several threads checksum pieces of one tensor as they read
-them (while the bytes are still in cache) and join the pieces afterwards.
+them (while the bytes are still in cache) and join the pieces afterwards. ``value`` and ``combine``
+run in the C kernel (``_readcrc``) where it is built, else in the ``crc32c`` package and Python.
 """
 
 from __future__ import annotations
@@ -11,12 +12,19 @@ from functools import lru_cache
 
 import crc32c as _crc32c
 
+try:
+    from . import _readcrc
+except ImportError:  # not built (no compiler, not x86-64) or a CPU without SSE4.2/PCLMULQDQ
+    _readcrc = None
+
 _MASK_DELTA = 0xA282EAD8
 _POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected
 
 
 def value(data, crc: int = 0) -> int:
     """CRC32C of ``data`` (any buffer), continuing from ``crc``. Releases the GIL on big inputs."""
+    if _readcrc is not None:
+        return _readcrc.crc32c(data, crc)
     return _crc32c.crc32c(data, crc)
 
 
@@ -55,6 +63,8 @@ def _shift_matrix(log2_bytes: int) -> tuple[int, ...]:
 
 def combine(crc1: int, crc2: int, len2: int) -> int:
     """CRC32C of ``a + b`` from ``crc1 = value(a)``, ``crc2 = value(b)`` and ``len(b)`` (zlib's method)."""
+    if _readcrc is not None:
+        return _readcrc.combine(crc1, crc2, len2)
     k = 0
     while len2:
         if len2 & 1:
