@@ -10,6 +10,7 @@ executor which outputs are complete.
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Sequence
 
@@ -29,6 +30,9 @@ class Assembly:
         self.plan = plan
         self.names = names  # output names, for messages about packed outputs
         self.verify = verify
+        # an executor's hook: (kind, index, nbytes) -> writable uint8 array, or None for numpy's; for
+        # the output (DIRECT), staging (STAGED) and packed (PACKED) buffers that reads land in
+        self.allocate = None
         self._lock = threading.Lock()
         n = len(plan.outputs)
         self._arrays: list[np.ndarray | None] = [None] * n
@@ -75,7 +79,8 @@ class Assembly:
         if arr is None:
             out = self.plan.outputs[i]
             dt = dtypes.BY_NAME[out.dtype]
-            arr = np.empty(out.shape, dtype=dt.numpy)
+            buf = self._alloc(DIRECT, i, dt.itemsize * math.prod(out.shape)) if dt.fixed_width else None
+            arr = np.empty(out.shape, dtype=dt.numpy) if buf is None else buf.view(dt.numpy).reshape(out.shape)
             if not dt.fixed_width:
                 arr.fill(b"")
             self._arrays[i] = arr
@@ -86,8 +91,13 @@ class Assembly:
     def _stage_buf(self, sid: int) -> np.ndarray:
         buf = self._stage.get(sid)
         if buf is None:
-            buf = self._stage[sid] = np.empty(self.plan.staging[sid].size, dtype=np.uint8)
+            n = self.plan.staging[sid].size
+            buf = self._alloc(STAGED, sid, n)
+            buf = self._stage[sid] = np.empty(n, dtype=np.uint8) if buf is None else buf
         return buf
+
+    def _alloc(self, kind: int, index: int, nbytes: int) -> np.ndarray | None:
+        return self.allocate(kind, index, nbytes) if self.allocate is not None else None
 
     def _skip_buf(self, n: int) -> memoryview:
         buf = getattr(self._skip, "buf", None)
@@ -108,7 +118,9 @@ class Assembly:
                 elif seg.kind == PACKED:
                     buf = self._packed.get(seg.target)
                     if buf is None:
-                        buf = self._packed[seg.target] = np.empty(self.plan.packed[seg.target].size, np.uint8)
+                        n = self.plan.packed[seg.target].size
+                        buf = self._alloc(PACKED, seg.target, n)
+                        buf = self._packed[seg.target] = np.empty(n, np.uint8) if buf is None else buf
                     views.append(memoryview(buf)[seg.offset:seg.offset + seg.length])
                 else:
                     views.append(None)

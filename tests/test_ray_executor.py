@@ -1,6 +1,8 @@
 """The Ray executor on a single-node Ray session: bit-exact restores of the TF fixtures (vs
 ``expected.json`` and vs the thread executor), partitions and regions, the byte budget, errors
-raised on the driver as distrestore's own types, and what happens without ``ray.init``.
+raised on the driver as distrestore's own types, what happens without ``ray.init``, the
+shared-memory arena (used, left behind nowhere, released with the arrays, fallen back from) and
+the warm pool.
 
 One Ray session serves the module (``ray_fixtures.ray_local``); most tests share one executor so
 its read actors start once.
@@ -8,6 +10,8 @@ its read actors start once.
 
 from __future__ import annotations
 
+import gc
+import glob
 import json
 import logging
 import os
@@ -22,11 +26,12 @@ from distrestore.assemble import Assembly  # noqa: E402
 from distrestore.errors import (ChecksumMismatchError, CheckpointNotFoundError,  # noqa: E402
                                 DistRestoreError, StorageError)
 from distrestore.execute import ray as ray_executor  # noqa: E402
+from distrestore.execute import shm  # noqa: E402
 from distrestore.execute.ray import (RayExecutor, RayNotInitializedError,  # noqa: E402
                                      RayPlacementError, ReadWorkerLostError)
 from distrestore.execute.threads import ThreadExecutor  # noqa: E402
 from distrestore.index import open_checkpoint  # noqa: E402
-from distrestore.plan import SKIP, PlanOptions, build_plan  # noqa: E402
+from distrestore.plan import PACKED, SKIP, STAGED, PlanOptions, build_plan  # noqa: E402
 from distrestore.restore import (TensorRequest, fetch, iter_restore_tensors,  # noqa: E402
                                  plan_requests, restore_tensors)
 from fixtures.digest import value_digest  # noqa: E402
@@ -66,6 +71,49 @@ def small_tasks():
 
 
 @pytest.fixture(scope="module")
+def shipping():
+    """Results through the object store (no shared-memory arena), small tasks on two placers."""
+    ex = RayExecutor(shared_memory=False, target_task_bytes=64 * 1024, place_threads=2)
+    yield ex
+    ex.close()
+
+
+def check_route(ex, plan):
+    """Every needed byte took the executor's route: written into the arena, or shipped."""
+    s = ex.stats
+    if ex.shared_memory:
+        assert s.arena_bytes > 0 and s.bytes_shared == plan.bytes_needed and s.bytes_shipped == 0
+    else:
+        assert s.arena_bytes == 0 and s.bytes_shared == 0 and s.bytes_shipped == plan.bytes_needed
+
+
+def arena_files():
+    """This process's arena files that still have a name."""
+    return glob.glob(os.path.join(shm.SHM_DIR, f"distrestore-{os.getpid()}-*"))
+
+
+def arena_holders(pids=None) -> list[tuple[int, str]]:
+    """(pid, fd path or mapping) of every process that still maps or has open one of this process's
+    arenas: the memory is back once there is none."""
+    tag = f"distrestore-{os.getpid()}-"
+    found = []
+    for pid in pids or [p for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if tag in link:
+                    found.append((int(pid), f"/proc/{pid}/fd/{fd}"))
+            with open(f"/proc/{pid}/maps") as f:
+                found += [(int(pid), line.strip()) for line in f if tag in line]
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
 def big_checkpoint(tmp_path_factory):
     """About 9 MB over two shards: big tensors (mapped reads), small ones, odd dtypes, a string."""
     rng = np.random.default_rng(7)
@@ -84,11 +132,11 @@ def big_checkpoint(tmp_path_factory):
 # -- bit-exact restores ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", FIXTURES)
-def test_fixture_bit_exact(fixtures_dir, executor, small_tasks, name):
+def test_fixture_bit_exact(fixtures_dir, executor, small_tasks, shipping, name):
     prefix, exp = load_expected(fixtures_dir, name)
     want = {k: t for k, t in exp["tensors"].items() if t["sha256"] is not None}
     reference = restore_tensors(prefix, executor=ThreadExecutor())
-    for ex in (executor, small_tasks):
+    for ex in (executor, small_tasks, shipping):
         out = restore_tensors(prefix, executor=ex)
         assert set(want) <= set(out)
         for k, t in want.items():
@@ -98,7 +146,7 @@ def test_fixture_bit_exact(fixtures_dir, executor, small_tasks, name):
         index = open_checkpoint(prefix)
         plan = plan_requests([TensorRequest(index, n) for n in out], ex)
         assert ex.stats.tasks >= 1 and ex.stats.bytes_read == plan.bytes_to_read
-        assert ex.stats.bytes_shipped == plan.bytes_needed
+        check_route(ex, plan)
 
 
 def test_executor_by_name(fixtures_dir):
@@ -134,23 +182,24 @@ def test_regions_and_partitions(fixtures_dir, executor):
             assert same(a, full[n][r])
 
 
-def test_big_checkpoint_mapped_and_read(big_checkpoint, executor, small_tasks):
+def test_big_checkpoint_mapped_and_read(big_checkpoint, executor, small_tasks, shipping):
     prefix, tensors = big_checkpoint
-    for ex in (executor, small_tasks):
+    for ex in (executor, small_tasks, shipping):
         out = restore_tensors(prefix, executor=ex)
         assert set(out) == set(tensors)
         for k, v in tensors.items():
             assert same(out[k], v), k
         index = open_checkpoint(prefix)
         plan = plan_requests([TensorRequest(index, n) for n in out], ex)
-        assert ex.stats.bytes_shipped == plan.bytes_needed  # gaps never travel
+        check_route(ex, plan)  # gaps are never shipped nor written
         assert ex.stats.bytes_read == plan.bytes_to_read
 
 
+@pytest.mark.parametrize("shared_memory", [True, False])
 @pytest.mark.parametrize("map_local", [True, False])
-def test_coalesced_gaps_are_not_shipped(big_checkpoint, map_local):
+def test_coalesced_gaps_are_not_shipped(big_checkpoint, map_local, shared_memory):
     """A plan that joins ranges across unneeded bytes (SKIP segments): the actors read the gaps
-    but ship only the needed bytes, from mapped reads as well as buffered ones."""
+    but ship (or write) only the needed bytes, from mapped reads as well as buffered ones."""
     prefix, tensors = big_checkpoint
     index = open_checkpoint(prefix)
     wanted = ["dense/0/kernel", "dense/2/kernel", "dense/1/bias", "dense/3/bias", "half", "step"]
@@ -158,7 +207,7 @@ def test_coalesced_gaps_are_not_shipped(big_checkpoint, map_local):
     plan = build_plan(reqs, PlanOptions(max_gap_bytes=4 << 20, max_request_bytes=32 << 20,
                                         workers=1, pack_bytes=0))
     assert any(seg.kind == SKIP for r in plan.requests for seg in r.segments)
-    ex = RayExecutor(map_local=map_local)
+    ex = RayExecutor(map_local=map_local, shared_memory=shared_memory)
     assembly = Assembly(plan, names=wanted)
     storages = {f: index.storage for f in index.data_files()}
     got = {}
@@ -167,7 +216,8 @@ def test_coalesced_gaps_are_not_shipped(big_checkpoint, map_local):
             got[wanted[i]] = assembly.take(i)
     assert set(got) == set(wanted)
     assert all(same(got[n], tensors[n]) for n in wanted)
-    assert ex.stats.bytes_read == plan.bytes_to_read > plan.bytes_needed == ex.stats.bytes_shipped
+    assert ex.stats.bytes_read == plan.bytes_to_read > plan.bytes_needed
+    check_route(ex, plan)
 
 
 def test_streaming_under_budget(big_checkpoint, executor):
@@ -254,15 +304,19 @@ def corrupt(prefix: str, name: str, offset_in_tensor: int = 0) -> None:
 
 
 @pytest.mark.parametrize("name", ["dense/2/kernel", "dense/1/bias", "words"])
-@pytest.mark.parametrize("which", ["default", "small_tasks"])
+@pytest.mark.parametrize("which", ["executor", "small_tasks", "shipping"])
 def test_corrupt_byte_raises_checksum_mismatch(big_checkpoint, tmp_path, request, name, which):
     prefix = copy_checkpoint(big_checkpoint[0], tmp_path)
     corrupt(prefix, name, 1001)
-    ex = request.getfixturevalue("executor" if which == "default" else "small_tasks")
+    ex = request.getfixturevalue(which)
     with pytest.raises(ChecksumMismatchError) as info:
         restore_tensors(prefix, executor=ex)
     assert isinstance(info.value, ValueError) and not isinstance(info.value, ray.exceptions.RayError)
-    assert repr(name) in str(info.value)
+    index = open_checkpoint(prefix)
+    e = index.entry(name)
+    where = f"{os.path.basename(index.data_file(e.shard_id))} bytes [{e.offset}, {e.offset + e.size})"
+    assert repr(name) in str(info.value) and where in str(info.value)
+    assert arena_files() == []
     # the executor is still usable afterwards
     good = restore_tensors(big_checkpoint[0], ["dense/2/kernel"], executor=ex)
     assert same(good["dense/2/kernel"], big_checkpoint[1]["dense/2/kernel"])
@@ -364,3 +418,138 @@ def test_bad_options():
         RayExecutor(nodes=["not-a-node"]).workers_for(True)
     with pytest.raises(RayPlacementError, match="no Ray node can host"):
         RayExecutor(resources={"no_such_resource": 1}).workers_for(True)
+
+
+# -- the shared-memory arena ---------------------------------------------------------------------
+
+def plan_of(prefix, names, ex, regions=None):
+    index = open_checkpoint(prefix)
+    return plan_requests([TensorRequest(index, n, r) for n, r in zip(names, regions or [None] * len(names))], ex)
+
+
+def test_shared_memory_covers_direct_packed_staged_and_strings(fixtures_dir, big_checkpoint, executor):
+    """On one node every needed byte is written by the actors into the driver's arena (none is
+    shipped): big tensors (DIRECT), many small ones (PACKED), strings and column blocks (STAGED)."""
+    prefix, tensors = big_checkpoint
+    out = restore_tensors(prefix, executor=executor)
+    assert all(same(out[k], v) for k, v in tensors.items())
+    plan = plan_of(prefix, list(out), executor)
+    kinds = {s.kind for r in plan.requests for s in r.segments}
+    assert {PACKED, STAGED} <= kinds  # biases and the step packed, the string staged
+    check_route(executor, plan)
+    assert executor.stats.nodes == [ray.get_runtime_context().get_node_id()]
+
+    prefix, _ = load_expected(fixtures_dir, "tf1_sharded")
+    regions = [("part_cols", (slice(1, 3), slice(2, 6))), ("big/part5", (slice(10, 50), slice(2, 6)))]
+    names, boxes = [n for n, _ in regions], [r for _, r in regions]
+    index = open_checkpoint(prefix)
+    reqs = [TensorRequest(index, n, r) for n, r in regions]
+    got = fetch(reqs, executor=executor)
+    ref = fetch(reqs, executor=ThreadExecutor())
+    assert all(same(a, b) for a, b in zip(got, ref))
+    plan = plan_of(prefix, names, executor, boxes)
+    assert any(s.kind == STAGED for r in plan.requests for s in r.segments)
+    check_route(executor, plan)
+
+
+def test_arena_is_unlinked_during_and_after_runs(big_checkpoint, tmp_path, executor):
+    prefix, tensors = big_checkpoint
+    it = iter_restore_tensors(prefix, executor=executor, max_inflight_bytes=1 << 20)
+    next(it)
+    # the actors opened it before the first read: the name is already gone, the memory is not
+    assert arena_files() == [] and arena_holders([os.getpid()])
+    rest = dict(it)
+    assert len(rest) == len(tensors) - 1 and arena_files() == []
+    bad = copy_checkpoint(prefix, tmp_path)
+    corrupt(bad, "dense/0/kernel")
+    with pytest.raises(ChecksumMismatchError):
+        restore_tensors(bad, executor=executor)
+    assert arena_files() == []
+
+
+def test_arena_memory_is_released_with_the_arrays(big_checkpoint, executor):
+    prefix, tensors = big_checkpoint
+    gc.collect()
+    assert arena_holders() == []
+    out = restore_tensors(prefix, executor=executor)
+    held = arena_holders()
+    # the driver maps it (and keeps a descriptor to punch holes); the actors closed theirs
+    assert held and {pid for pid, _ in held} == {os.getpid()}
+    fds = {int(link.rsplit("/", 1)[1]) for pid, link in held if link.startswith("/proc/")}
+    assert len(fds) == 1, held
+    [fd] = fds
+    before = os.fstat(fd).st_blocks * 512
+    del out["dense/0/kernel"]  # 2 MiB, a mapping of its own: its pages go back at once
+    gc.collect()
+    assert before - os.fstat(fd).st_blocks * 512 >= tensors["dense/0/kernel"].nbytes
+    kept = out["dense/1/kernel"]
+    del out
+    gc.collect()
+    assert arena_holders([os.getpid()])  # a surviving array keeps its memory
+    assert same(kept, tensors["dense/1/kernel"])
+    del kept
+    gc.collect()
+    assert arena_holders() == []  # no process maps it or has it open: the memory is free
+
+
+def test_no_room_in_shm_falls_back_to_the_object_store(big_checkpoint, monkeypatch, executor):
+    prefix, tensors = big_checkpoint
+    monkeypatch.setattr(shm, "free_bytes", lambda directory: 8 << 20)  # less than the 9 MB asked for
+    out = restore_tensors(prefix, executor=executor)
+    assert all(same(out[k], v) for k, v in tensors.items())
+    s = executor.stats
+    plan = plan_of(prefix, list(out), executor)
+    assert s.arena_bytes == 0 and s.bytes_shared == 0 and s.bytes_shipped == plan.bytes_needed
+
+    def no_shm(directory):
+        raise FileNotFoundError(directory)  # what statvfs says where there is no /dev/shm at all
+    monkeypatch.setattr(shm, "free_bytes", no_shm)
+    out = restore_tensors(prefix, executor=executor)
+    assert all(same(out[k], v) for k, v in tensors.items())
+    assert executor.stats.arena_bytes == 0 and executor.stats.bytes_shipped == plan.bytes_needed
+
+
+def test_restarted_worker_ships_instead(big_checkpoint):
+    """An actor that Ray restarts mid-run has lost the arena (its name is gone): its tasks come
+    back through the object store, and the run still completes bit-exact."""
+    prefix, tensors = big_checkpoint
+    ex = RayExecutor(num_workers=1, max_retries=2, target_task_bytes=64 * 1024)
+    try:
+        it = iter_restore_tensors(prefix, executor=ex, max_inflight_bytes=512 * 1024)
+        first = dict([next(it)])
+        [key] = ex._keys
+        ray.kill(ray_executor._POOLS[key].actors[0], no_restart=False)
+        out = {**first, **dict(it)}
+        assert all(same(out[k], v) for k, v in tensors.items())
+        s = ex.stats
+        assert s.bytes_shared > 0 and s.bytes_shipped > 0
+        assert s.bytes_shared + s.bytes_shipped == plan_of(prefix, list(out), ex).bytes_needed
+        assert arena_files() == []
+    finally:
+        ex.close()
+
+
+# -- the warm pool -------------------------------------------------------------------------------
+
+def test_start_brings_the_pool_up_before_the_first_restore(big_checkpoint):
+    prefix, tensors = big_checkpoint
+    ex = RayExecutor(num_workers=1, tasks_per_worker=3)  # a placement no other test uses
+    try:
+        assert ex.start() is ex
+        [key] = ex._keys
+        assert ray_executor._POOLS[key].checked  # up, not merely requested
+        out = restore_tensors(prefix, executor=ex)
+        assert ex.stats.startup_seconds < 0.01
+        assert all(same(out[k], v) for k, v in tensors.items())
+        # a second executor of the same placement (as executor="ray" makes) shares the pool
+        other = RayExecutor(num_workers=1, tasks_per_worker=3)
+        restore_tensors(prefix, ["step"], executor=other)
+        assert other.stats.startup_seconds < 0.01 and other._keys == ex._keys
+    finally:
+        ex.close()
+    remote = RayExecutor(num_workers=1, tasks_per_worker=3).start(local=False, remote=True)
+    try:
+        [key] = remote._keys
+        assert key[1] == "spread" and ray_executor._POOLS[key].checked
+    finally:
+        remote.close()
