@@ -75,7 +75,7 @@ def test_custom_resources_select_nodes(ray_cluster, checkpoint):
 
 def test_local_files_default_to_the_driver_node(ray_cluster, checkpoint):
     prefix, tensors = checkpoint
-    with RayExecutor(target_task_bytes=256 * 1024) as ex:
+    with RayExecutor(local_reads="actors", target_task_bytes=256 * 1024) as ex:
         check(restore_tensors(prefix, executor=ex), tensors)
         assert ex.stats.nodes == [ray_cluster["head"]]
 

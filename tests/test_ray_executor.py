@@ -56,7 +56,7 @@ def same(a, b) -> bool:
 @pytest.fixture(scope="module")
 def executor():
     """The shared executor (default options)."""
-    ex = RayExecutor()
+    ex = RayExecutor(local_reads="actors")
     yield ex
     ex.close()
 
@@ -65,7 +65,8 @@ def executor():
 def small_tasks():
     """Tiny tasks read through Storage.readinto by several threads and placed by several driver
     threads: many tasks in flight, the actors' reused buffers and threaded reads get exercised."""
-    ex = RayExecutor(target_task_bytes=4096, threads_per_task=4, map_local=False, place_threads=3)
+    ex = RayExecutor(local_reads="actors", target_task_bytes=4096, threads_per_task=4, map_local=False,
+                     place_threads=3)
     yield ex
     ex.close()
 
@@ -73,7 +74,8 @@ def small_tasks():
 @pytest.fixture(scope="module")
 def shipping():
     """Results through the object store (no shared-memory arena), small tasks on two placers."""
-    ex = RayExecutor(shared_memory=False, target_task_bytes=64 * 1024, place_threads=2)
+    ex = RayExecutor(local_reads="actors", shared_memory=False, target_task_bytes=64 * 1024,
+                     place_threads=2)
     yield ex
     ex.close()
 
@@ -149,6 +151,21 @@ def test_fixture_bit_exact(fixtures_dir, executor, small_tasks, shipping, name):
         check_route(ex, plan)
 
 
+def test_local_files_are_read_in_the_driver_by_default(big_checkpoint):
+    """Local files sit on the driver's node: the driver reads them itself, no actor starts."""
+    prefix, tensors = big_checkpoint
+    pools = set(ray_executor._POOLS)
+    ex = RayExecutor(num_workers=1, tasks_per_worker=5)  # a placement of its own
+    assert ex.start() is ex and set(ray_executor._POOLS) == pools
+    out = restore_tensors(prefix, executor=ex)
+    assert all(same(out[k], v) for k, v in tensors.items())
+    s = ex.stats
+    assert s.route == "driver" and s.workers == s.tasks == s.bytes_shipped == s.bytes_shared == 0
+    assert set(ray_executor._POOLS) == pools
+    index = open_checkpoint(prefix)
+    assert s.bytes_read == plan_requests([TensorRequest(index, n) for n in out], ex).bytes_to_read
+
+
 def test_executor_by_name(fixtures_dir):
     prefix, exp = load_expected(fixtures_dir, "tf1_sharded")
     out = restore_tensors(prefix, executor="ray")
@@ -207,7 +224,7 @@ def test_coalesced_gaps_are_not_shipped(big_checkpoint, map_local, shared_memory
     plan = build_plan(reqs, PlanOptions(max_gap_bytes=4 << 20, max_request_bytes=32 << 20,
                                         workers=1, pack_bytes=0))
     assert any(seg.kind == SKIP for r in plan.requests for seg in r.segments)
-    ex = RayExecutor(map_local=map_local, shared_memory=shared_memory)
+    ex = RayExecutor(local_reads="actors", map_local=map_local, shared_memory=shared_memory)
     assembly = Assembly(plan, names=wanted)
     storages = {f: index.storage for f in index.data_files()}
     got = {}
@@ -238,7 +255,7 @@ def test_object_store_checkpoint(fixtures_dir, request, store):
     store = request.getfixturevalue(store)
     base = store.upload_fixture(fixtures_dir / "tf1_sharded")
     _, exp = load_expected(fixtures_dir, "tf1_sharded")
-    ex = RayExecutor(target_task_bytes=1024)
+    ex = RayExecutor(local_reads="actors", target_task_bytes=1024)
     for _ in range(2):
         out = restore_tensors(f"{base}/{exp['prefix']}", executor=ex,
                               storage_options=store.storage_options)
@@ -266,7 +283,7 @@ def test_budget_is_never_exceeded(big_checkpoint, executor):
 def test_unbudgeted_run_keeps_more_in_flight(big_checkpoint):
     """The instrument of the budget test measures something: without a budget more is in flight."""
     prefix, _ = big_checkpoint
-    ex = RayExecutor(target_task_bytes=1 << 20)
+    ex = RayExecutor(local_reads="actors", target_task_bytes=1 << 20)
     restore_tensors(prefix, executor=ex)
     assert ex.stats.max_inflight_bytes_seen > 64 * 1024
     assert ex.stats.max_tasks_in_flight_seen > 1
@@ -274,7 +291,7 @@ def test_unbudgeted_run_keeps_more_in_flight(big_checkpoint):
 
 def test_object_store_caps_inflight_bytes(big_checkpoint):
     prefix, _ = big_checkpoint
-    ex = RayExecutor(target_task_bytes=1 << 20, max_tasks_in_flight=1000)
+    ex = RayExecutor(local_reads="actors", target_task_bytes=1 << 20, max_tasks_in_flight=1000)
     cap = ex._object_store_cap()
     assert cap and cap <= 200 * 2**20
     restore_tensors(prefix, executor=ex)
@@ -342,7 +359,7 @@ def test_truncated_data_file(big_checkpoint, tmp_path, map_local):
     e = index.entry("dense/3/kernel")
     path = index.data_file(e.shard_id)
     os.truncate(path, e.offset + e.size // 2)
-    ex = RayExecutor(map_local=map_local)
+    ex = RayExecutor(local_reads="actors", map_local=map_local)
     with pytest.raises(StorageError) as info:
         restore_tensors(prefix, ["dense/3/kernel"], executor=ex)
     msg = str(info.value)
@@ -361,7 +378,7 @@ def test_early_close_cancels_and_recovers(big_checkpoint, executor):
 
 def test_dead_worker_fails_the_run_and_the_pool_is_rebuilt(big_checkpoint):
     prefix, tensors = big_checkpoint
-    ex = RayExecutor(num_workers=1, max_retries=0, target_task_bytes=64 * 1024)
+    ex = RayExecutor(local_reads="actors", num_workers=1, max_retries=0, target_task_bytes=64 * 1024)
     it = iter_restore_tensors(prefix, executor=ex, max_inflight_bytes=256 * 1024)
     next(it)
     [key] = ex._keys
@@ -398,7 +415,7 @@ def test_init_kwargs_calls_ray_init_and_logs(fixtures_dir, monkeypatch, caplog):
         state["up"] = True
     monkeypatch.setattr(ray_executor.ray, "init", fake_init)
     kwargs = {"address": "local", "num_cpus": 2}
-    ex = RayExecutor(init_kwargs=kwargs)
+    ex = RayExecutor(local_reads="actors", init_kwargs=kwargs)
     with caplog.at_level(logging.INFO, logger="distrestore"):
         out = restore_tensors(prefix, executor=ex)
     assert state["calls"] == [kwargs]
@@ -414,10 +431,12 @@ def test_bad_options():
         RayExecutor(nodes="everywhere")
     with pytest.raises(ValueError):
         RayExecutor(target_task_bytes=0)
+    with pytest.raises(ValueError, match="local_reads"):
+        RayExecutor(local_reads="nowhere")
     with pytest.raises(ValueError, match="no alive Ray node"):
         RayExecutor(nodes=["not-a-node"]).workers_for(True)
     with pytest.raises(RayPlacementError, match="no Ray node can host"):
-        RayExecutor(resources={"no_such_resource": 1}).workers_for(True)
+        RayExecutor(local_reads="actors", resources={"no_such_resource": 1}).workers_for(True)
 
 
 # -- the shared-memory arena ---------------------------------------------------------------------
@@ -513,7 +532,7 @@ def test_restarted_worker_ships_instead(big_checkpoint):
     """An actor that Ray restarts mid-run has lost the arena (its name is gone): its tasks come
     back through the object store, and the run still completes bit-exact."""
     prefix, tensors = big_checkpoint
-    ex = RayExecutor(num_workers=1, max_retries=2, target_task_bytes=64 * 1024)
+    ex = RayExecutor(local_reads="actors", num_workers=1, max_retries=2, target_task_bytes=64 * 1024)
     try:
         it = iter_restore_tensors(prefix, executor=ex, max_inflight_bytes=512 * 1024)
         first = dict([next(it)])
@@ -533,7 +552,7 @@ def test_restarted_worker_ships_instead(big_checkpoint):
 
 def test_start_brings_the_pool_up_before_the_first_restore(big_checkpoint):
     prefix, tensors = big_checkpoint
-    ex = RayExecutor(num_workers=1, tasks_per_worker=3)  # a placement no other test uses
+    ex = RayExecutor(local_reads="actors", num_workers=1, tasks_per_worker=3)  # a placement of its own
     try:
         assert ex.start() is ex
         [key] = ex._keys
@@ -542,7 +561,7 @@ def test_start_brings_the_pool_up_before_the_first_restore(big_checkpoint):
         assert ex.stats.startup_seconds < 0.01
         assert all(same(out[k], v) for k, v in tensors.items())
         # a second executor of the same placement (as executor="ray" makes) shares the pool
-        other = RayExecutor(num_workers=1, tasks_per_worker=3)
+        other = RayExecutor(local_reads="actors", num_workers=1, tasks_per_worker=3)
         restore_tensors(prefix, ["step"], executor=other)
         assert other.stats.startup_seconds < 0.01 and other._keys == ex._keys
     finally:

@@ -1,4 +1,4 @@
-"""The Ray executor: a plan's reads run on a pool of Ray actors; the driver places the results.
+"""The Ray executor: a plan's reads run on a pool of Ray actors (local files: in the driver).
 
 The only module of the package that imports ray. The driver groups the plan's requests into tasks
 of tens of MB and sends each task as a small descriptor (the ``ReadRequest`` tuples, the
@@ -11,9 +11,17 @@ the outputs that completed, in batches. A bounded number of tasks and bytes is i
 task's bytes count from submit until its result is placed, and results that travel through the
 object store never exceed half the driver node's object store.
 
-**Same node: shared memory, no copy.** For local files, the driver allocates the assembly's
-destination buffers (outputs that reads land in, packed and staging buffers) in one arena in
-/dev/shm (``shm.Arena``, through ``Assembly.allocate``): its numpy arrays are views of a shared
+**Local files are read by the driver.** A local path names a file on the driver's node, and
+the driver's own arrays are where its bytes must end up. By default (``local_reads="driver"``,
+``nodes`` unset) the driver reads local files itself, with the thread executor, straight into
+its arrays: any other process on the node must hand the bytes over across a process boundary,
+which measured 4 x the thread executor's time here (below). Actors read what the driver cannot
+(object stores, spread over the cluster) and local files on nodes named with ``nodes``;
+``local_reads="actors"`` makes actors on the driver's node read local files too, as follows.
+
+**Same node: shared memory, no copy.** For local files read by actors, the driver allocates the
+assembly's destination buffers (outputs that reads land in, packed and staging buffers) in one
+arena in /dev/shm (``shm.Arena``, through ``Assembly.allocate``): its numpy arrays are views of a shared
 mapping. Actors on the driver's Ray node (by node id: other nodes, even on this machine, do not
 count) open the arena before the run's first task; its name is unlinked right then, so nothing
 outlives a crash. A task for them carries each segment's offset in the arena; the actor
@@ -83,6 +91,7 @@ from ..format import crc, dtypes
 from ..plan import DIRECT, PACKED, SKIP, STAGED, ReadPlan, ReadRequest
 from ..storage import Storage, local_path
 from .shm import Arena, write_all
+from .threads import ThreadExecutor
 
 log = logging.getLogger("distrestore")
 
@@ -116,6 +125,7 @@ class _ArenaLost(Exception):
 class RayExecutorStats:
     """What the last ``run`` did (updated while it runs)."""
 
+    route: str = ""  # "driver": local files read in the driver's process; "actors": by read actors
     workers: int = 0  # read actors in the pool
     worker_nodes: list[str] = field(default_factory=list)  # node id of each read actor
     startup_seconds: float = 0.0  # time run() waited for the pool to come up
@@ -194,6 +204,10 @@ class RayExecutor:
     ``{"reader": 1}`` runs actors only where a "reader" resource is, as many as fit).
     ``max_retries``: Ray restarts a dead actor and retries its tasks this often.
     ``map_local``: map local files rather than read them into a buffer (requests of 1 MiB or more).
+    ``local_reads``: who reads local files when ``nodes`` is None (they are on the driver's
+    node): "driver" (default) reads them in the driver's process, as the thread executor does,
+    straight into its arrays; "actors" has the read actors on the driver's node do it (see the
+    module docstring for what that costs).
     ``shared_memory``: let actors on the driver's node write local files' bytes straight into
     the driver's arrays, allocated in a shared-memory arena in /dev/shm (see the module
     docstring); False, or too little room there, ships every result through the object store.
@@ -211,13 +225,16 @@ class RayExecutor:
                  max_tasks_in_flight: int | None = None, tasks_per_worker: int = 2,
                  threads_per_task: int | None = None, nodes: str | Sequence[str] | None = None,
                  num_cpus: float = 0, resources: Mapping[str, float] | None = None,
-                 max_retries: int = 3, map_local: bool = True, shared_memory: bool = True,
+                 max_retries: int = 3, map_local: bool = True, local_reads: str = "driver",
+                 shared_memory: bool = True,
                  place_threads: int | None = None, startup_timeout: float = 120.0,
                  init_kwargs: Mapping | None = None):
         if target_task_bytes <= 0:
             raise ValueError("target_task_bytes must be positive")
         if tasks_per_worker < 1 or (num_workers is not None and num_workers < 1):
             raise ValueError("num_workers and tasks_per_worker must be at least 1")
+        if local_reads not in ("driver", "actors"):
+            raise ValueError(f"local_reads must be 'driver' or 'actors', not {local_reads!r}")
         if isinstance(nodes, str) and nodes not in ("local", "spread"):
             raise ValueError(
                 f"nodes must be None, 'local', 'spread' or a list of node ids, not {nodes!r}")
@@ -231,6 +248,8 @@ class RayExecutor:
         self.resources = dict(resources or {})
         self.max_retries = max_retries
         self.map_local = map_local
+        self.local_reads = local_reads
+        self._driver = ThreadExecutor()
         self.shared_memory = shared_memory
         # the driver's copy out of the object store; a second thread only pays off where cores
         # are left over from the actors (on 2 cores it cost 5% more CPU and gained nothing)
@@ -258,10 +277,11 @@ class RayExecutor:
 
     def start(self, *, local: bool = True, remote: bool = False) -> "RayExecutor":
         """Start the read actors now and wait until they are up, so that no restore pays their
-        start-up: the pool ``run`` uses for local files (``local``) and the one for object
-        stores (``remote``). Returns the executor: ``ex = RayExecutor(...).start()``."""
+        start-up: the pool ``run`` uses for local files (``local``; none when the driver reads
+        them) and the one for object stores (``remote``). Returns the executor:
+        ``ex = RayExecutor(...).start()``."""
         for is_local, wanted in ((True, local), (False, remote)):
-            if wanted:
+            if wanted and not self._in_driver(is_local):
                 self._wait_ready(self._ensure_pool(is_local))
         return self
 
@@ -401,9 +421,15 @@ class RayExecutor:
     def _threads(self, local: bool) -> int:
         return self.threads_per_task or (2 if local else 16)
 
+    def _in_driver(self, local: bool) -> bool:
+        return local and self.local_reads == "driver" and self.nodes is None
+
     def workers_for(self, local: bool) -> int:
         """Concurrent requests: actors x tasks per actor x threads per task. Starts the actor
         pool (without waiting for it), so its start-up overlaps planning."""
+        if self._in_driver(local):
+            self._ensure_ray()
+            return self._driver.workers_for(local)
         pool = self._ensure_pool(local)
         return len(pool.actors) * self.tasks_per_worker * self._threads(local)
 
@@ -420,11 +446,19 @@ class RayExecutor:
     def run(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], *,
             max_inflight_bytes: int | None = None, progress=None) -> Iterator[list[int]]:
         self.stats = stats = RayExecutorStats()
+        local = all(s.local for s in storages.values())
+        if self._in_driver(local):
+            self._ensure_ray()
+            stats.route = "driver"
+            stats.bytes_read = plan.bytes_to_read
+            yield from self._driver.run(plan, assembly, storages, max_inflight_bytes=max_inflight_bytes,
+                                        progress=progress)
+            return
+        stats.route = "actors"
         if assembly.ready:
             yield assembly.ready
         if not plan.requests:
             return
-        local = all(s.local for s in storages.values())
         pool = self._ensure_pool(local)
         t0 = time.perf_counter()
         self._wait_ready(pool)
