@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import threading
+from itertools import repeat
+from operator import is_
 from typing import Sequence
 
 import numpy as np
@@ -62,12 +64,12 @@ class Assembly:
             if self._check[eid]:
                 for o in outs:
                     pending[o] += 1
+        marks = np.asarray(pending, np.int64)
         if plan.packed:  # only its group completes a packed output
-            marks = np.asarray(pending, np.int64)
             marks[np.concatenate([p.outputs for p in plan.packed])] = 1
             pending = marks.tolist()
         self._pending = pending
-        self.ready: list[int] = np.flatnonzero(np.asarray(pending) == 0).tolist() if n else []
+        self.ready: list[int] = np.flatnonzero(marks == 0).tolist()
         for i in self.ready:
             self._array(i)
         self._skip = threading.local()
@@ -289,8 +291,9 @@ class Assembly:
     def take_all(self) -> list[np.ndarray]:
         """Every output, once the whole plan is done."""
         arrays = self._arrays
-        for i in [i for i, a in enumerate(arrays) if a is None]:  # nothing to read: empty
-            self._array(i)
+        if any(map(is_, arrays, repeat(None))):  # outputs with nothing to read (empty): made now
+            for i in [i for i, a in enumerate(arrays) if a is None]:
+                self._array(i)
         out, self._arrays = arrays, [None] * len(arrays)
         self._bytes = [None] * len(arrays)
         return out
