@@ -165,3 +165,171 @@ def test_python_fallback_continues_after_partial_reads(blob, monkeypatch):
     bufs = [bytearray(700), bytearray(2500), bytearray(0), bytearray(1)]
     Storage().readinto(path, 5, bufs)
     assert b"".join(bufs) == data[5:5 + 3201]
+
+
+# -- a file truncated by someone else during a mapped read (SIGBUS) ------------------------------
+
+def _truncating_read(path, start, length, truncate_to, *, block_sigbus=False):
+    """One mapped read of [start, start + length) during which the file shrinks to truncate_to
+    (between populating the mapping and copying from it: the test hook makes the race certain)."""
+    import signal
+    fd, wfd = os.open(path, os.O_RDONLY), os.open(path, os.O_WRONLY)
+    try:
+        if block_sigbus:  # a thread that blocks SIGBUS must not be killed by the fault either
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGBUS})
+        readcrc._test_truncate_next(wfd, truncate_to)
+        try:
+            readcrc.read(fd, start, [bytearray(length)])
+        finally:
+            if block_sigbus:
+                assert signal.SIGBUS in signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    finally:
+        os.close(fd)
+        os.close(wfd)
+
+
+@pytest.fixture
+def sigbus_guard(tmp_path):
+    """Our SIGBUS handler in front. In the whole suite another one may be there by now (Ray's
+    crash handler, installed by ray.init after our first read), and then the kernel reads with
+    preadv: put SIG_DFL there for the test (the next mapped read installs ours over it) and the
+    disposition found back afterwards, as raw struct sigaction bytes."""
+    import ctypes
+    import signal
+    path = tmp_path / "probe.bin"
+    path.write_bytes(bytes(2 * MiB))
+    try:
+        _truncating_read(str(path), 0, 2 * MiB, 0)
+    except EOFError:  # ours is in front
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    dfl, saved = ctypes.create_string_buffer(256), ctypes.create_string_buffer(256)  # > sizeof
+    assert libc.sigaction(signal.SIGBUS, dfl, saved) == 0  # all zero: SIG_DFL
+    try:
+        yield
+    finally:
+        assert libc.sigaction(signal.SIGBUS, saved, None) == 0
+
+
+@pytest.mark.parametrize("truncate_to", [0, 2 * MiB, 2 * MiB + 5])
+def test_truncation_during_mapped_read_is_eof_error_not_sigbus(tmp_path, kernel, truncate_to,
+                                                               sigbus_guard):
+    data = np.random.default_rng(5).integers(0, 256, 6 * MiB, dtype=np.uint8).tobytes()
+    path = tmp_path / "shrinking.bin"
+    path.write_bytes(data)
+    # the first byte the copy touches in a page past the new end of file
+    at = max(4096 + 17, -(-truncate_to // 4096) * 4096)
+    with pytest.raises(EOFError, match=f"file truncated while reading, at byte {at} "
+                                       f"\\(the file now has {truncate_to} bytes\\)"):
+        _truncating_read(str(path), 4096 + 17, 4 * MiB, truncate_to)
+    # the process and the handler are fine: a next read works, and a next truncation fails again
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buf = bytearray(3 * MiB)
+        assert readcrc.read(fd, 100, [buf]) == [crc32c.crc32c(data[100:100 + 3 * MiB])]
+        assert bytes(buf) == data[100:100 + 3 * MiB]
+    finally:
+        os.close(fd)
+    with pytest.raises(EOFError, match="truncated while reading"):
+        _truncating_read(str(path), 0, 3 * MiB, truncate_to)
+
+
+def test_truncation_during_mapped_read_in_threads_and_with_sigbus_blocked(tmp_path, sigbus_guard):
+    import concurrent.futures
+
+    def one(i, block):
+        path = tmp_path / f"t{i}.bin"
+        path.write_bytes(bytes(4 * MiB))
+        try:
+            _truncating_read(str(path), 0, 4 * MiB, MiB, block_sigbus=block)
+        except EOFError as e:
+            return str(e)
+        return "no error"
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for i, block in enumerate([False, True]):  # one after the other: the hook is one-shot
+            got = pool.submit(one, i, block).result()
+            assert got == f"file truncated while reading, at byte {MiB} (the file now has {MiB} bytes)"
+
+
+def test_storage_reports_truncation_during_read_as_permanent_storage_error(tmp_path, monkeypatch,
+                                                                          sigbus_guard):
+    path = tmp_path / "shrinking.data"
+    path.write_bytes(bytes(5 * MiB))
+    wfd = os.open(path, os.O_WRONLY)
+    calls = []
+    real = storage_mod.Storage._preadv
+    monkeypatch.setattr(storage_mod.Storage, "_preadv",
+                        lambda self, *a: calls.append(1) or real(self, *a))
+    try:
+        readcrc._test_truncate_next(wfd, 3 * MiB)
+        with pytest.raises(StorageError, match=rf"shrinking.data bytes \[1024, {1024 + 4 * MiB}\).*"
+                                               rf"file truncated while reading, at byte {3 * MiB}"):
+            Storage().readinto(str(path), 1024, [bytearray(4 * MiB)])
+    finally:
+        os.close(wfd)
+    assert len(calls) == 1  # permanent: not retried
+
+
+# an unrelated SIGBUS (not in a guarded copy) must reach the disposition that was there before us
+_UNRELATED = r"""
+import faulthandler, mmap, os, signal, sys
+from distrestore.format import _readcrc
+mode, path = sys.argv[1], sys.argv[2]
+if mode == "faulthandler-before":
+    faulthandler.enable()
+if mode == "ignored":
+    signal.signal(signal.SIGBUS, signal.SIG_IGN)
+with open(path, "wb") as f:
+    f.write(bytes(4 << 20))
+fd, wfd = os.open(path, os.O_RDONLY), os.open(path, os.O_WRONLY)
+_readcrc.read(fd, 0, [bytearray(2 << 20)])  # installs the handler
+if mode == "faulthandler-after":
+    faulthandler.enable()  # in front of ours now: reads go through preadv
+if mode == "faulthandler-disabled":
+    faulthandler.enable()
+    faulthandler.disable()  # puts back SIG_DFL over ours: the next read installs ours again
+_readcrc._test_truncate_next(wfd, 1 << 20)
+try:
+    _readcrc.read(fd, 0, [bytearray(2 << 20)])
+    print("no truncation (preadv)", flush=True)
+except EOFError as e:
+    print("guarded:", e, flush=True)
+os.pwrite(wfd, bytes(4 << 20), 0)  # whole again
+if mode == "kill":
+    os.kill(os.getpid(), signal.SIGBUS)
+    print("survived kill", flush=True)
+    sys.exit(0)
+if mode == "ignored":
+    os.kill(os.getpid(), signal.SIGBUS)  # ignored, as before us
+    print("ignored kill", flush=True)
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+os.ftruncate(wfd, 0)
+print("touching", flush=True)
+m[3 << 20]  # SIGBUS outside any guarded copy
+print("survived fault", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "faulthandler-before", "faulthandler-after",
+                                  "faulthandler-disabled", "ignored", "kill"])
+def test_unrelated_sigbus_still_kills_the_process(tmp_path, mode):
+    import signal
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", _UNRELATED, mode, str(tmp_path / "f.bin")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGBUS, (p.returncode, p.stdout, p.stderr)
+    if mode == "faulthandler-after":
+        assert "no truncation (preadv)" in p.stdout
+    else:
+        assert "guarded: file truncated while reading, at byte 1048576" in p.stdout
+    assert "survived" not in p.stdout
+    if mode == "ignored":
+        assert "ignored kill" in p.stdout
+    if mode in ("faulthandler-before", "faulthandler-after"):
+        assert "Fatal Python error: Bus error" in p.stderr
+    else:
+        assert "Fatal Python error" not in p.stderr

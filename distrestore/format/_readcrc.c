@@ -12,8 +12,8 @@
  *   with the semantics of Storage._preadv: partial reads continue, end of file raises
  *   EOFError("end of file at byte N"), errors raise OSError.
  *   The mapping is populated first, so a missing page or an I/O error shows up as an error
- *   (and the preadv path then reports it); only a file truncated by someone else in the
- *   microseconds between populating and copying would still raise SIGBUS (as any mmap reader).
+ *   (and the preadv path then reports it). A file truncated by someone else between populating
+ *   and copying makes the copy touch pages that no longer exist: SIGBUS. See "SIGBUS" below.
  * crc32c(data, crc=0) -> int    CRC32C of any buffer, continuing from crc (like crc32c.crc32c)
  * combine(crc1, crc2, len2) -> int    CRC32C of a + b from those of a and b and len(b)
  * KERNEL: the CRC kernel this CPU runs; use_kernel(name) picks another one (tests compare them).
@@ -25,10 +25,50 @@
  * with the SSE4.2 crc32 instruction. A CPU without SSE4.2/PCLMULQDQ, or a build for another
  * architecture, has no module: distrestore then reads with os.preadv and the crc32c package.
  * The folding constants are computed at import (init_constants), from their definition.
+ *
+ * SIGBUS. The first mapped read installs a SIGBUS handler with sigaction(SA_SIGINFO |
+ * SA_ONSTACK), keeping the disposition it replaces; each mapped read first checks, under a
+ * mutex (one sigaction call), that ours is still the disposition: where SIG_DFL has replaced it
+ * (faulthandler.disable() puts back what it found) it installs it again; where someone else's
+ * handler has replaced it, the read goes through preadv instead (see faulthandler below).
+ * The copy out of a mapping runs guarded: the thread points a thread-local (initial-exec, so
+ * the handler's read of it allocates nothing) at a guard on its stack (the mapping's bounds and
+ * a sigjmp_buf), with SIGBUS unblocked in that thread (a blocked synchronous SIGBUS kills the
+ * process whatever the handler). When the handler sees a fault of the guarded thread
+ * (si_code > 0) at an address inside that mapping, it siglongjmps back; the copy then puts back
+ * the thread's signal mask (the jump saves none, and the handler left SIGBUS blocked),
+ * read_mapped unmaps and fstats, and the read fails with
+ *   EOFError("file truncated while reading, at byte N (the file now has S bytes)")
+ * N being the first byte the copy could not load; Storage reports it like any end of file: a
+ * permanent StorageError naming file and range. Where the file still covers the range (a page
+ * that could not be read back) it is OSError(EIO, "I/O error (SIGBUS) reading the mapped file
+ * at byte N"), which Storage retries. The copy loop holds no lock and allocates nothing, so
+ * jumping out of it skips no cleanup; the GIL stays released until read_mapped has returned.
+ * Any other SIGBUS goes to the disposition ours replaced, as the kernel would have delivered it:
+ * an SA_SIGINFO handler gets (sig, info, context), a plain one (sig), each with its sa_mask
+ * added, SIGBUS unblocked for SA_NODEFER ones and SA_RESETHAND honoured; for SIG_DFL the
+ * default is restored and the signal raised again, so the process dies of SIGBUS as before;
+ * SIG_IGN ignores a SIGBUS sent by kill() and dies of a fault, as the kernel does (it forces an
+ * ignored synchronous SIGBUS to SIG_DFL).
+ * faulthandler: enabled before our install (pytest, -X faulthandler, PYTHONFAULTHANDLER), it is
+ * the disposition we chain to: guarded faults never reach it, others get its traceback and then
+ * kill the process. Enabled after our install, it sits in front of ours (its fault handling
+ * would print "Fatal Python error: Bus error", put ours back and raise() again), so mapped
+ * reads stop and everything goes through preadv (correct, about twice the CPU per byte) until
+ * faulthandler.disable() puts ours back: enable faulthandler before the first read to keep them.
+ * Should faulthandler get in front between the check and the copy, its re-raise (SI_TKILL from
+ * our own process, in a guarded thread) still ends the read with the error above, after its
+ * traceback. Handlers installed later that chain to ours with the original siginfo (as crash
+ * reporters do) would work, but are treated like faulthandler: preadv.
+ * _test_truncate_next(fd, size): test-only; the next mapped read ftruncates fd to size between
+ * populating and copying (tests/test_readcrc.py makes the race deterministic with it).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -225,10 +265,130 @@ static int buffers_get(PyObject *seq_in, buffers_t *b) {
     return rc;
 }
 
-/* Copy and checksum through a populated mapping; 0 when done, -1 when preadv must do it. */
-static int read_mapped(int fd, off_t offset, buffers_t *b, size_t total, uint32_t *crcs) {
+/* ---- SIGBUS guard (see the header comment) ---- */
+
+typedef struct {
+    const uint8_t *lo, *hi; /* the mapping */
+    const uint8_t *addr;    /* where the fault was, NULL when unknown (a re-raised signal) */
+    sigjmp_buf env;
+} guard_t;
+
+/* initial-exec: reading it in the handler must not allocate (as a lazy dynamic TLS block can) */
+static __thread guard_t *volatile cur_guard __attribute__((tls_model("initial-exec")));
+static struct sigaction prev_bus; /* the disposition ours replaced */
+
+static void on_sigbus(int sig, siginfo_t *si, void *ctx) {
+    guard_t *g = cur_guard;
+    if (g && si) {
+        const uint8_t *a = si->si_addr;
+        if (si->si_code > 0 && a >= g->lo && a < g->hi) { /* a fault of this copy's loads */
+            g->addr = a;
+            siglongjmp(g->env, 1);
+        }
+        if (si->si_code == SI_TKILL && si->si_pid == getpid()) { /* re-raised by a handler */
+            g->addr = NULL;                                        /* installed after us */
+            siglongjmp(g->env, 1);
+        }
+    }
+    int saved = errno;
+    struct sigaction prev = prev_bus;
+    if (prev.sa_flags & SA_SIGINFO || (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN)) {
+        if (prev.sa_flags & SA_RESETHAND) {
+            struct sigaction dfl;
+            memset(&dfl, 0, sizeof dfl);
+            dfl.sa_handler = SIG_DFL;
+            sigaction(sig, &dfl, NULL);
+        }
+        sigset_t mask, old;
+        pthread_sigmask(SIG_BLOCK, NULL, &mask);
+        for (int s = 1; s < NSIG; s++)
+            if (sigismember(&prev.sa_mask, s) == 1) sigaddset(&mask, s);
+        if (prev.sa_flags & SA_NODEFER) sigdelset(&mask, sig);
+        else sigaddset(&mask, sig);
+        pthread_sigmask(SIG_SETMASK, &mask, &old);
+        errno = saved;
+        if (prev.sa_flags & SA_SIGINFO) prev.sa_sigaction(sig, si, ctx);
+        else prev.sa_handler(sig);
+        saved = errno;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    } else if (prev.sa_handler == SIG_IGN && si && si->si_code <= 0) {
+        /* ignored, as a sent SIGBUS would have been */
+    } else { /* SIG_DFL, or SIG_IGN for a fault (which the kernel turns into SIG_DFL): die */
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        sigaction(sig, &dfl, NULL);
+        raise(sig); /* pending while we run (SIGBUS is blocked here), delivered on return */
+    }
+    errno = saved;
+}
+
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
+static int installed;
+
+/* 1 when our handler is SIGBUS's disposition now, installing it on the first call (over any
+ * disposition) or where SIG_DFL has replaced it since (faulthandler.disable() puts back what it
+ * found: SIG_DFL after pytest, say). A disposition someone else installed over ours is left
+ * alone, 0: mapping a file without our handler in front would risk a SIGBUS, and stacking ours
+ * on top again could chain to a handler later disabled (faulthandler's then returns, and the
+ * fault repeats forever). */
+static int guard_ready(void) {
+    struct sigaction cur;
+    int ok = 0;
+    pthread_mutex_lock(&guard_lock);
+    if (sigaction(SIGBUS, NULL, &cur) == 0) {
+        if (cur.sa_flags & SA_SIGINFO && cur.sa_sigaction == on_sigbus) {
+            ok = 1;
+        } else if (!installed || (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_DFL)) {
+            struct sigaction act;
+            memset(&act, 0, sizeof act);
+            act.sa_sigaction = on_sigbus;
+            act.sa_flags = SA_SIGINFO | SA_ONSTACK;
+            sigemptyset(&act.sa_mask);
+            prev_bus = cur; /* before the install: the handler may run as soon as it is in */
+            if (sigaction(SIGBUS, &act, &cur) == 0) {
+                prev_bus = cur; /* the same unless someone changed it in between */
+                installed = ok = 1;
+            }
+        }
+    }
+    pthread_mutex_unlock(&guard_lock);
+    return ok;
+}
+
+static int test_trunc_fd = -1; /* _test_truncate_next */
+static off_t test_trunc_size;
+
+/* the copy, guarded: 0, or 1 after a SIGBUS in the mapping (g->addr says where, if known) */
+static __attribute__((noinline)) int copy_guarded(guard_t *g, const uint8_t *p, buffers_t *b, uint32_t *crcs) {
+    sigset_t bus, old;
+    sigemptyset(&bus);
+    sigaddset(&bus, SIGBUS);
+    pthread_sigmask(SIG_UNBLOCK, &bus, &old);
+    int rc = 0;
+    if (sigsetjmp(g->env, 0) == 0) { /* no mask saved: we put back `old` ourselves below */
+        cur_guard = g;
+        for (Py_ssize_t i = 0; i < b->n; i++) {
+            size_t n = (size_t)b->bufs[i].len;
+            crcs[i] = ~kernel(0xFFFFFFFFu, p, b->bufs[i].buf, n);
+            p += n;
+        }
+    } else {
+        rc = 1; /* back from the handler: SIGBUS (and its sa_mask) still blocked, reset below */
+    }
+    cur_guard = NULL;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+/* Copy and checksum through a populated mapping; 0 when done, -1 when preadv must do it,
+ * -2 after a SIGBUS: *fault = file offset of the fault (-1 unknown), *size = size now (-1). */
+static int read_mapped(int fd, off_t offset, buffers_t *b, size_t total, uint32_t *crcs,
+                       off_t *fault, off_t *size) {
+    int tfd = -1; /* test-only hook: the truncation race, made deterministic */
+    if (__atomic_load_n(&test_trunc_fd, __ATOMIC_RELAXED) >= 0) tfd = __atomic_exchange_n(&test_trunc_fd, -1, __ATOMIC_ACQ_REL);
     struct stat st;
-    if (fstat(fd, &st) < 0 || offset + (off_t)total > st.st_size) return -1;
+    if (!guard_ready() || fstat(fd, &st) < 0 || offset + (off_t)total > st.st_size) return -1;
     off_t base = offset - offset % (off_t)sysconf(_SC_PAGESIZE);
     size_t len = total + (size_t)(offset - base);
     uint8_t *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, base);
@@ -237,14 +397,17 @@ static int read_mapped(int fd, off_t offset, buffers_t *b, size_t total, uint32_
         munmap(m, len);
         return -1;
     }
-    const uint8_t *p = m + (offset - base);
-    for (Py_ssize_t i = 0; i < b->n; i++) {
-        size_t n = (size_t)b->bufs[i].len;
-        crcs[i] = ~kernel(0xFFFFFFFFu, p, b->bufs[i].buf, n);
-        p += n;
-    }
+    if (tfd >= 0 && ftruncate(tfd, test_trunc_size) < 0) { /* the test then sees no error */ }
+    guard_t g;
+    g.lo = m;
+    g.hi = m + len;
+    g.addr = NULL;
+    int rc = copy_guarded(&g, m + (offset - base), b, crcs);
     munmap(m, len);
-    return 0;
+    if (rc == 0) return 0;
+    *fault = g.addr ? base + (off_t)(g.addr - m) : -1;
+    *size = fstat(fd, &st) == 0 ? st.st_size : -1;
+    return -2;
 }
 
 /* preadv everything, then checksum; 0, or an errno value, or -1 at end of file (at *pos) */
@@ -298,13 +461,27 @@ static PyObject *py_read(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     size_t total = 0;
     for (Py_ssize_t i = 0; i < b.n; i++) total += (size_t)b.bufs[i].len;
-    off_t pos = (off_t)offset;
-    int rc = 0;
+    off_t pos = (off_t)offset, fault = -1, size = -1;
+    int rc = 0, mapped = -1;
     Py_BEGIN_ALLOW_THREADS
-    if (total < MAP_MIN || read_mapped(fd, pos, &b, total, crcs) < 0) rc = read_pread(fd, &pos, &b, crcs);
+    if (total >= MAP_MIN) mapped = read_mapped(fd, pos, &b, total, crcs, &fault, &size);
+    if (mapped == -1) rc = read_pread(fd, &pos, &b, crcs);
     Py_END_ALLOW_THREADS
     PyObject *out = NULL;
-    if (rc > 0) {
+    if (mapped == -2) {
+        if (size >= 0 && size < pos + (off_t)total)
+            PyErr_Format(PyExc_EOFError, "file truncated while reading, at byte %lld (the file now has %lld bytes)",
+                         (long long)(fault >= 0 ? fault : size > pos ? size : pos), (long long)size);
+        else { /* the file still covers the range: a page that could not be read back */
+            PyObject *msg = fault >= 0 ? PyUnicode_FromFormat("I/O error (SIGBUS) reading the mapped file at byte %lld",
+                                                              (long long)fault)
+                                       : PyUnicode_FromString("I/O error (SIGBUS) reading the mapped file");
+            PyObject *exc = msg ? PyObject_CallFunction(PyExc_OSError, "iO", EIO, msg) : NULL;
+            if (exc) PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_XDECREF(exc);
+            Py_XDECREF(msg);
+        }
+    } else if (rc > 0) {
         errno = rc;
         PyErr_SetFromErrno(PyExc_OSError);
     } else if (rc < 0) {
@@ -370,11 +547,24 @@ static PyObject *py_use_kernel(PyObject *module, PyObject *arg) {
     return PyErr_Format(PyExc_ValueError, "no CRC kernel %R on this CPU", arg);
 }
 
+/* test-only (tests/test_readcrc.py): the next mapped read truncates fd to size after populating
+ * its mapping and before copying, as another process might */
+static PyObject *py_test_truncate_next(PyObject *Py_UNUSED(self), PyObject *args) {
+    int fd;
+    long long size;
+    if (!PyArg_ParseTuple(args, "iL:_test_truncate_next", &fd, &size)) return NULL;
+    test_trunc_size = (off_t)size;
+    __atomic_store_n(&test_trunc_fd, fd, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"read", py_read, METH_VARARGS, "read(fd, offset, buffers) -> CRC32C of each buffer, filled from the file"},
     {"crc32c", py_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> CRC32C of data, continuing from crc"},
     {"combine", py_combine, METH_VARARGS, "combine(crc1, crc2, len2) -> CRC32C of a + b"},
     {"use_kernel", py_use_kernel, METH_O, "use_kernel(name): checksum with that kernel from now on"},
+    {"_test_truncate_next", py_test_truncate_next, METH_VARARGS,
+     "_test_truncate_next(fd, size): test-only; the next mapped read truncates fd between populating and copying"},
     {NULL, NULL, 0, NULL},
 };
 
