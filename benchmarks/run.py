@@ -899,7 +899,8 @@ class Bench:
                                 "(actors up, as in a service); 'first restore': the restore starts them. A "
                                 "second restore in the same process is shown under 'extra' (for threads as "
                                 "well). RSS and CPU s are the driver's only (Ray's workers are other "
-                                "processes). Each Ray run is followed by a 5 s pause.")
+                                "processes); the Ray rows' peak RSS includes the primer they run themselves. "
+                                "Each Ray run is followed by a 5 s pause.")
             th, ray_, actors, first = (g["rows"].get(k, {}) for k in ("distrestore threads", default, started, cold))
             r = _ratio(ray_, th)  # ray's time / the thread executor's time
             self.target(f"Ray 1 node: ray time / threads time ({nb / 1e9:.2f} GB, executor='ray', "
