@@ -90,9 +90,9 @@ def cmd_demo(args) -> int:
         prefix = save_tensors(os.path.join(d, "model.ckpt"), tensors, num_shards=4)
         print(f"wrote {len(tensors)} tensors to {prefix} (4 data files)")
         print(f"list_variables: {len(list_variables(prefix))} entries, e.g. {list_variables(prefix)[0]}")
+        _connect_ray(args.executor)  # before planning: the Ray executor sizes the plan from the cluster
         index = open_checkpoint(prefix)
         print(plan_requests([TensorRequest(index, n) for n in index.entries], args.executor).summary())
-        _connect_ray(args.executor)
         t = time.perf_counter()
         out = restore_tensors(prefix, executor=args.executor)
         dt = time.perf_counter() - t

@@ -10,12 +10,18 @@ import numpy as np
 
 import distrestore as dr
 from distrestore.cli import main
+from ray_fixtures import ray_local  # noqa: F401
 
 
 def test_demo_restores_and_checks(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "every value bit-exact" in out and "ReadPlan:" in out
+
+
+def test_demo_with_the_ray_executor(ray_local, capsys):
+    assert main(["demo", "--executor", "ray"]) == 0
+    assert "executor=ray; every value bit-exact" in capsys.readouterr().out
 
 
 def test_ls_tree_plan_restore(fixtures_dir, tmp_path, capsys):
