@@ -305,7 +305,7 @@ def c_raw_local(man, p):
     if p.get("cold"):
         _drop_cache(man)
 
-    def read(task):
+    def read_preadv(task):
         fd, buf, a, b = task
         mv = memoryview(buf)[a:b]
         pos = a
@@ -323,8 +323,7 @@ def c_raw_local(man, p):
             buf[a:b] = src  # numpy releases the GIL for the copy
             del src
 
-    if p.get("method") == "mmap":
-        read = copy_mapped  # noqa: F811
+    read = copy_mapped if p.get("method") == "mmap" else read_preadv
 
     t0 = _start()
     bufs, fds, tasks = {}, [], []

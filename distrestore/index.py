@@ -51,6 +51,8 @@ class CheckpointIndex:
                 header_raw, hidden, entries = decode_table(list(sstable.read_blocks(data, path)), path)
         except (IndexError, struct.error):
             raise CorruptCheckpointError(f"{path}: truncated index block entry") from None
+        except OverflowError:  # a location field past 2^63: no real file is that large
+            raise CorruptCheckpointError(f"{path}: an entry's shard, offset or size is out of range") from None
         except DistRestoreError as e:  # e.g. an unknown dtype, named by tensor: add the file
             if path in str(e):
                 raise

@@ -7,7 +7,6 @@ together, each byte once, and nothing is returned unless every read and checksum
 
 from __future__ import annotations
 
-from operator import attrgetter
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np

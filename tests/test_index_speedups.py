@@ -87,3 +87,15 @@ def test_batched_crc_check_finds_the_first_bad_piece(monkeypatch):
             with monkeypatch.context() as p:
                 p.setattr(crc, "_first_mismatch", None)
                 assert crc.first_mismatch(buf, offsets, sizes, m) == want
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["C", "python"])
+def test_location_past_2_63_is_a_corrupt_index(monkeypatch, accelerated):
+    from distrestore.errors import CorruptCheckpointError
+    if not accelerated:
+        monkeypatch.setattr(entry_table, "_speedups", None)
+    items = {b"": encode_header(1), b"a": encode_entry(1, (2,), 0, 2**63 + 5, 8, 1),
+             b"b": encode_entry(1, (2,), slices=[((0, 2),)])}
+    raw = sstable.build_table(sorted(items.items()))
+    with pytest.raises(CorruptCheckpointError, match="mem/o.index.*out of range"):
+        CheckpointIndex.from_bytes("mem/o", raw)

@@ -78,7 +78,8 @@ static int parse_location(const unsigned char *b, Py_ssize_t p, Py_ssize_t vend,
         }
     }
     if (p != vend) return 0;
-    /* proto int64 fields: a value past 2^63 is negative there too */
+    /* past 2^63: the fallback decodes it and the index is refused as out of range */
+    if (shard > (uint64_t)INT64_MAX || offset > (uint64_t)INT64_MAX || size > (uint64_t)INT64_MAX) return 0;
     r->shard = (int64_t)shard; r->offset = (int64_t)offset; r->size = (int64_t)size; r->crc = crc;
     return 1;
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from ..errors import CorruptCheckpointError, DistRestoreError
+from ..errors import CorruptCheckpointError
 from . import dtypes
 from .slices import Extents
 from .wire import FIXED32, LENGTH, VARINT, field, iter_fields, read_varint, to_signed64
