@@ -15,9 +15,10 @@ object store never exceed half the driver node's object store.
 the driver's own arrays are where its bytes must end up. By default (``local_reads="driver"``,
 ``nodes`` unset) the driver reads local files itself, with the thread executor, straight into
 its arrays: any other process on the node must hand the bytes over across a process boundary,
-which measured 4 x the thread executor's time here (below). Actors read what the driver cannot
-(object stores, spread over the cluster) and local files on nodes named with ``nodes``;
-``local_reads="actors"`` makes actors on the driver's node read local files too, as follows.
+which measured 2.5-4 x the thread executor's time here (below; benchmarks/RESULTS.md). Actors
+read what the driver cannot (object stores, spread over the cluster) and local files on nodes
+named with ``nodes``; ``local_reads="actors"`` makes actors on the driver's node read local
+files too, as follows.
 
 **Same node: shared memory, no copy.** For local files read by actors, the driver allocates the
 assembly's destination buffers (outputs that reads land in, packed and staging buffers) in one
