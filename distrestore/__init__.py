@@ -8,16 +8,33 @@ that takes a path accepts local paths and fsspec URLs (s3://, gs://, ...) with
 ``storage_options=``.
 """
 
-from .errors import (AssignmentMapError, ChecksumMismatchError, CheckpointNotFoundError,
-                     CorruptCheckpointError, DistRestoreError, RestoreAssertionError,
-                     ShapeMismatchError, StorageError, TensorNotFoundError,
-                     UnsupportedCheckpointError)
+from .errors import (
+    AssignmentMapError,
+    CheckpointNotFoundError,
+    ChecksumMismatchError,
+    CorruptCheckpointError,
+    DistRestoreError,
+    RestoreAssertionError,
+    ShapeMismatchError,
+    StorageError,
+    TensorNotFoundError,
+    UnsupportedCheckpointError,
+)
 from .execute.threads import ThreadExecutor
-from .index import CheckpointIndex, get_checkpoint_state, latest_checkpoint, open_checkpoint
 from .format.object_graph import ObjectGraph, escape_local_name
-from .objects import (Checkpoint, CheckpointLoadStatus, InitializationOnlyStatus, Node, NodeDict,
-                      NodeList, Optimizer, UnusedCheckpointValuesWarning, read_object_graph,
-                      tracked_children)
+from .index import CheckpointIndex, get_checkpoint_state, latest_checkpoint, open_checkpoint
+from .objects import (
+    Checkpoint,
+    CheckpointLoadStatus,
+    InitializationOnlyStatus,
+    Node,
+    NodeDict,
+    NodeList,
+    Optimizer,
+    UnusedCheckpointValuesWarning,
+    read_object_graph,
+    tracked_children,
+)
 from .plan import PlanOptions, ReadPlan, ReadRequest
 from .reader import CheckpointReader, list_variables, load_checkpoint, load_variable
 from .restore import TensorRequest, fetch, iter_fetch, iter_restore_tensors, plan_requests, restore_tensors
@@ -31,20 +48,58 @@ __version__ = "0.1.0"
 def __getattr__(name):
     if name == "RayExecutor":  # importing it imports ray: only on demand
         from .execute.ray import RayExecutor
+
         return RayExecutor
     raise AttributeError(f"module 'distrestore' has no attribute {name!r}")
 
 
 __all__ = [
-    "AssignmentMapError", "ChecksumMismatchError", "CheckpointIndex", "CheckpointNotFoundError",
-    "CheckpointReader", "CorruptCheckpointError", "DistRestoreError", "MergeConflictError",
-    "PlanOptions", "RayExecutor", "ReadPlan", "ReadRequest", "RestoreAssertionError",
-    "ShapeMismatchError", "StorageError", "TensorNotFoundError", "TensorRequest",
-    "ThreadExecutor", "UnsupportedCheckpointError", "Variable", "fetch", "get_checkpoint_state",
-    "iter_fetch", "iter_restore_tensors", "latest_checkpoint", "list_variables", "load_checkpoint",
-    "load_variable", "merge_checkpoints", "open_checkpoint", "plan_requests", "restore_tensors",
-    "save_tensors", "PartitionedVariable", "VariableStore", "init_from_checkpoint",
-    "Checkpoint", "CheckpointLoadStatus", "InitializationOnlyStatus", "Node", "NodeDict", "NodeList",
-    "ObjectGraph", "Optimizer", "UnusedCheckpointValuesWarning", "escape_local_name",
-    "read_object_graph", "tracked_children",
+    "AssignmentMapError",
+    "ChecksumMismatchError",
+    "CheckpointIndex",
+    "CheckpointNotFoundError",
+    "CheckpointReader",
+    "CorruptCheckpointError",
+    "DistRestoreError",
+    "MergeConflictError",
+    "PlanOptions",
+    "RayExecutor",
+    "ReadPlan",
+    "ReadRequest",
+    "RestoreAssertionError",
+    "ShapeMismatchError",
+    "StorageError",
+    "TensorNotFoundError",
+    "TensorRequest",
+    "ThreadExecutor",
+    "UnsupportedCheckpointError",
+    "Variable",
+    "fetch",
+    "get_checkpoint_state",
+    "iter_fetch",
+    "iter_restore_tensors",
+    "latest_checkpoint",
+    "list_variables",
+    "load_checkpoint",
+    "load_variable",
+    "merge_checkpoints",
+    "open_checkpoint",
+    "plan_requests",
+    "restore_tensors",
+    "save_tensors",
+    "PartitionedVariable",
+    "VariableStore",
+    "init_from_checkpoint",
+    "Checkpoint",
+    "CheckpointLoadStatus",
+    "InitializationOnlyStatus",
+    "Node",
+    "NodeDict",
+    "NodeList",
+    "ObjectGraph",
+    "Optimizer",
+    "UnusedCheckpointValuesWarning",
+    "escape_local_name",
+    "read_object_graph",
+    "tracked_children",
 ]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from itertools import repeat
 from operator import is_
-from typing import Sequence
 
 import numpy as np
 
@@ -46,8 +46,7 @@ class Assembly:
         self._entry_parts: dict[int, list[tuple[int, int, int]]] = {}
         self._entry_left = {i: e.size for i, e in enumerate(plan.entries)}
         self._entry_outputs: dict[int, set[int]] = {}
-        self._check = [self.verify and e.verify and dtypes.BY_NAME[e.dtype].fixed_width
-                       for e in plan.entries]
+        self._check = [self.verify and e.verify and dtypes.BY_NAME[e.dtype].fixed_width for e in plan.entries]
         # an output is complete when every direct segment, every copy into it and every
         # checksum of an entry feeding it is done
         pending = [0] * n
@@ -114,34 +113,34 @@ class Assembly:
             for seg in req.segments:
                 if seg.kind == DIRECT:
                     self._array(seg.target)
-                    views.append(self._bytes[seg.target][seg.offset:seg.offset + seg.length])
+                    views.append(self._bytes[seg.target][seg.offset : seg.offset + seg.length])
                 elif seg.kind == STAGED:
-                    views.append(memoryview(self._stage_buf(seg.target))[seg.offset:seg.offset + seg.length])
+                    views.append(memoryview(self._stage_buf(seg.target))[seg.offset : seg.offset + seg.length])
                 elif seg.kind == PACKED:
                     buf = self._packed.get(seg.target)
                     if buf is None:
                         n = self.plan.packed[seg.target].size
                         buf = self._alloc(PACKED, seg.target, n)
                         buf = self._packed[seg.target] = np.empty(n, np.uint8) if buf is None else buf
-                    views.append(memoryview(buf)[seg.offset:seg.offset + seg.length])
+                    views.append(memoryview(buf)[seg.offset : seg.offset + seg.length])
                 else:
                     views.append(None)
         return [v if v is not None else self._skip_buf(seg.length) for v, seg in zip(views, req.segments)]
 
     # -- completion --------------------------------------------------------------------------
 
-    def checksums(self, req: ReadRequest, views: Sequence,
-                  known: Sequence[int] | None = None) -> list[int | None]:
+    def checksums(self, req: ReadRequest, views: Sequence, known: Sequence[int] | None = None) -> list[int | None]:
         """CRC32C of every segment whose entry is verified (call in the reading thread);
         ``known``: the CRC32C of every view, when the read computed them."""
         if known is not None:
-            return [c if seg.entry >= 0 and self._check[seg.entry] else None
-                    for seg, c in zip(req.segments, known)]
-        return [crc.value(v) if seg.entry >= 0 and self._check[seg.entry] else None
-                for seg, v in zip(req.segments, views)]
+            return [c if seg.entry >= 0 and self._check[seg.entry] else None for seg, c in zip(req.segments, known)]
+        return [
+            crc.value(v) if seg.entry >= 0 and self._check[seg.entry] else None for seg, v in zip(req.segments, views)
+        ]
 
-    def place(self, req: ReadRequest, data, views: Sequence | None = None, *,
-              gaps_included: bool = True) -> list[memoryview]:
+    def place(
+        self, req: ReadRequest, data, views: Sequence | None = None, *, gaps_included: bool = True
+    ) -> list[memoryview]:
         """Copy a request's bytes (from a remote read or a Ray worker) into its buffers.
         ``data`` holds the whole range, or only the needed segments when ``gaps_included`` is
         False (what a remote worker ships back)."""
@@ -150,7 +149,7 @@ class Assembly:
         pos = 0
         for seg, v in zip(req.segments, views):
             if seg.kind != SKIP:
-                v[:] = mv[pos:pos + seg.length]
+                v[:] = mv[pos : pos + seg.length]
                 pos += seg.length
             elif gaps_included:
                 pos += seg.length
@@ -209,7 +208,8 @@ class Assembly:
             raise ChecksumMismatchError(
                 f"checksum mismatch for tensor {e.name!r}: {e.file} bytes "
                 f"[{e.offset}, {e.offset + e.size}) (crc32c {value:#010x}, index says "
-                f"{crc.unmask(e.crc32c):#010x}); the data file is corrupt")
+                f"{crc.unmask(e.crc32c):#010x}); the data file is corrupt"
+            )
 
     def _unpack(self, pid: int) -> list[int]:
         """Verify every small tensor of a packed buffer (one batched CRC call) and hand each
@@ -223,7 +223,8 @@ class Assembly:
                 a = p.start + int(p.offsets[bad])
                 raise ChecksumMismatchError(
                     f"checksum mismatch for tensor {name!r}: {p.file} bytes [{a}, "
-                    f"{a + int(p.sizes[bad])}); the data file is corrupt")
+                    f"{a + int(p.sizes[bad])}); the data file is corrupt"
+                )
         arrays = self._arrays
         by_enum = dtypes.BY_ENUM
         outs = p.outputs.tolist()
@@ -254,8 +255,7 @@ class Assembly:
             where = f"tensor {e.name!r} in {e.file} bytes [{e.offset}, {e.offset + e.size})"
             shape = box_shape(e.box)
             count = int(np.prod(shape, dtype=np.int64))
-            src = decode_strings(buf, count, shape, stored_crc=e.crc32c if self.verify else None,
-                                 where=where)
+            src = decode_strings(buf, count, shape, stored_crc=e.crc32c if self.verify else None, where=where)
             for c in st.copies:
                 out = self.plan.outputs[c.output]
                 with self._lock:
@@ -268,8 +268,7 @@ class Assembly:
         for c in st.copies:
             out = self.plan.outputs[c.output]
             first = sum((a - o) * s for (a, _), (o, _), s in zip(c.box, e.box, strides))
-            src = np.ndarray(box_shape(c.box), dtype=npdt, buffer=buf, offset=first - st.start,
-                             strides=strides)
+            src = np.ndarray(box_shape(c.box), dtype=npdt, buffer=buf, offset=first - st.start, strides=strides)
             with self._lock:
                 arr = self._array(c.output)
             arr[relative(c.box, out.box)] = src
@@ -281,10 +280,18 @@ class Assembly:
 
     def tensor_names(self, req: ReadRequest, limit: int = 3) -> str:
         """The tensors a request reads, for error messages."""
-        names = sorted({self.plan.entries[s.entry].name for s in req.segments if s.entry >= 0}
-                       | {self.plan_names(o) for s in req.segments if s.kind == PACKED
-                          for o in self.plan.packed[s.target].outputs[:limit].tolist()})
-        return ", ".join(repr(n) for n in names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+        names = sorted(
+            {self.plan.entries[s.entry].name for s in req.segments if s.entry >= 0}
+            | {
+                self.plan_names(o)
+                for s in req.segments
+                if s.kind == PACKED
+                for o in self.plan.packed[s.target].outputs[:limit].tolist()
+            }
+        )
+        return ", ".join(repr(n) for n in names[:limit]) + (
+            f" and {len(names) - limit} more" if len(names) > limit else ""
+        )
 
     # -- results -----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ def _connect_ray(executor: str) -> None:
     if executor != "ray":
         return
     import ray
+
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)
@@ -32,6 +33,7 @@ def _connect_ray(executor: str) -> None:
 
 def cmd_ls(args) -> int:
     from .reader import load_checkpoint
+
     reader = load_checkpoint(args.checkpoint, storage_options=_storage_options(args))
     dtypes = {n: e.dtype.name for n, e in reader.index.entries.items()}
     for name, shape in sorted(reader.get_variable_to_shape_map().items()):
@@ -42,6 +44,7 @@ def cmd_ls(args) -> int:
 def cmd_tree(args) -> int:
     from .index import open_checkpoint
     from .objects import read_object_graph
+
     index = open_checkpoint(args.checkpoint, storage_options=_storage_options(args))
     print(read_object_graph(index).format_tree(index.entries))
     return 0
@@ -50,6 +53,7 @@ def cmd_tree(args) -> int:
 def cmd_plan(args) -> int:
     from .index import open_checkpoint
     from .restore import TensorRequest, plan_requests
+
     index = open_checkpoint(args.checkpoint, storage_options=_storage_options(args))
     names = args.names or [n for n, e in index.entries.items() if not e.dtype.is_variant]
     print(plan_requests([TensorRequest(index, n) for n in names], args.executor).summary())
@@ -58,15 +62,24 @@ def cmd_plan(args) -> int:
 
 def cmd_restore(args) -> int:
     from .restore import restore_tensors
+
     _connect_ray(args.executor)
     t = time.perf_counter()
-    out = restore_tensors(args.checkpoint, args.names or None, executor=args.executor,
-                          storage_options=_storage_options(args), verify=not args.no_verify,
-                          max_inflight_bytes=args.max_inflight_bytes, progress=True)
+    out = restore_tensors(
+        args.checkpoint,
+        args.names or None,
+        executor=args.executor,
+        storage_options=_storage_options(args),
+        verify=not args.no_verify,
+        max_inflight_bytes=args.max_inflight_bytes,
+        progress=True,
+    )
     dt = time.perf_counter() - t
     nbytes = sum(a.nbytes for a in out.values() if a.dtype != object)
-    print(f"restored {len(out)} tensors, {nbytes / 1e6:.1f} MB in {dt:.2f} s "
-          f"({nbytes / 1e9 / max(dt, 1e-9):.2f} GB/s) with executor={args.executor}")
+    print(
+        f"restored {len(out)} tensors, {nbytes / 1e6:.1f} MB in {dt:.2f} s "
+        f"({nbytes / 1e9 / max(dt, 1e-9):.2f} GB/s) with executor={args.executor}"
+    )
     if args.output:
         np.savez(args.output, **{k.replace("/", "__"): v for k, v in out.items()})
         print(f"wrote {args.output}")
@@ -76,13 +89,13 @@ def cmd_restore(args) -> int:
 def cmd_demo(args) -> int:
     """Write a sharded checkpoint with a partitioned-style layout, restore it in parallel,
     check every value, and print what happened."""
-    from .reader import list_variables
-    from .restore import plan_requests, restore_tensors, TensorRequest
     from .index import open_checkpoint
+    from .reader import list_variables
+    from .restore import TensorRequest, plan_requests, restore_tensors
     from .writer import save_tensors
+
     rng = np.random.default_rng(0)
-    tensors = {f"layer_{i:02d}/kernel": rng.standard_normal((512, 256)).astype(np.float32)
-               for i in range(24)}
+    tensors = {f"layer_{i:02d}/kernel": rng.standard_normal((512, 256)).astype(np.float32) for i in range(24)}
     tensors.update({f"layer_{i:02d}/bias": rng.standard_normal(256).astype(np.float32) for i in range(24)})
     tensors["vocab"] = np.array([f"token_{i}".encode() for i in range(1000)], dtype=object)
     tensors["global_step"] = np.int64(1234)
@@ -99,14 +112,19 @@ def cmd_demo(args) -> int:
         for name, value in tensors.items():
             expect = np.asarray(value)
             got = out[name]
-            same = (list(got.reshape(-1)) == list(expect.reshape(-1))) if expect.dtype == object \
+            same = (
+                (list(got.reshape(-1)) == list(expect.reshape(-1)))
+                if expect.dtype == object
                 else got.tobytes() == expect.tobytes()
+            )
             if not same or got.shape != expect.shape:
                 print(f"MISMATCH in {name}", file=sys.stderr)
                 return 1
         nbytes = sum(a.nbytes for a in out.values() if a.dtype != object)
-        print(f"restored {len(out)} tensors ({nbytes / 1e6:.1f} MB) in {dt * 1000:.0f} ms with "
-              f"executor={args.executor}; every value bit-exact, every CRC32C verified")
+        print(
+            f"restored {len(out)} tensors ({nbytes / 1e6:.1f} MB) in {dt * 1000:.0f} ms with "
+            f"executor={args.executor}; every value bit-exact, every CRC32C verified"
+        )
     return 0
 
 
@@ -132,5 +150,4 @@ def main(argv=None) -> int:
     d = sub.add_parser("demo", help="write a checkpoint, restore it in parallel, check it")
     d.add_argument("--executor", default="threads", choices=["threads", "ray"])
     args = p.parse_args(argv)
-    return {"ls": cmd_ls, "tree": cmd_tree, "plan": cmd_plan, "restore": cmd_restore,
-            "demo": cmd_demo}[args.cmd](args)
+    return {"ls": cmd_ls, "tree": cmd_tree, "plan": cmd_plan, "restore": cmd_restore, "demo": cmd_demo}[args.cmd](args)

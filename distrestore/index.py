@@ -16,8 +16,14 @@ import warnings
 import numpy as np
 
 from ._gc import gc_paused
-from .errors import (CheckpointNotFoundError, CorruptCheckpointError, DistRestoreError, StorageError,
-                     TensorNotFoundError, UnsupportedCheckpointError)
+from .errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    DistRestoreError,
+    StorageError,
+    TensorNotFoundError,
+    UnsupportedCheckpointError,
+)
 from .format import dtypes, sstable
 from .format.entry_table import EntryTable, IndexColumns, decode_table
 from .format.messages import BIG, BundleHeader, TensorEntry, decode_entry, decode_header
@@ -31,8 +37,14 @@ CONSUMER = 1  # the bundle format version this reader implements (TF's kTensorBu
 class CheckpointIndex:
     """The parsed ``.index`` of one bundle: header, public entries and hidden slice entries."""
 
-    def __init__(self, prefix: str, header: BundleHeader, entries: EntryTable,
-                 slice_entries: dict[bytes, bytes], storage: Storage):
+    def __init__(
+        self,
+        prefix: str,
+        header: BundleHeader,
+        entries: EntryTable,
+        slice_entries: dict[bytes, bytes],
+        storage: Storage,
+    ):
         self.prefix = prefix
         self.header = header
         self.entries = entries  # a Mapping name -> TensorEntry, kept as columns
@@ -44,7 +56,7 @@ class CheckpointIndex:
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
-    def from_bytes(cls, prefix: str, data: bytes, storage: Storage | None = None) -> "CheckpointIndex":
+    def from_bytes(cls, prefix: str, data: bytes, storage: Storage | None = None) -> CheckpointIndex:
         path = prefix + ".index"
         try:
             with gc_paused():
@@ -64,15 +76,18 @@ class CheckpointIndex:
         if hidden:
             # TF hides exactly the keys that re-encode a full entry's slices (BuildV2VarMaps)
             referenced = {slice_key(e.name, s) for e in entries.partitioned() for s in e.slices}
-            extra = [decode_entry(k.decode("utf-8", "surrogateescape"), hidden.pop(k))
-                     for k in [k for k in hidden if k not in referenced]]
+            extra = [
+                decode_entry(k.decode("utf-8", "surrogateescape"), hidden.pop(k))
+                for k in [k for k in hidden if k not in referenced]
+            ]
             if extra:
-                entries = EntryTable.from_entries(sorted(
-                    [*entries.values(), *extra], key=lambda e: e.name.encode("utf-8", "surrogateescape")))
+                entries = EntryTable.from_entries(
+                    sorted([*entries.values(), *extra], key=lambda e: e.name.encode("utf-8", "surrogateescape"))
+                )
         return cls(prefix, header, entries, hidden, storage or Storage.for_url(prefix))
 
     @classmethod
-    def open(cls, prefix: str, storage: Storage) -> "CheckpointIndex":
+    def open(cls, prefix: str, storage: Storage) -> CheckpointIndex:
         path = prefix + ".index"
         try:
             data = storage.read(path)
@@ -91,8 +106,8 @@ class CheckpointIndex:
             return self._data_files[shard_id]
         except IndexError:
             raise CorruptCheckpointError(
-                f"{self.prefix}.index: shard id {shard_id} out of range for "
-                f"{self.header.num_shards} shards") from None
+                f"{self.prefix}.index: shard id {shard_id} out of range for {self.header.num_shards} shards"
+            ) from None
 
     def data_files(self) -> list[str]:
         return list(self._data_files)
@@ -108,7 +123,8 @@ class CheckpointIndex:
         raw = self._slice_values.get(key)
         if raw is None:
             raise CorruptCheckpointError(
-                f"{self.prefix}.index: tensor {name!r} lists slice {list(extents)} but its entry is missing")
+                f"{self.prefix}.index: tensor {name!r} lists slice {list(extents)} but its entry is missing"
+            )
         entry = decode_entry(name, raw)
         if entry.dtype != self.entries[name].dtype:
             raise CorruptCheckpointError(f"{self.prefix}.index: slice of {name!r} has a different dtype")
@@ -136,8 +152,7 @@ class CheckpointIndex:
         return dict(zip(cols.names, map(numpy_of.__getitem__, cols.dtype.tolist())))
 
     def __repr__(self) -> str:
-        return (f"CheckpointIndex({self.prefix!r}, {len(self.entries)} tensors, "
-                f"{self.header.num_shards} data file(s))")
+        return f"CheckpointIndex({self.prefix!r}, {len(self.entries)} tensors, {self.header.num_shards} data file(s))"
 
 
 def _check_version(header: BundleHeader, path: str) -> None:
@@ -146,20 +161,26 @@ def _check_version(header: BundleHeader, path: str) -> None:
         raise UnsupportedCheckpointError(f"{path}: bundle producer version {header.producer} is too old")
     if header.min_consumer > CONSUMER:
         raise UnsupportedCheckpointError(
-            f"{path}: bundle needs reader version {header.min_consumer}; this reader is version {CONSUMER}")
+            f"{path}: bundle needs reader version {header.min_consumer}; this reader is version {CONSUMER}"
+        )
     if CONSUMER in header.bad_consumers:
         raise UnsupportedCheckpointError(f"{path}: bundle disallows reader version {CONSUMER}")
 
 
 # -- resolution ----------------------------------------------------------------------------
 
+
 class NoCheckpointInDirectoryError(CheckpointNotFoundError, ValueError):
     """A directory without a usable ``checkpoint`` state file (TF raises ValueError here)."""
 
 
-def get_checkpoint_state(checkpoint_dir: str, latest_filename: str | None = None, *,
-                         storage_options: dict | None = None,
-                         storage: Storage | None = None) -> CheckpointState | None:
+def get_checkpoint_state(
+    checkpoint_dir: str,
+    latest_filename: str | None = None,
+    *,
+    storage_options: dict | None = None,
+    storage: Storage | None = None,
+) -> CheckpointState | None:
     """The directory's ``checkpoint`` state, relative paths joined with the directory (TF's
     ``get_checkpoint_state``); None when the file does not exist."""
     checkpoint_dir = os.fspath(checkpoint_dir)
@@ -181,12 +202,19 @@ def get_checkpoint_state(checkpoint_dir: str, latest_filename: str | None = None
     def absolute(p: str) -> str:
         return p if is_absolute(p) else join(checkpoint_dir, p)
 
-    return state._replace(model_checkpoint_path=absolute(state.model_checkpoint_path),
-                          all_model_checkpoint_paths=[absolute(p) for p in state.all_model_checkpoint_paths])
+    return state._replace(
+        model_checkpoint_path=absolute(state.model_checkpoint_path),
+        all_model_checkpoint_paths=[absolute(p) for p in state.all_model_checkpoint_paths],
+    )
 
 
-def latest_checkpoint(checkpoint_dir: str, latest_filename: str | None = None, *,
-                      storage_options: dict | None = None, storage: Storage | None = None) -> str | None:
+def latest_checkpoint(
+    checkpoint_dir: str,
+    latest_filename: str | None = None,
+    *,
+    storage_options: dict | None = None,
+    storage: Storage | None = None,
+) -> str | None:
     """The newest checkpoint prefix listed in the directory's state file, if its files exist."""
     checkpoint_dir = os.fspath(checkpoint_dir)
     storage = storage or Storage.for_url(checkpoint_dir, storage_options)
@@ -209,8 +237,7 @@ def resolve_prefix(ckpt_dir_or_file: str, storage: Storage) -> str:
         saved_model_vars = join(path, "variables", "variables")
         if storage.exists(saved_model_vars + ".index"):
             return saved_model_vars
-        raise NoCheckpointInDirectoryError(
-            f"Couldn't find 'checkpoint' file or checkpoints in given directory {path}")
+        raise NoCheckpointInDirectoryError(f"Couldn't find 'checkpoint' file or checkpoints in given directory {path}")
     return path
 
 
@@ -226,11 +253,13 @@ def _refuse_v1(prefix: str, storage: Storage) -> None:
             raise UnsupportedCheckpointError(
                 f"{prefix} is a V1-format checkpoint (TensorSliceReader, no .index file); "
                 "distrestore reads only the V2 format. Convert it with TensorFlow: restore it "
-                "with tf.compat.v1.train.Saver and save it again (the default writes V2).")
+                "with tf.compat.v1.train.Saver and save it again (the default writes V2)."
+            )
 
 
-def open_checkpoint(ckpt_dir_or_file, *, storage_options: dict | None = None,
-                    storage: Storage | None = None) -> CheckpointIndex:
+def open_checkpoint(
+    ckpt_dir_or_file, *, storage_options: dict | None = None, storage: Storage | None = None
+) -> CheckpointIndex:
     """Resolve a directory or prefix and read its index once."""
     if isinstance(ckpt_dir_or_file, CheckpointIndex):
         return ckpt_dir_or_file
@@ -251,4 +280,5 @@ def open_checkpoint(ckpt_dir_or_file, *, storage_options: dict | None = None,
         _refuse_v1(prefix, storage)
         raise CheckpointNotFoundError(
             f"Unsuccessful TensorSliceReader constructor: Failed to find any matching files for "
-            f"{prefix} (no {prefix}.index)") from None
+            f"{prefix} (no {prefix}.index)"
+        ) from None

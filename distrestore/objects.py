@@ -34,19 +34,26 @@ import collections
 import itertools
 import warnings
 import weakref
-from typing import Any, Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .errors import RestoreAssertionError, TensorNotFoundError, UnsupportedCheckpointError
-from .format.object_graph import (OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY, ObjectGraph,
-                                  parse_object_graph)
+from .format.object_graph import OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY, ObjectGraph, parse_object_graph
 from .index import CheckpointIndex, open_checkpoint
 from .variable import Variable
 
 __all__ = [
-    "Checkpoint", "CheckpointLoadStatus", "InitializationOnlyStatus", "Node", "NodeDict",
-    "NodeList", "Optimizer", "UnusedCheckpointValuesWarning", "read_object_graph",
+    "Checkpoint",
+    "CheckpointLoadStatus",
+    "InitializationOnlyStatus",
+    "Node",
+    "NodeDict",
+    "NodeList",
+    "Optimizer",
+    "UnusedCheckpointValuesWarning",
+    "read_object_graph",
     "tracked_children",
 ]
 
@@ -58,7 +65,7 @@ class UnusedCheckpointValuesWarning(UserWarning):
 # TF's ``ops.uid()`` for restores and ``Trackable._update_uid``: the newest restore that wrote an
 # object. Kept here, by object identity, so that ``Variable`` stays a plain value holder.
 _restore_uids = itertools.count(1)
-_update_uids: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+_update_uids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 def _update_uid(obj) -> int:
@@ -66,6 +73,7 @@ def _update_uid(obj) -> int:
 
 
 # -- the object tree --------------------------------------------------------------------------
+
 
 def _wrap(value):
     """The trackable form of ``value``, or None if it is not trackable (TF's wrap_or_unwrap)."""
@@ -156,8 +164,9 @@ class Node:
             raise TypeError(f"child names are strings, got {name!r}")
         wrapped = _wrap(value)
         if wrapped is None:
-            raise TypeError(f"only nodes, variables, lists and dicts can be children; got "
-                            f"{type(value).__name__} for {name!r}")
+            raise TypeError(
+                f"only nodes, variables, lists and dicts can be children; got {type(value).__name__} for {name!r}"
+            )
         self._dr_track(name, wrapped)
         if name in self.__dict__:
             object.__setattr__(self, name, wrapped)
@@ -185,8 +194,11 @@ class Node:
             return
         batch = _Batch()
         batch.record(lambda: _undo_track(self, name, pending))
-        batch.execute(lambda: [batch.restore_position(p, value)
-                               for p in sorted(pending, key=lambda p: p.restore_uid, reverse=True)])
+        batch.execute(
+            lambda: [
+                batch.restore_position(p, value) for p in sorted(pending, key=lambda p: p.restore_uid, reverse=True)
+            ]
+        )
 
     def _dr_untrack(self, name: str) -> None:
         self._dr_children.pop(name, None)
@@ -390,14 +402,21 @@ class Optimizer(Node):
         existing = self.get_slot(var, slot_name)
         if existing is not None:
             return existing
-        slot = Variable(initial_value, shape=var.shape, dtype=var.tf_dtype.name,
-                        name=f"{var.name}/{slot_name}" if var.name else None)
+        slot = Variable(
+            initial_value,
+            shape=var.shape,
+            dtype=var.tf_dtype.name,
+            name=f"{var.name}/{slot_name}" if var.name else None,
+        )
         batch = _Batch()
         self._dr_register_slot(batch, slot_name, var, slot)
         pending = self._dr_pop_deferred_slots(batch, slot_name, var)
         if pending:
-            batch.execute(lambda: [batch.restore_position(p, slot)
-                                   for p in sorted(pending, key=lambda p: p.restore_uid, reverse=True)])
+            batch.execute(
+                lambda: [
+                    batch.restore_position(p, slot) for p in sorted(pending, key=lambda p: p.restore_uid, reverse=True)
+                ]
+            )
         return slot
 
     def _dr_all_slots(self) -> Iterable[tuple[Variable, str, Variable]]:
@@ -405,11 +424,11 @@ class Optimizer(Node):
             for var, slot in by_var.values():
                 yield var, name, slot
 
-    def _dr_register_slot(self, batch: "_Batch", slot_name: str, var: Variable, slot: Variable) -> None:
+    def _dr_register_slot(self, batch: _Batch, slot_name: str, var: Variable, slot: Variable) -> None:
         self._dr_slots.setdefault(slot_name, {})[id(var)] = (var, slot)
         batch.record(lambda: self._dr_slots.get(slot_name, {}).pop(id(var), None))
 
-    def _dr_pop_deferred_slots(self, batch: "_Batch", slot_name: str, var: Variable) -> list:
+    def _dr_pop_deferred_slots(self, batch: _Batch, slot_name: str, var: Variable) -> list:
         by_var = self._dr_deferred_slots.get(slot_name, {})
         hit = by_var.pop(id(var), None)
         if hit is None:
@@ -417,8 +436,9 @@ class Optimizer(Node):
         batch.record(lambda: by_var.__setitem__(id(var), hit))
         return list(hit[1])
 
-    def _dr_create_or_restore_slot(self, batch: "_Batch", position: "_Position", slot_name: str,
-                                   var: Variable) -> Variable | None:
+    def _dr_create_or_restore_slot(
+        self, batch: _Batch, position: _Position, slot_name: str, var: Variable
+    ) -> Variable | None:
         """TF1 ``Optimizer._create_or_restore_slot_variable`` (eager)."""
         slot = self.get_slot(var, slot_name)
         if slot is None and position.object_proto.is_simple_variable:
@@ -436,6 +456,7 @@ class Optimizer(Node):
 
 
 # -- restore bookkeeping (TF's _CheckpointRestoreCoordinator / CheckpointPosition) ----------
+
 
 class _SlotRestoration(NamedTuple):
     optimizer_id: int
@@ -477,12 +498,15 @@ class _UnusedReport:
             unused_attrs.append((names.get(nid, f"<node {nid}>"), attrs))
         if not (unused_nodes or unused_attrs):
             return
-        lines = [f"A restore from {self.source} is being forgotten with unrestored values "
-                 "(call status.expect_partial() to silence this):"]
-        lines += [f"  Value in checkpoint could not be found in the restored object: {p}"
-                  for p in unused_nodes]
-        lines += [f"  An attribute in the restored object could not be found in the checkpoint. "
-                  f"Object: {p}, attribute: {a}" for p, a in unused_attrs]
+        lines = [
+            f"A restore from {self.source} is being forgotten with unrestored values "
+            "(call status.expect_partial() to silence this):"
+        ]
+        lines += [f"  Value in checkpoint could not be found in the restored object: {p}" for p in unused_nodes]
+        lines += [
+            f"  An attribute in the restored object could not be found in the checkpoint. Object: {p}, attribute: {a}"
+            for p, a in unused_attrs
+        ]
         warnings.warn("\n".join(lines), UnusedCheckpointValuesWarning, stacklevel=2)
 
 
@@ -495,16 +519,17 @@ class _Restore:
         self.fetch = fetch
         self.fetch_kwargs = fetch_kwargs
         self.restore_uid = next(_restore_uids)
-        self.object_by_proto_id: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+        self.object_by_proto_id: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self.matched_proto_ids: set[int] = set()
-        self.all_python_objects: "weakref.WeakSet" = weakref.WeakSet()
+        self.all_python_objects: weakref.WeakSet = weakref.WeakSet()
         self.unused_attributes: dict[int, list[str]] = {}
         self.slot_restorations: dict[int, list[_SlotRestoration]] = collections.defaultdict(list)
         self.deferred_slot_restorations: dict[int, list[_DeferredSlotRestoration]] = {}
         for nid, node in enumerate(graph.nodes):
             for s in node.slot_variables:
                 self.slot_restorations[s.original_variable_node_id].append(
-                    _SlotRestoration(nid, s.slot_variable_node_id, s.slot_name))
+                    _SlotRestoration(nid, s.slot_variable_node_id, s.slot_name)
+                )
         self._names: dict[int, str] | None = None
         self.report = _UnusedReport(graph, self.matched_proto_ids, self.unused_attributes, index.prefix)
         weakref.finalize(self, self.report)
@@ -549,12 +574,14 @@ class _Read(NamedTuple):
 
 def _fetch_key(restore: _Restore) -> tuple:
     """Restores read alike (same fetch function and options) share one fetch call."""
+
     def part(v):
         try:
             hash(v)
             return v
         except TypeError:
             return ("id", id(v))
+
     return (id(restore.fetch),) + tuple((k, part(v)) for k, v in sorted(restore.fetch_kwargs.items()))
 
 
@@ -602,7 +629,9 @@ class _Batch:
             warnings.warn(
                 f"Inconsistent references when restoring {r.name(pid)} from {r.index.prefix}: it is "
                 f"already bound to {current!r}, not rebinding it to {obj!r} (the checkpoint shares "
-                "one object between two paths that are different objects here)", stacklevel=3)
+                "one object between two paths that are different objects here)",
+                stacklevel=3,
+            )
         return False
 
     def restore_position(self, position: _Position, obj) -> None:
@@ -633,8 +662,12 @@ class _Batch:
                 lst = r.unused_attributes.setdefault(pos.proto_id, [])
                 n = len(lst)
                 lst.extend(a.name for a in node.attributes)
-                self.record(lambda: (lst.__delitem__(slice(n, None)),
-                                     r.unused_attributes.pop(pos.proto_id) if not lst else None))
+                self.record(
+                    lambda: (
+                        lst.__delitem__(slice(n, None)),
+                        r.unused_attributes.pop(pos.proto_id) if not lst else None,
+                    )
+                )
         self._set_uid(obj, r.restore_uid)
 
     def _gather_variable(self, pos: _Position, var: Variable) -> None:
@@ -648,7 +681,7 @@ class _Batch:
         else:
             first = node.attributes[0].checkpoint_key
             cut = first.find("/.ATTRIBUTES/")
-            key = (first[:cut + len("/.ATTRIBUTES/")] if cut >= 0 else first + "/") + VARIABLE_VALUE_KEY
+            key = (first[: cut + len("/.ATTRIBUTES/")] if cut >= 0 else first + "/") + VARIABLE_VALUE_KEY
         where = f"checkpoint value {key!r} for object {r.name(pos.proto_id)} (in {r.index.prefix})"
         entry = r.index.entries.get(key)
         if entry is None:
@@ -657,8 +690,11 @@ class _Batch:
         previous = self._reads.get(id(var))
         if previous is None or previous.uid < r.restore_uid:
             self._reads[id(var)] = _Read(var, r, key, r.restore_uid)
-            self.record(lambda: self._reads.pop(id(var), None) if previous is None
-                        else self._reads.__setitem__(id(var), previous))
+            self.record(
+                lambda: (
+                    self._reads.pop(id(var), None) if previous is None else self._reads.__setitem__(id(var), previous)
+                )
+            )
 
     def _queue_children(self, pos: _Position, obj, queue) -> None:
         r = pos.restore
@@ -683,6 +719,7 @@ class _Batch:
             lst.remove(position)
             if not lst and deferred.get(name) is lst:
                 del deferred[name]
+
         self.record(undo)
 
     def _queue_slot_variables(self, pos: _Position, obj, queue) -> None:
@@ -725,6 +762,7 @@ class _Batch:
         if not reads:
             return
         from .restore import TensorRequest  # the engine: same layer, imported late
+
         groups: dict[tuple, list[_Read]] = {}
         keys: dict[int, tuple] = {}
         for rd in reads:
@@ -742,14 +780,16 @@ class _Batch:
             for rd, arr in zip(group, arrays):
                 arr = np.asarray(arr)
                 entry = rd.restore.index.entries[rd.key]
-                rd.variable.check_assignable(arr.shape, entry.dtype,
-                                             what=f"checkpoint value {rd.key!r} (in {rd.restore.index.prefix})")
+                rd.variable.check_assignable(
+                    arr.shape, entry.dtype, what=f"checkpoint value {rd.key!r} (in {rd.restore.index.prefix})"
+                )
                 values.append((rd.variable, arr))
         for var, arr in values:
             var.assign(arr)
 
 
 # -- status objects ----------------------------------------------------------------------------
+
 
 class _GraphView:
     """The objects a ``Checkpoint`` saves: its root's tree plus attached dependencies."""
@@ -794,7 +834,7 @@ class CheckpointLoadStatus:
         self._view = view
         self._root = view.root  # keep the root alive like TF
 
-    def assert_consumed(self) -> "CheckpointLoadStatus":
+    def assert_consumed(self) -> CheckpointLoadStatus:
         """Every checkpoint value with an object, every object with a value (as far as the
         object tree and the pending restores go)."""
         r = self._restore
@@ -805,10 +845,14 @@ class CheckpointLoadStatus:
             if r.object_by_proto_id.get(nid) is None:
                 keys = [a.checkpoint_key for a in node.attributes]
                 raise RestoreAssertionError(
-                    f"Unresolved object in checkpoint {r.name(nid)}: no object matched its values {keys}")
+                    f"Unresolved object in checkpoint {r.name(nid)}: no object matched its values {keys}"
+                )
         if any(r.slot_restorations.values()):
-            pending = {r.name(v): [f"{r.name(s.optimizer_id)}'s '{s.slot_name}'" for s in lst]
-                       for v, lst in r.slot_restorations.items() if lst}
+            pending = {
+                r.name(v): [f"{r.name(s.optimizer_id)}'s '{s.slot_name}'" for s in lst]
+                for v, lst in r.slot_restorations.items()
+                if lst
+            }
             raise RestoreAssertionError(f"Unresolved slot restorations: {pending}")
         if r.unused_attributes:
             msgs = []
@@ -817,18 +861,18 @@ class CheckpointLoadStatus:
                 msgs.append(f"{r.name(nid)} ({obj!r}): {attrs}")
             raise RestoreAssertionError(
                 "Unused attributes in these objects (the attributes exist in the checkpoint but "
-                "were not restored):\n" + "\n".join(msgs))
+                "were not restored):\n" + "\n".join(msgs)
+            )
         return self
 
-    def assert_existing_objects_matched(self) -> "CheckpointLoadStatus":
+    def assert_existing_objects_matched(self) -> CheckpointLoadStatus:
         """Every variable that exists in the object tree got a value from this checkpoint (or a
         newer restore); checkpoint values without objects are allowed."""
         r = self._restore
         for nid in range(len(r.graph.nodes)):
             obj = r.object_by_proto_id.get(nid)
             if obj is not None and _update_uid(obj) < r.restore_uid:
-                raise RestoreAssertionError(
-                    f"Object {r.name(nid)} ({obj!r}) not assigned a value from checkpoint.")
+                raise RestoreAssertionError(f"Object {r.name(nid)} ({obj!r}) not assigned a value from checkpoint.")
         for obj in self._view.list_objects():
             r.all_python_objects.add(obj)
         bound = {id(o) for o in r.object_by_proto_id.values()}
@@ -838,10 +882,11 @@ class CheckpointLoadStatus:
             raise RestoreAssertionError(
                 f"Found {len(unused)} Python objects that were not bound to checkpointed values, "
                 f"likely due to changes in the Python program. Showing {len(shown)} of "
-                f"{len(unused)} unmatched objects: {shown}")
+                f"{len(unused)} unmatched objects: {shown}"
+            )
         return self
 
-    def assert_nontrivial_match(self) -> "CheckpointLoadStatus":
+    def assert_nontrivial_match(self) -> CheckpointLoadStatus:
         """Something besides the root matched."""
         r = self._restore
         for obj in self._view.list_objects():
@@ -853,12 +898,12 @@ class CheckpointLoadStatus:
                 raise RestoreAssertionError(
                     "Nothing except the root object matched a checkpointed value. Typically this "
                     "means that the checkpoint does not match the Python program. The following "
-                    f"objects have no matching checkpointed value: {unused}")
-            raise RestoreAssertionError(
-                f"Nothing to load. No dependencies have been added to {self._view.root!r} yet.")
+                    f"objects have no matching checkpointed value: {unused}"
+                )
+            raise RestoreAssertionError(f"Nothing to load. No dependencies have been added to {self._view.root!r} yet.")
         return self
 
-    def expect_partial(self) -> "CheckpointLoadStatus":
+    def expect_partial(self) -> CheckpointLoadStatus:
         """Silence the :class:`UnusedCheckpointValuesWarning` for this restore."""
         self._restore.report.expect_partial = True
         return self
@@ -880,8 +925,10 @@ class CheckpointLoadStatus:
 
     def __repr__(self) -> str:
         r = self._restore
-        return (f"<dr.CheckpointLoadStatus {r.index.prefix}: {len(r.object_by_proto_id)} of "
-                f"{len(r.graph.nodes)} checkpoint objects bound>")
+        return (
+            f"<dr.CheckpointLoadStatus {r.index.prefix}: {len(r.object_by_proto_id)} of "
+            f"{len(r.graph.nodes)} checkpoint objects bound>"
+        )
 
 
 class InitializationOnlyStatus:
@@ -891,8 +938,7 @@ class InitializationOnlyStatus:
         self._root = root
 
     def _fail(self):
-        raise RestoreAssertionError(
-            "No checkpoint specified (save_path=None); nothing is being restored.")
+        raise RestoreAssertionError("No checkpoint specified (save_path=None); nothing is being restored.")
 
     def assert_consumed(self):
         self._fail()
@@ -915,8 +961,10 @@ class InitializationOnlyStatus:
 
 # -- Checkpoint --------------------------------------------------------------------------------
 
+
 def _default_fetch(requests, **kwargs):
     from .restore import fetch  # the engine: same layer, imported late
+
     return fetch(requests, **kwargs)
 
 
@@ -925,8 +973,10 @@ def _read_graph(index: CheckpointIndex, fetch: FetchFn, fetch_kwargs: dict) -> O
         raise UnsupportedCheckpointError(
             f"{index.prefix} has no {OBJECT_GRAPH_PROTO_KEY}: it is a name-based (TF1 Saver) "
             "checkpoint, which object-based restore cannot match. Restore it by name with "
-            "distrestore.VariableStore and init_from_checkpoint.")
+            "distrestore.VariableStore and init_from_checkpoint."
+        )
     from .restore import TensorRequest
+
     value = fetch([TensorRequest(index, OBJECT_GRAPH_PROTO_KEY)], **fetch_kwargs)[0]
     data = np.asarray(value, dtype=object).reshape(-1)[0] if not isinstance(value, (bytes, bytearray)) else value
     return parse_object_graph(bytes(data), source=index.prefix)
@@ -958,13 +1008,14 @@ class Checkpoint(Node):
                 raise ValueError(f"`Checkpoint` was expecting root to be a Node, got {root!r}")
             attached = []
             kwargs["root"] = graph_root
-            object.__setattr__(self, "_dr_save_counter",
-                               _children(graph_root).get("save_counter"))
+            object.__setattr__(self, "_dr_save_counter", _children(graph_root).get("save_counter"))
         for k, v in sorted(kwargs.items(), key=lambda kv: kv[0]):
             w = _wrap(v)
             if w is None:
-                raise ValueError(f"`Checkpoint` was expecting {k} to be a trackable object (a Node, "
-                                 f"a Variable, or a list or dict of them), got {v!r}")
+                raise ValueError(
+                    f"`Checkpoint` was expecting {k} to be a trackable object (a Node, "
+                    f"a Variable, or a list or dict of them), got {v!r}"
+                )
             self._dr_track(k, w)
             if not _is_data_descriptor(type(self), k):  # `root` stays the property
                 object.__setattr__(self, k, w)
@@ -973,8 +1024,9 @@ class Checkpoint(Node):
                 if child is None:
                     attached.append((k, w))
                 elif child is not w:
-                    raise ValueError(f"Cannot create a Checkpoint with keyword argument {k} if "
-                                     f"root.{k} already exists.")
+                    raise ValueError(
+                        f"Cannot create a Checkpoint with keyword argument {k} if root.{k} already exists."
+                    )
         # the view is made on demand: a stored view of `self` would be a reference cycle, and
         # a cycle delays the unused-values warning to the next garbage collection
         object.__setattr__(self, "_dr_graph_root", graph_root)
@@ -1006,9 +1058,17 @@ class Checkpoint(Node):
                 batch.record(lambda: root._dr_deferred.__setitem__("save_counter", pending))
                 batch.execute(lambda: batch.restore_position(pending[0], counter))
 
-    def read(self, save_path, *, storage_options: dict | None = None, executor="threads",
-             verify: bool = True, max_inflight_bytes: int | None = None, progress=None,
-             fetch: FetchFn | None = None) -> CheckpointLoadStatus:
+    def read(
+        self,
+        save_path,
+        *,
+        storage_options: dict | None = None,
+        executor="threads",
+        verify: bool = True,
+        max_inflight_bytes: int | None = None,
+        progress=None,
+        fetch: FetchFn | None = None,
+    ) -> CheckpointLoadStatus:
         """Restore what the checkpoint has for the objects that exist, defer the rest; no
         ``save_counter`` is expected (TF's ``read``, for checkpoints written by ``write``).
 
@@ -1018,21 +1078,27 @@ class Checkpoint(Node):
         example) with the given ``executor``/``verify``/``max_inflight_bytes``/``progress``;
         deferred restores of this checkpoint later use the same.
         """
-        restore = self._dr_open(save_path, storage_options, executor, verify, max_inflight_bytes,
-                                progress, fetch)
+        restore = self._dr_open(save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch)
         return self._dr_walk(restore)
 
-    def restore(self, save_path, *, storage_options: dict | None = None, executor="threads",
-                verify: bool = True, max_inflight_bytes: int | None = None, progress=None,
-                fetch: FetchFn | None = None):
+    def restore(
+        self,
+        save_path,
+        *,
+        storage_options: dict | None = None,
+        executor="threads",
+        verify: bool = True,
+        max_inflight_bytes: int | None = None,
+        progress=None,
+        fetch: FetchFn | None = None,
+    ):
         """``read``, and the ``save_counter`` is created (and restored with the rest): a
         checkpoint without one (written by ``write``) fails ``assert_existing_objects_matched``.
         ``save_path=None`` returns a status whose assertions all fail, like TF."""
         if save_path is None:
             self._dr_maybe_create_save_counter()
             return InitializationOnlyStatus(self._dr_view.root)
-        restore = self._dr_open(save_path, storage_options, executor, verify, max_inflight_bytes,
-                                progress, fetch)
+        restore = self._dr_open(save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch)
         created = self._dr_save_counter is None
         self._dr_maybe_create_save_counter()
         try:
@@ -1057,11 +1123,9 @@ class Checkpoint(Node):
             del self._dr_children["save_counter"]
         self._dr_attached[:] = [(n, o) for n, o in self._dr_attached if o is not counter]
 
-    def _dr_open(self, save_path, storage_options, executor, verify, max_inflight_bytes, progress,
-                 fetch) -> _Restore:
+    def _dr_open(self, save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch) -> _Restore:
         index = open_checkpoint(save_path, storage_options=storage_options)
-        kwargs = dict(executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes,
-                      progress=progress)
+        kwargs = dict(executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes, progress=progress)
         fetch_fn = fetch if fetch is not None else _default_fetch
         graph = _read_graph(index, fetch_fn, kwargs)
         return _Restore(index, graph, fetch_fn, kwargs)

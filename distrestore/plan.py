@@ -12,9 +12,10 @@ tensors do not cost a request each. Everything here is plain, frozen, picklable 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -89,7 +90,8 @@ class Packed(NamedTuple):
 
     def __eq__(self, other):  # numpy fields: compare by value
         return isinstance(other, Packed) and all(
-            np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b for a, b in zip(self, other))
+            np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b for a, b in zip(self, other)
+        )
 
     __hash__ = None
 
@@ -134,20 +136,24 @@ class PlanOptions:
     """Whole tensors up to this size are read in packed groups and returned as views."""
 
     @classmethod
-    def for_storage(cls, local: bool, workers: int, max_inflight_bytes: int | None = None) -> "PlanOptions":
+    def for_storage(cls, local: bool, workers: int, max_inflight_bytes: int | None = None) -> PlanOptions:
         # max_gap_bytes stays 0: a subset or partition restore reads exactly the bytes it needs
         # (neighbouring ranges still join); latency is hidden by concurrency instead
         if local:
             opts = cls(max_gap_bytes=0, max_request_bytes=16 * 2**20, workers=workers)
         else:  # object stores: a request costs tens of ms and CPU per request, so fewer, bigger
             # requests (8 MiB at 20-50 ms first-byte latency was the best raw ceiling measured)
-            opts = cls(max_gap_bytes=0, max_request_bytes=32 * 2**20,
-                       min_request_bytes=8 * 2**20, workers=workers)
+            opts = cls(max_gap_bytes=0, max_request_bytes=32 * 2**20, min_request_bytes=8 * 2**20, workers=workers)
         if max_inflight_bytes:
             # one request alone must fit in the budget
             cap = max(1, max_inflight_bytes)
-            opts = cls(opts.max_gap_bytes, min(opts.max_request_bytes, cap),
-                       min(opts.min_request_bytes, cap), workers, min(opts.pack_bytes, cap))
+            opts = cls(
+                opts.max_gap_bytes,
+                min(opts.max_request_bytes, cap),
+                min(opts.min_request_bytes, cap),
+                workers,
+                min(opts.pack_bytes, cap),
+            )
         return opts
 
 
@@ -161,10 +167,12 @@ class ReadPlan:
     packed: tuple[Packed, ...] = ()
 
     def __eq__(self, other):
-        return isinstance(other, ReadPlan) and (
-            self.outputs, self.entries, self.staging, self.requests, self.options) == (
-            other.outputs, other.entries, other.staging, other.requests, other.options) and (
-            len(self.packed) == len(other.packed) and all(a == b for a, b in zip(self.packed, other.packed)))
+        return (
+            isinstance(other, ReadPlan)
+            and (self.outputs, self.entries, self.staging, self.requests, self.options)
+            == (other.outputs, other.entries, other.staging, other.requests, other.options)
+            and (len(self.packed) == len(other.packed) and all(a == b for a, b in zip(self.packed, other.packed)))
+        )
 
     @property
     def bytes_to_read(self) -> int:
@@ -179,6 +187,7 @@ class ReadPlan:
         loads = [(0, w) for w in range(workers)]
         out: list[list[int]] = [[] for _ in range(workers)]
         import heapq
+
         heapq.heapify(loads)
         for i in sorted(range(len(self.requests)), key=lambda i: -self.requests[i].nbytes):
             load, w = heapq.heappop(loads)
@@ -194,10 +203,12 @@ class ReadPlan:
             f[0] += 1
             f[1] += r.nbytes
         packed = sum(len(p.outputs) for p in self.packed)
-        lines = [f"ReadPlan: {len(self.outputs)} outputs from {len(self.entries) + packed} stored "
-                 f"entries, {len(self.requests)} requests, {_fmt(self.bytes_to_read)} to read "
-                 f"({_fmt(self.bytes_needed)} needed), {len(self.staging)} staging buffers, "
-                 f"{packed} small tensors in {len(self.packed)} packed groups"]
+        lines = [
+            f"ReadPlan: {len(self.outputs)} outputs from {len(self.entries) + packed} stored "
+            f"entries, {len(self.requests)} requests, {_fmt(self.bytes_to_read)} to read "
+            f"({_fmt(self.bytes_needed)} needed), {len(self.staging)} staging buffers, "
+            f"{packed} small tensors in {len(self.packed)} packed groups"
+        ]
         for path, (n, b) in files.items():
             lines.append(f"  {path}: {n} requests, {_fmt(b)}")
         if self.requests:
@@ -218,6 +229,7 @@ def _fmt(n: int) -> str:
 
 # -- planning ----------------------------------------------------------------------------------
 
+
 class Want(Protocol):
     """A region of one checkpoint tensor (region: tuple of step-1 slices, None = all); e.g. a
     ``restore.TensorRequest``."""
@@ -236,12 +248,15 @@ class Wants(NamedTuple):
     regions: list  # tuple of slices, or None for the whole tensor
 
     @classmethod
-    def of(cls, wants) -> "Wants":
+    def of(cls, wants) -> Wants:
         if isinstance(wants, Wants):
             return wants
         wants = list(wants)
-        return cls(list(map(attrgetter("checkpoint"), wants)), list(map(attrgetter("name"), wants)),
-                   list(map(attrgetter("region"), wants)))
+        return cls(
+            list(map(attrgetter("checkpoint"), wants)),
+            list(map(attrgetter("name"), wants)),
+            list(map(attrgetter("region"), wants)),
+        )
 
     def distinct_checkpoints(self) -> list[CheckpointIndex]:
         cps = self.checkpoints
@@ -284,10 +299,11 @@ def _stored_pieces(index: CheckpointIndex, entry: TensorEntry, want_box: Box):
         return
     boxes = [(to_box(s, entry.shape), s) for s in entry.slices]
     for i, (b1, _) in enumerate(boxes):
-        for b2, _ in boxes[i + 1:]:
+        for b2, _ in boxes[i + 1 :]:
             if intersect(b1, b2) is not None:
                 raise CorruptCheckpointError(
-                    f"{index.prefix}: overlapping slices {b1} and {b2} in partitioned tensor {entry.name!r}")
+                    f"{index.prefix}: overlapping slices {b1} and {b2} in partitioned tensor {entry.name!r}"
+                )
     covered = 0
     for box, extents in boxes:
         part = intersect(box, want_box)
@@ -297,20 +313,23 @@ def _stored_pieces(index: CheckpointIndex, entry: TensorEntry, want_box: Box):
     if covered != box_size(want_box):
         raise CorruptCheckpointError(
             f"{index.prefix}: does not have sufficient slices for partitioned tensor "
-            f"{entry.name!r} to restore region {list(want_box)}")
+            f"{entry.name!r} to restore region {list(want_box)}"
+        )
 
 
 def _check_size(index: CheckpointIndex, stored: TensorEntry, box: Box) -> None:
     if stored.shape != box_shape(box):
         raise CorruptCheckpointError(
             f"{index.prefix}: slice entry of {stored.name!r} has shape {list(stored.shape)}, "
-            f"expected {list(box_shape(box))}")
+            f"expected {list(box_shape(box))}"
+        )
     if stored.dtype.fixed_width:
         want = box_size(box) * stored.dtype.itemsize
         if stored.size != want:
             raise CorruptCheckpointError(
                 f"{index.prefix}: invalid size in bundle entry for {stored.name!r}: "
-                f"{stored.size} bytes, expected {want}")
+                f"{stored.size} bytes, expected {want}"
+            )
 
 
 class _Range(NamedTuple):
@@ -343,7 +362,8 @@ def build_plan(wants: Sequence[Want] | Wants, options: PlanOptions | None = None
         if entry.dtype.enum == dtypes.VARIANT:
             raise UnsupportedCheckpointError(
                 f"tensor {name!r} in {index.prefix} is a DT_VARIANT; it has no numpy value "
-                "(read its raw records with CheckpointReader.get_variant_records)")
+                "(read its raw records with CheckpointReader.get_variant_records)"
+            )
         want_box = box_from_region(wants.regions[out_id], entry.shape)
         outputs[out_id] = Output(name, index.prefix, entry.dtype.name, want_box, box_shape(want_box))
         if box_size(want_box) == 0:
@@ -355,8 +375,19 @@ def build_plan(wants: Sequence[Want] | Wants, options: PlanOptions | None = None
             eid = entry_ids.get(key)
             if eid is None:
                 eid = entry_ids[key] = len(entries)
-                entries.append(StoredEntry(name, file, stored.offset, stored.size, stored.crc32c,
-                                           stored.dtype.name, box, index.big_endian, False))
+                entries.append(
+                    StoredEntry(
+                        name,
+                        file,
+                        stored.offset,
+                        stored.size,
+                        stored.crc32c,
+                        stored.dtype.name,
+                        box,
+                        index.big_endian,
+                        False,
+                    )
+                )
                 pieces[eid] = []
             pieces[eid].append((out_id, intersect(box, want_box)))
 
@@ -369,12 +400,10 @@ def build_plan(wants: Sequence[Want] | Wants, options: PlanOptions | None = None
     packed: list[Packed] = []
     for index, rows, out_ids in packed_rows:
         packed.extend(_pack(index, rows, out_ids, chunk, options))
-    ranges.extend(_Range(p.file, p.start, p.start + p.size, PACKED, i, 0, -1, 0)
-                  for i, p in enumerate(packed))
+    ranges.extend(_Range(p.file, p.start, p.start + p.size, PACKED, i, 0, -1, 0) for i, p in enumerate(packed))
     ranges = _split(ranges, chunk)
     requests = _coalesce(ranges, options, chunk)
-    return ReadPlan(tuple(outputs), tuple(entries), tuple(staging), tuple(requests), options,
-                    tuple(packed))
+    return ReadPlan(tuple(outputs), tuple(entries), tuple(staging), tuple(requests), options, tuple(packed))
 
 
 def _small_whole_tensors(wants, options: PlanOptions):
@@ -399,18 +428,21 @@ def _small_whole_tensors(wants, options: PlanOptions):
             continue
         cols = index.columns()
         rows = index.rows_of(names if isinstance(names, list) else list(names))
-        out_ids = np.asarray(out_ids, np.int64) if not isinstance(out_ids, range) else np.arange(
-            out_ids.start, out_ids.stop, dtype=np.int64)
+        out_ids = (
+            np.asarray(out_ids, np.int64)
+            if not isinstance(out_ids, range)
+            else np.arange(out_ids.start, out_ids.stop, dtype=np.int64)
+        )
         found = rows >= 0
         r = np.where(found, rows, 0)
-        ok = (found & ~cols.sliced[r] & (cols.size[r] <= options.pack_bytes)
-              & (cols.expected_size[r] == cols.size[r]))
+        ok = found & ~cols.sliced[r] & (cols.size[r] <= options.pack_bytes) & (cols.expected_size[r] == cols.size[r])
         result.append((index, rows[ok], out_ids[ok]))
     return result
 
 
-def _pack(index: CheckpointIndex, rows: np.ndarray, out_ids: np.ndarray, chunk: int,
-          options: PlanOptions) -> list[Packed]:
+def _pack(
+    index: CheckpointIndex, rows: np.ndarray, out_ids: np.ndarray, chunk: int, options: PlanOptions
+) -> list[Packed]:
     """Group small tensors by file position into buffers of about ``chunk`` bytes, splitting at
     gaps wider than ``max_gap_bytes`` (vectorized: no Python work per tensor but the shapes)."""
     if not len(rows):
@@ -432,9 +464,20 @@ def _pack(index: CheckpointIndex, rows: np.ndarray, out_ids: np.ndarray, chunk: 
     groups = []
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         start = int(off[a])
-        groups.append(Packed(index.data_file(int(shard[a])), start, int(end[a:b].max()) - start,
-                             out_ids[a:b], off[a:b] - start, size[a:b], cols.crc[rows[a:b]],
-                             cols.dtype[rows[a:b]], shapes[a:b], cols.kind[rows[a:b]]))
+        groups.append(
+            Packed(
+                index.data_file(int(shard[a])),
+                start,
+                int(end[a:b].max()) - start,
+                out_ids[a:b],
+                off[a:b] - start,
+                size[a:b],
+                cols.crc[rows[a:b]],
+                cols.dtype[rows[a:b]],
+                shapes[a:b],
+                cols.kind[rows[a:b]],
+            )
+        )
     return groups
 
 
@@ -471,8 +514,7 @@ def _plan_entry(eid, entries, plist, outputs, staging, options) -> list[_Range]:
             for sub in _cut_box(box, e.box, item, options.max_request_bytes):
                 sa, sb = (x * item for x in _span(sub, e.box))
                 staging.append(Staging(eid, sa, sb - sa, (Copy(out_id, sub),)))
-                ranges.append(_Range(e.file, e.offset + sa, e.offset + sb, STAGED,
-                                     len(staging) - 1, 0, eid, sa))
+                ranges.append(_Range(e.file, e.offset + sa, e.offset + sb, STAGED, len(staging) - 1, 0, eid, sa))
     return ranges
 
 
@@ -482,7 +524,7 @@ def _cut_box(box: Box, outer: Box, item: int, limit: int) -> list[Box]:
     first, end = _span(box, outer)
     if (end - first) * item <= limit:
         return [box]
-    for d, (a, b) in enumerate(box):
+    for d, (a, b) in enumerate(box):  # noqa: B007 - d, a, b are used after the loop
         if b - a > 1:
             break
     else:
@@ -492,7 +534,7 @@ def _cut_box(box: Box, outer: Box, item: int, limit: int) -> list[Box]:
     step = max(1, limit // per_index)
     out = []
     for s in range(a, b, step):
-        sub = box[:d] + ((s, min(b, s + step)),) + box[d + 1:]
+        sub = box[:d] + ((s, min(b, s + step)),) + box[d + 1 :]
         out.extend(_cut_box(sub, outer, item, limit) if step == 1 and d + 1 < len(box) else [sub])
     return out
 
@@ -516,8 +558,9 @@ def _split(ranges: list[_Range], chunk: int) -> list[_Range]:
             continue
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
-            out.append(r._replace(start=r.start + a, end=r.start + b, offset=r.offset + a,
-                                  entry_offset=r.entry_offset + a))
+            out.append(
+                r._replace(start=r.start + a, end=r.start + b, offset=r.offset + a, entry_offset=r.entry_offset + a)
+            )
     return out
 
 
@@ -542,9 +585,12 @@ def _coalesce(ranges: list[_Range], options: PlanOptions, chunk: int) -> list[Re
         cur.clear()
 
     for r in ranges:
-        if cur and (r.file != cur[-1].file or r.start < cur[-1].end
-                    or r.start - cur[-1].end > options.max_gap_bytes
-                    or r.end - cur[0].start > chunk):
+        if cur and (
+            r.file != cur[-1].file
+            or r.start < cur[-1].end
+            or r.start - cur[-1].end > options.max_gap_bytes
+            or r.end - cur[0].start > chunk
+        ):
             flush()
         cur.append(r)
     flush()

@@ -6,7 +6,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("distrestore")
 
@@ -15,8 +15,9 @@ ProgressCallback = Callable[[int, int, int, int], None]
 
 
 class Progress:
-    def __init__(self, bytes_total: int, tensors_total: int, callback: ProgressCallback | None = None,
-                 *, interval: float = 5.0):
+    def __init__(
+        self, bytes_total: int, tensors_total: int, callback: ProgressCallback | None = None, *, interval: float = 5.0
+    ):
         self.bytes_total, self.tensors_total = bytes_total, tensors_total
         self.bytes_done = self.tensors_done = 0
         self.callback = callback
@@ -27,6 +28,7 @@ class Progress:
         if callback is None and sys.stderr.isatty():
             try:
                 from tqdm import tqdm
+
                 self._bar = tqdm(total=bytes_total, unit="B", unit_scale=True, desc="restore")
             except ImportError:
                 pass
@@ -41,8 +43,13 @@ class Progress:
                 self._bar.update(nbytes)
             elif time.monotonic() - self._last >= self.interval or self.bytes_done == self.bytes_total:
                 self._last = time.monotonic()
-                log.info("restore: %d/%d bytes, %d/%d tensors", self.bytes_done, self.bytes_total,
-                         self.tensors_done, self.tensors_total)
+                log.info(
+                    "restore: %d/%d bytes, %d/%d tensors",
+                    self.bytes_done,
+                    self.bytes_total,
+                    self.tensors_done,
+                    self.tensors_total,
+                )
 
     def close(self) -> None:
         if self._bar is not None:

@@ -44,7 +44,8 @@ class CheckpointReader:
         if entry.dtype.is_variant:
             raise UnsupportedCheckpointError(
                 f"tensor {name!r} in {self.prefix} is a DT_VARIANT (e.g. a tf.data iterator) and "
-                "has no numpy value; use get_variant_records(name) for its raw records")
+                "has no numpy value; use get_variant_records(name) for its raw records"
+            )
         (arr,) = fetch([TensorRequest(self.index, name)])
         return arr[()] if arr.ndim == 0 else arr
 
@@ -60,10 +61,14 @@ class CheckpointReader:
         entry = self.index.entry(name)
         if not entry.dtype.is_variant:
             raise ValueError(f"tensor {name!r} is {entry.dtype.name}, not a variant")
-        data = self.index.storage.read(self.index.data_file(entry.shard_id), entry.offset,
-                                       entry.offset + entry.size)
-        return decode_variants(data, entry.num_elements, entry.shape, stored_crc=entry.crc32c,
-                               where=f"tensor {name!r} in {self.index.data_file(entry.shard_id)}")
+        data = self.index.storage.read(self.index.data_file(entry.shard_id), entry.offset, entry.offset + entry.size)
+        return decode_variants(
+            data,
+            entry.num_elements,
+            entry.shape,
+            stored_crc=entry.crc32c,
+            where=f"tensor {name!r} in {self.index.data_file(entry.shard_id)}",
+        )
 
     def debug_string(self) -> str:
         return "\n".join(f"{n} ({e.dtype.name}) {list(e.shape)}" for n, e in self.index.entries.items())

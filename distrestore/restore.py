@@ -7,7 +7,8 @@ together, each byte once, and nothing is returned unless every read and checksum
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,8 +31,11 @@ class TensorRequest(NamedTuple):
     region: tuple | None = None
 
 
-def plan_requests(requests: Sequence[TensorRequest] | Wants, executor: Executor | str = "threads",
-                  max_inflight_bytes: int | None = None) -> ReadPlan:
+def plan_requests(
+    requests: Sequence[TensorRequest] | Wants,
+    executor: Executor | str = "threads",
+    max_inflight_bytes: int | None = None,
+) -> ReadPlan:
     """The ``ReadPlan`` a fetch of these requests would run (for inspection: ``print(plan)``)."""
     executor = get_executor(executor)
     wants = Wants.of(requests)
@@ -47,8 +51,7 @@ class _Run:
     def __init__(self, wants: Wants, executor, verify: bool, max_inflight_bytes, progress):
         self.executor = get_executor(executor)
         self.plan = plan_requests(wants, self.executor, max_inflight_bytes)
-        self.storages = {f: index.storage for index in wants.distinct_checkpoints()
-                         for f in index.data_files()}
+        self.storages = {f: index.storage for index in wants.distinct_checkpoints() for f in index.data_files()}
         self.assembly = Assembly(self.plan, verify=verify, names=wants.names)
         self.max_inflight_bytes = max_inflight_bytes
         self.progress = progress
@@ -57,17 +60,23 @@ class _Run:
         """Lists of output indices, as they complete."""
         prog = make_progress(self.progress, self.plan.bytes_to_read, len(self.plan.outputs))
         try:
-            for batch in self.executor.run(self.plan, self.assembly, self.storages,
-                                           max_inflight_bytes=self.max_inflight_bytes, progress=prog):
+            for batch in self.executor.run(
+                self.plan, self.assembly, self.storages, max_inflight_bytes=self.max_inflight_bytes, progress=prog
+            ):
                 yield (batch,) if isinstance(batch, int) else batch
         finally:
             if prog is not None:
                 prog.close()
 
 
-def iter_fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = "threads",
-               verify: bool = True, max_inflight_bytes: int | None = None,
-               progress=None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_fetch(
+    requests: Sequence[TensorRequest],
+    *,
+    executor: Executor | str = "threads",
+    verify: bool = True,
+    max_inflight_bytes: int | None = None,
+    progress=None,
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(request index, array)`` as each request's array completes.
 
     At most ``max_inflight_bytes`` of reads are outstanding; arrays are allocated when their
@@ -89,8 +98,14 @@ def _fetch_all(wants: Wants, executor, verify, max_inflight_bytes, progress) -> 
         return run.assembly.take_all()
 
 
-def fetch(requests: Sequence[TensorRequest], *, executor: Executor | str = "threads",
-          verify: bool = True, max_inflight_bytes: int | None = None, progress=None) -> list[np.ndarray]:
+def fetch(
+    requests: Sequence[TensorRequest],
+    *,
+    executor: Executor | str = "threads",
+    verify: bool = True,
+    max_inflight_bytes: int | None = None,
+    progress=None,
+) -> list[np.ndarray]:
     """Read every request as one parallel plan; arrays in request order, or an error and nothing.
     Identical requests are read once (later ones get copies)."""
     wants = Wants.of(requests)
@@ -140,10 +155,16 @@ def _wants(ckpt_dir_or_file, names, storage_options) -> Wants:
     return Wants([index] * len(names), names, [None] * len(names))
 
 
-def restore_tensors(ckpt_dir_or_file, names: Sequence[str] | None = None, *,
-                    executor: Executor | str = "threads", storage_options: dict | None = None,
-                    verify: bool = True, max_inflight_bytes: int | None = None,
-                    progress=None) -> dict[str, np.ndarray]:
+def restore_tensors(
+    ckpt_dir_or_file,
+    names: Sequence[str] | None = None,
+    *,
+    executor: Executor | str = "threads",
+    storage_options: dict | None = None,
+    verify: bool = True,
+    max_inflight_bytes: int | None = None,
+    progress=None,
+) -> dict[str, np.ndarray]:
     """Restore tensors (all of them by default; variants are skipped) as ``{name: array}``.
 
     ``executor``: "threads" (default), "ray", or an Executor. ``verify``: check every CRC32C.
@@ -152,17 +173,23 @@ def restore_tensors(ckpt_dir_or_file, names: Sequence[str] | None = None, *,
     tensors_total)``. Scalars come back as 0-d arrays, strings as object arrays of bytes.
     """
     wants = _wants(ckpt_dir_or_file, names, storage_options)
-    arrays = fetch(wants, executor=executor, verify=verify,
-                   max_inflight_bytes=max_inflight_bytes, progress=progress)
+    arrays = fetch(wants, executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes, progress=progress)
     return dict(zip(wants.names, arrays))
 
 
-def iter_restore_tensors(ckpt_dir_or_file, names: Sequence[str] | None = None, *,
-                         executor: Executor | str = "threads", storage_options: dict | None = None,
-                         verify: bool = True, max_inflight_bytes: int | None = None,
-                         progress=None) -> Iterator[tuple[str, np.ndarray]]:
+def iter_restore_tensors(
+    ckpt_dir_or_file,
+    names: Sequence[str] | None = None,
+    *,
+    executor: Executor | str = "threads",
+    storage_options: dict | None = None,
+    verify: bool = True,
+    max_inflight_bytes: int | None = None,
+    progress=None,
+) -> Iterator[tuple[str, np.ndarray]]:
     """Streaming ``restore_tensors``: yield ``(name, array)`` as each tensor completes."""
     wants = _wants(ckpt_dir_or_file, names, storage_options)
-    for i, arr in iter_fetch(wants, executor=executor, verify=verify,
-                             max_inflight_bytes=max_inflight_bytes, progress=progress):
+    for i, arr in iter_fetch(
+        wants, executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes, progress=progress
+    ):
         yield wants.names[i], arr

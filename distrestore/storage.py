@@ -25,8 +25,7 @@ try:
 except ImportError:  # not built (no compiler, not x86-64) or a CPU without SSE4.2/PCLMULQDQ
     _readcrc = None
 
-_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-              ValueError, TypeError)
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, TypeError)
 
 
 def is_local(url: str) -> bool:
@@ -34,7 +33,7 @@ def is_local(url: str) -> bool:
 
 
 def local_path(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
+    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def join(base: str, *parts: str) -> str:
@@ -66,6 +65,7 @@ def _filesystem(protocol: str, options: dict):
     0.3 s, too much per call. Our own explicit cache (fsspec's is bypassed with
     ``skip_instance_cache``), keyed by pid so a forked or Ray worker makes its own."""
     import pickle
+
     try:
         key = (os.getpid(), protocol, pickle.dumps(sorted(options.items())))
     except Exception:  # unpicklable options (e.g. a session object): no caching
@@ -73,11 +73,13 @@ def _filesystem(protocol: str, options: dict):
     if key is not None and key in _filesystems:
         return _filesystems[key]
     import fsspec
+
     try:
         cls = fsspec.get_filesystem_class(protocol)
     except (ImportError, ValueError) as e:
-        raise StorageError(f"cannot open {protocol}:// URLs: {e}. For s3:// install "
-                           "'distrestore[s3]', for gs:// 'distrestore[gcs]'") from e
+        raise StorageError(
+            f"cannot open {protocol}:// URLs: {e}. For s3:// install 'distrestore[s3]', for gs:// 'distrestore[gcs]'"
+        ) from e
     fs = cls(skip_instance_cache=True, **options)
     if key is not None:
         with _filesystems_lock:
@@ -95,7 +97,7 @@ class RetryPolicy:
     deadline: float = 120.0  # seconds for one range, all attempts together
 
     def backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_backoff, self.initial_backoff * 2 ** attempt))
+        return random.uniform(0, min(self.max_backoff, self.initial_backoff * 2**attempt))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -110,8 +112,7 @@ def is_transient(exc: BaseException) -> bool:
     if code == 416:
         return False
     text = str(exc)
-    if any(s in text for s in ("NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidRange",
-                               "not satisfiable")):
+    if any(s in text for s in ("NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidRange", "not satisfiable")):
         return False
     return True
 
@@ -133,7 +134,7 @@ class Storage:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_url(cls, url, storage_options: dict | None = None, **kw) -> "Storage":
+    def for_url(cls, url, storage_options: dict | None = None, **kw) -> Storage:
         url = os.fspath(url)
         protocol = "file" if is_local(url) else url.split("://", 1)[0]
         return cls(protocol, dict(storage_options or {}), **kw)
@@ -180,6 +181,7 @@ class Storage:
     def glob(self, pattern: str) -> list[str]:
         if self.local:
             import glob
+
             return sorted(glob.glob(local_path(pattern)))
         protocol = self.protocol + "://"
         return sorted(p if "://" in p else protocol + p for p in self.fs.glob(pattern))
@@ -208,9 +210,12 @@ class Storage:
         length = sum(v.nbytes for v in views)
         if length == 0:  # s3fs answers an empty range with the whole object
             return None
-        return self._call(url, (start, start + length),
-                          lambda: (self._preadv if self.local else self._remote_into)(url, start, views),
-                          what=what)
+        return self._call(
+            url,
+            (start, start + length),
+            lambda: (self._preadv if self.local else self._remote_into)(url, start, views),
+            what=what,
+        )
 
     def _preadv(self, url: str, start: int, views: list[memoryview]) -> list[int] | None:
         fd = os.open(local_path(url), os.O_RDONLY)
@@ -220,7 +225,7 @@ class Storage:
             views = list(views)  # trimmed below after a partial read; a retry starts afresh
             pos, i = start, 0
             while i < len(views):
-                batch = views[i:i + 1024]  # IOV_MAX
+                batch = views[i : i + 1024]  # IOV_MAX
                 want = sum(v.nbytes for v in batch)
                 got = os.preadv(fd, batch, pos)
                 if got == want:
@@ -250,7 +255,7 @@ class Storage:
             raise ShortReadError(f"got {len(data)} of {length} bytes")
         pos = 0
         for v in views:
-            v[:] = data[pos:pos + v.nbytes]
+            v[:] = data[pos : pos + v.nbytes]
             pos += v.nbytes
 
     def _remote_whole(self, url: str) -> bytes:
@@ -268,14 +273,15 @@ class Storage:
             except FileNotFoundError:
                 raise CheckpointNotFoundError(f"file not found: {url}") from None
             except EOFError as e:
-                raise StorageError(f"{where}: file is shorter than the checkpoint index says ({e}); "
-                                   "the data file is truncated") from None
-            except Exception as e:  # noqa: BLE001 - classified below
+                raise StorageError(
+                    f"{where}: file is shorter than the checkpoint index says ({e}); the data file is truncated"
+                ) from None
+            except Exception as e:
                 attempt += 1
-                if (not is_transient(e) or attempt >= self.retry.attempts
-                        or time.monotonic() >= deadline):
-                    raise StorageError(f"reading {where} failed after {attempt} attempt(s): "
-                                       f"{type(e).__name__}: {e}") from e
+                if not is_transient(e) or attempt >= self.retry.attempts or time.monotonic() >= deadline:
+                    raise StorageError(
+                        f"reading {where} failed after {attempt} attempt(s): {type(e).__name__}: {e}"
+                    ) from e
                 time.sleep(min(self.retry.backoff(attempt), max(0.0, deadline - time.monotonic())))
 
     # -- writing (the writer and tests) ----------------------------------------------------

@@ -26,8 +26,11 @@ def _initial(value, shape, dtype: dtypes.DType) -> np.ndarray:
         return np.zeros(shape, dtype=dtype.numpy)
     arr = np.array(value, dtype=dtype.numpy, copy=True)
     if dtype.is_string:
-        arr = np.vectorize(lambda s: s.encode() if isinstance(s, str) else bytes(s),
-                           otypes=[object])(arr) if arr.size else arr
+        arr = (
+            np.vectorize(lambda s: s.encode() if isinstance(s, str) else bytes(s), otypes=[object])(arr)
+            if arr.size
+            else arr
+        )
     if shape is not None:
         if arr.shape != tuple(shape):
             arr = np.broadcast_to(arr, tuple(shape)).copy()
@@ -80,21 +83,25 @@ class Variable:
         if tuple(shape) != self.shape:
             raise ShapeMismatchError(
                 f"{what}: shape {list(shape)} does not match variable "
-                f"{self.name or '<unnamed>'} of shape {list(self.shape)}")
+                f"{self.name or '<unnamed>'} of shape {list(self.shape)}"
+            )
         if dtype.enum != self._dtype.enum:
             raise ShapeMismatchError(
                 f"{what}: dtype {dtype.name} does not match variable "
-                f"{self.name or '<unnamed>'} of dtype {self._dtype.name}")
+                f"{self.name or '<unnamed>'} of dtype {self._dtype.name}"
+            )
 
-    def assign(self, value) -> "Variable":
-        arr = np.asarray(value, dtype=self._dtype.numpy) if not self._dtype.is_string else np.asarray(value, dtype=object)
+    def assign(self, value) -> Variable:
+        arr = (
+            np.asarray(value, dtype=self._dtype.numpy) if not self._dtype.is_string else np.asarray(value, dtype=object)
+        )
         if arr.shape != self.shape:
             raise ShapeMismatchError(
                 f"cannot assign a value of shape {list(arr.shape)} to variable "
-                f"{self.name or '<unnamed>'} of shape {list(self.shape)}")
+                f"{self.name or '<unnamed>'} of shape {list(self.shape)}"
+            )
         self._value = arr.copy() if arr is value else arr
         return self
 
     def __repr__(self) -> str:
         return f"<dr.Variable {self.name or ''!s} shape={list(self.shape)} dtype={self._dtype.name}>"
-

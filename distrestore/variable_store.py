@@ -37,9 +37,9 @@ Semantics (TF 2.21 ``checkpoint_utils._init_from_checkpoint`` unless said otherw
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,11 +50,18 @@ from .index import CheckpointIndex, open_checkpoint
 from .storage import Storage
 from .variable import Variable
 
-__all__ = ["VariableStore", "PartitionedVariable", "VariablePart", "SaveSliceInfo",
-           "PendingRestore", "init_from_checkpoint"]
+__all__ = [
+    "VariableStore",
+    "PartitionedVariable",
+    "VariablePart",
+    "SaveSliceInfo",
+    "PendingRestore",
+    "init_from_checkpoint",
+]
 
 
 # -- variables --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SaveSliceInfo:
@@ -79,8 +86,7 @@ class VariablePart(Variable):
     """One part of a :class:`PartitionedVariable`: a ``Variable`` that knows its slice."""
 
     def __init__(self, initial_value, *, dtype: dtypes.DType, info: SaveSliceInfo, index: int):
-        super().__init__(initial_value, shape=info.var_shape, dtype=dtype,
-                         name=f"{info.full_name}/part_{index}")
+        super().__init__(initial_value, shape=info.var_shape, dtype=dtype, name=f"{info.full_name}/part_{index}")
         self.save_slice_info = info
 
     @property
@@ -111,13 +117,16 @@ def _slice_layout(shape: tuple[int, ...], partitions: Sequence[int]) -> list[tup
         raise ValueError(f"A partitioned Variable must have rank at least 1, shape: {list(shape)}")
     partitions = [int(p) for p in partitions]
     if len(partitions) != len(shape):
-        raise ValueError("Partitioner returned a partition list that does not match the "
-                         f"Variable's rank: {partitions} vs. {list(shape)}")
+        raise ValueError(
+            "Partitioner returned a partition list that does not match the "
+            f"Variable's rank: {partitions} vs. {list(shape)}"
+        )
     if any(p < 1 for p in partitions):
         raise ValueError(f"Partitioner returned zero partitions for some axes: {partitions}")
     if sum(p > 1 for p in partitions) > 1:
-        raise ValueError("Can only slice a variable along one dimension: "
-                         f"shape: {list(shape)}, partitioning: {partitions}")
+        raise ValueError(
+            f"Can only slice a variable along one dimension: shape: {list(shape)}, partitioning: {partitions}"
+        )
     dim = next((d for d, p in enumerate(partitions) if p > 1), 0)
     num = partitions[dim]
     if num > shape[dim]:
@@ -140,8 +149,9 @@ class PartitionedVariable:
     ``spec`` and ``region``); ``numpy()`` assembles the whole value.
     """
 
-    def __init__(self, name: str, shape: tuple[int, ...], dtype: dtypes.DType,
-                 partitions: Sequence[int], initializer=None):
+    def __init__(
+        self, name: str, shape: tuple[int, ...], dtype: dtypes.DType, partitions: Sequence[int], initializer=None
+    ):
         self.name = name
         self._shape = tuple(int(d) for d in shape)
         self._dtype = dtype
@@ -153,7 +163,8 @@ class PartitionedVariable:
             if full_init.ndim and full_init.shape != self._shape:
                 raise ShapeMismatchError(
                     f"initializer of shape {list(full_init.shape)} does not match partitioned "
-                    f"variable {name} of shape {list(self._shape)}")
+                    f"variable {name} of shape {list(self._shape)}"
+                )
         self.parts: list[VariablePart] = []
         for i, (offset, part_shape) in enumerate(layout):
             info = SaveSliceInfo(name, self._shape, offset, part_shape)
@@ -184,11 +195,13 @@ class PartitionedVariable:
             out[part.region] = part.numpy()
         return out
 
-    def assign(self, value) -> "PartitionedVariable":
+    def assign(self, value) -> PartitionedVariable:
         arr = np.asarray(value, dtype=self._dtype.numpy)
         if arr.shape != self._shape:
-            raise ShapeMismatchError(f"cannot assign a value of shape {list(arr.shape)} to partitioned "
-                                     f"variable {self.name} of shape {list(self._shape)}")
+            raise ShapeMismatchError(
+                f"cannot assign a value of shape {list(arr.shape)} to partitioned "
+                f"variable {self.name} of shape {list(self._shape)}"
+            )
         for part in self.parts:
             part.assign(arr[part.region])
         return self
@@ -200,11 +213,14 @@ class PartitionedVariable:
         return len(self.parts)
 
     def __repr__(self) -> str:
-        return (f"<dr.PartitionedVariable {self.name} shape={list(self._shape)} "
-                f"dtype={self._dtype.name} partitions={self.partitions}>")
+        return (
+            f"<dr.PartitionedVariable {self.name} shape={list(self._shape)} "
+            f"dtype={self._dtype.name} partitions={self.partitions}>"
+        )
 
 
 # -- pending restores -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PendingRestore:
@@ -225,6 +241,7 @@ class PendingRestore:
 
 
 # -- the store --------------------------------------------------------------------------------
+
 
 class VariableStore:
     """The registry of named variables that ``init_from_checkpoint`` resolves names against.
@@ -257,11 +274,14 @@ class VariableStore:
                 raise ValueError(
                     f"A partitioner was not provided, but a partitioned version of the variable "
                     f"was found: {name}. Perhaps a variable of the same name was already created "
-                    "with partitioning?")
+                    "with partitioning?"
+                )
             self._check_reuse(name, shape, dt, existing.shape, existing.tf_dtype, "partitioned variable")
             if list(partitions) != existing.partitions:
-                raise ValueError(f"Trying to reuse partitioned variable {name}, but specified partitions "
-                                 f"{list(partitions)} and found partitions {existing.partitions}.")
+                raise ValueError(
+                    f"Trying to reuse partitioned variable {name}, but specified partitions "
+                    f"{list(partitions)} and found partitions {existing.partitions}."
+                )
             return existing
         if name in self._vars:
             existing = self._vars[name]
@@ -269,7 +289,8 @@ class VariableStore:
                 raise ValueError(
                     "A partitioner was provided, but an unpartitioned version of the variable was "
                     f"found: {name}.  Perhaps a variable of the same name was already created "
-                    "without partitioning?")
+                    "without partitioning?"
+                )
             self._check_reuse(name, shape, dt, existing.shape, existing.tf_dtype, "variable")
             return existing
         if partitions is None:
@@ -279,8 +300,10 @@ class VariableStore:
         pv = PartitionedVariable(name, shape, dt, partitions, initializer)
         clash = [p.name for p in pv.parts if p.name in self._vars]
         if clash or f"{name}/part_{len(pv.parts)}" in self._vars:
-            raise ValueError(f"Partitioner returned a different partitioning than what was already "
-                             f"found for {name}: variables {clash or [name + '/part_' + str(len(pv.parts))]} exist")
+            raise ValueError(
+                f"Partitioner returned a different partitioning than what was already "
+                f"found for {name}: variables {clash or [name + '/part_' + str(len(pv.parts))]} exist"
+            )
         self._partitioned[name] = pv
         for part in pv.parts:
             self._vars[part.name] = part
@@ -290,12 +313,14 @@ class VariableStore:
     def _check_reuse(name, shape, dt, found_shape, found_dt, what):
         if tuple(shape) != tuple(found_shape):
             kind = "share variable" if what == "variable" else f"reuse {what}"
-            raise ShapeMismatchError(f"Trying to {kind} {name}, but specified shape {list(shape)} "
-                                     f"and found shape {list(found_shape)}.")
+            raise ShapeMismatchError(
+                f"Trying to {kind} {name}, but specified shape {list(shape)} and found shape {list(found_shape)}."
+            )
         if dt.enum != found_dt.enum:
             kind = "share variable" if what == "variable" else f"reuse {what}"
-            raise ShapeMismatchError(f"Trying to {kind} {name}, but specified dtype {dt.name} "
-                                     f"and found dtype {found_dt.name}.")
+            raise ShapeMismatchError(
+                f"Trying to {kind} {name}, but specified dtype {dt.name} and found dtype {found_dt.name}."
+            )
 
     def get(self, name: str):
         """The variable, part or partitioned variable called ``name``, or None."""
@@ -315,8 +340,9 @@ class VariableStore:
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def checkpoint(self, ckpt_dir_or_file, *, storage_options: dict | None = None,
-                   storage: Storage | None = None) -> CheckpointIndex:
+    def checkpoint(
+        self, ckpt_dir_or_file, *, storage_options: dict | None = None, storage: Storage | None = None
+    ) -> CheckpointIndex:
         """The checkpoint's index, read once per path (and storage) for this store."""
         if isinstance(ckpt_dir_or_file, CheckpointIndex):
             return ckpt_dir_or_file
@@ -343,8 +369,9 @@ class VariableStore:
             self._pending.pop(id(r.variable), None)
             self._pending[id(r.variable)] = r
 
-    def initialize(self, *, executor="threads", verify: bool = True, max_inflight_bytes=None,
-                   progress=None, fetch=None) -> None:
+    def initialize(
+        self, *, executor="threads", verify: bool = True, max_inflight_bytes=None, progress=None, fetch=None
+    ) -> None:
         """Run every pending restore as one parallel plan, then assign; atomic.
 
         ``fetch`` replaces ``distrestore.restore.fetch`` (same signature), e.g. a service's.
@@ -365,29 +392,37 @@ class VariableStore:
                 requests.append(_restore.TensorRequest(r.checkpoint, r.tensor, r.region))
             where.append(slots[key])
         run = fetch if fetch is not None else _restore.fetch
-        arrays = run(requests, executor=executor, verify=verify,
-                     max_inflight_bytes=max_inflight_bytes, progress=progress)
+        arrays = run(
+            requests, executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes, progress=progress
+        )
         if len(arrays) != len(requests):
             raise ValueError(f"fetch returned {len(arrays)} arrays for {len(requests)} requests")
         for r, i in zip(pending, where):
             entry = r.checkpoint.entry(r.tensor)
             arr = np.asarray(arrays[i])
-            what = f"tensor {r.tensor}" + ("" if r.box is None else f" region {list(r.box)}") + \
-                f" of checkpoint {r.checkpoint.prefix}"
+            what = (
+                f"tensor {r.tensor}"
+                + ("" if r.box is None else f" region {list(r.box)}")
+                + f" of checkpoint {r.checkpoint.prefix}"
+            )
             if arr.shape != r.shape:
-                raise ShapeMismatchError(f"{what}: the engine returned shape {list(arr.shape)}, "
-                                         f"expected {list(r.shape)}")
+                raise ShapeMismatchError(
+                    f"{what}: the engine returned shape {list(arr.shape)}, expected {list(r.shape)}"
+                )
             r.variable.check_assignable(arr.shape, entry.dtype, what=what)
         for r, i in zip(pending, where):
             r.variable.assign(arrays[i])
         self._pending.clear()
 
     def __repr__(self) -> str:
-        return (f"<dr.VariableStore {len(self._vars)} variables, {len(self._partitioned)} partitioned, "
-                f"{len(self._pending)} pending restores>")
+        return (
+            f"<dr.VariableStore {len(self._vars)} variables, {len(self._partitioned)} partitioned, "
+            f"{len(self._pending)} pending restores>"
+        )
 
 
 # -- init_from_checkpoint -------------------------------------------------------------------
+
 
 def _pairs(assignment_map) -> list[tuple[str, Any]]:
     items = assignment_map.items() if isinstance(assignment_map, Mapping) else assignment_map
@@ -397,7 +432,8 @@ def _pairs(assignment_map) -> list[tuple[str, Any]]:
             ckpt_name, target = item
         except (TypeError, ValueError):
             raise AssignmentMapError(
-                f"assignment_map items must be (checkpoint name, variable or name) pairs, got {item!r}") from None
+                f"assignment_map items must be (checkpoint name, variable or name) pairs, got {item!r}"
+            ) from None
         if not isinstance(ckpt_name, str):
             raise AssignmentMapError(f"checkpoint names in an assignment_map are strings, got {ckpt_name!r}")
         pairs.append((ckpt_name, target))
@@ -415,9 +451,14 @@ def _collect_partitioned(name: str, all_vars: dict[str, Variable]) -> list[Varia
     return out
 
 
-def _not_found(tensor: str, where: str, ckpt: str, index: CheckpointIndex, scoped: str | None = None) -> AssignmentMapError:
-    head = (f"Tensor {tensor} is not found in {ckpt} checkpoint" if scoped is None
-            else f"Tensor {tensor} ({scoped} in {where}) is not found in {ckpt} checkpoint")
+def _not_found(
+    tensor: str, where: str, ckpt: str, index: CheckpointIndex, scoped: str | None = None
+) -> AssignmentMapError:
+    head = (
+        f"Tensor {tensor} is not found in {ckpt} checkpoint"
+        if scoped is None
+        else f"Tensor {tensor} ({scoped} in {where}) is not found in {ckpt} checkpoint"
+    )
     names = list(index.entries)
     near = [n for n in names if n.rsplit("/", 1)[-1] == tensor.rsplit("/", 1)[-1].split(":")[0]][:5]
     hint = f"; tensors with that base name: {near}" if near else ""
@@ -433,7 +474,8 @@ def _restores_for(target, tensor: str, index: CheckpointIndex, ckpt: str) -> lis
         if tuple(target.shape) != tuple(entry.shape):
             raise ShapeMismatchError(
                 f"Shape of variable {target.name or '<unnamed>'} ({tuple(target.shape)}) doesn't match "
-                f"with shape of tensor {tensor} ({list(entry.shape)}) from checkpoint reader.")
+                f"with shape of tensor {tensor} ({list(entry.shape)}) from checkpoint reader."
+            )
         target.check_assignable(entry.shape, entry.dtype, what=what)
         return [PendingRestore(target, index, tensor, None)]
     out, full_name = [], None
@@ -442,7 +484,8 @@ def _restores_for(target, tensor: str, index: CheckpointIndex, ckpt: str) -> lis
         if not isinstance(part, Variable) or info is None:
             raise AssignmentMapError(
                 f"{getattr(part, 'name', part)!r} is not a part of a partitioned variable; a list in an "
-                "assignment_map must hold the parts of one partitioned variable")
+                "assignment_map must hold the parts of one partitioned variable"
+            )
         if full_name is None:
             full_name = info.full_name
         elif info.full_name != full_name:
@@ -451,7 +494,8 @@ def _restores_for(target, tensor: str, index: CheckpointIndex, ckpt: str) -> lis
             # TF finds this only when the initializer runs (RestoreV2 with the part's slice spec)
             raise ShapeMismatchError(
                 f"Shape of partitioned variable {full_name} ({tuple(info.full_shape)}) doesn't match "
-                f"with shape of tensor {tensor} ({list(entry.shape)}) from checkpoint reader.")
+                f"with shape of tensor {tensor} ({list(entry.shape)}) from checkpoint reader."
+            )
         part.check_assignable(info.var_shape, entry.dtype, what=what)
         out.append(PendingRestore(part, index, tensor, info.box))
     return out
@@ -461,8 +505,14 @@ def _is_parts_list(x) -> bool:
     return isinstance(x, (list, tuple)) and all(isinstance(v, Variable) for v in x)
 
 
-def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, store: VariableStore,
-                         storage_options: dict | None = None, storage: Storage | None = None) -> None:
+def init_from_checkpoint(
+    ckpt_dir_or_file,
+    assignment_map,
+    *,
+    store: VariableStore,
+    storage_options: dict | None = None,
+    storage: Storage | None = None,
+) -> None:
     """Map checkpoint tensors onto ``store``'s variables (``tf.compat.v1.train.init_from_checkpoint``).
 
     Validates now and records pending restores; ``store.initialize()`` loads them. See the module
@@ -489,26 +539,28 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, store: VariableSto
         else:
             raise AssignmentMapError(
                 f"assignment_map value for {tensor_name!r} must be a variable name, a Variable, a list of "
-                f"parts or a PartitionedVariable, got {type(current).__name__}")
+                f"parts or a PartitionedVariable, got {type(current).__name__}"
+            )
         if var is not None:
             if tensor_name not in variable_map:
                 raise _not_found(tensor_name, "", ckpt, index)
             restores += _restores_for(var, tensor_name, index, ckpt)
             continue
         # a scope mapping, with TF's string arithmetic
-        scopes = current[:current.rindex("/")] if "/" in current else ""
+        scopes = current[: current.rindex("/")] if "/" in current else ""
         if not tensor_name.endswith("/"):
             raise AssignmentMapError(
                 f"Assignment map with scope only name {scopes} should map to scope only "
-                f"{tensor_name}. Should be 'scope/': 'other_scope/'.")
+                f"{tensor_name}. Should be 'scope/': 'other_scope/'."
+            )
         scope_variables = set()
         for var_name in store_vars:
             if not scopes or var_name.startswith(scopes + "/"):
                 if "/part_" in var_name:  # every part maps to the one full tensor
-                    var_name = var_name[:var_name.index("/part_")]
+                    var_name = var_name[: var_name.index("/part_")]
                 scope_variables.add(var_name)
         for var_name in sorted(scope_variables):
-            full_tensor_name = var_name[len(scopes):]
+            full_tensor_name = var_name[len(scopes) :]
             if current != "/":
                 full_tensor_name = full_tensor_name[1:]
             if tensor_name != "/":
@@ -516,7 +568,7 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, store: VariableSto
             if full_tensor_name.endswith("/"):
                 full_tensor_name = full_tensor_name[:-1]
             if full_tensor_name not in variable_map:
-                raise _not_found(full_tensor_name, tensor_name, ckpt, index, scoped=var_name[len(scopes) + 1:])
+                raise _not_found(full_tensor_name, tensor_name, ckpt, index, scoped=var_name[len(scopes) + 1 :])
             var = store_vars.get(var_name)
             if var is None:
                 var = _collect_partitioned(var_name, store_vars)
@@ -524,6 +576,7 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, store: VariableSto
                 # TF crashes here (AttributeError on None): a '/part_' name that is no partition
                 raise AssignmentMapError(
                     f"variable names under {scopes or 'the root'} contain '/part_' but {var_name} is not a "
-                    f"partitioned variable, so no variable maps to tensor {full_tensor_name}")
+                    f"partitioned variable, so no variable maps to tensor {full_tensor_name}"
+                )
             restores += _restores_for(var, full_tensor_name, index, ckpt)
     store._record(restores)

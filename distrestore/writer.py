@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -59,8 +59,9 @@ def _encode(arr: np.ndarray, dt: dtypes.DType) -> tuple[memoryview | bytes, int]
     return data, crc.mask(crc.value(data))
 
 
-def save_tensors(prefix: str, tensors: Mapping[str, object], *, num_shards: int = 1,
-                 storage_options: dict | None = None) -> str:
+def save_tensors(
+    prefix: str, tensors: Mapping[str, object], *, num_shards: int = 1, storage_options: dict | None = None
+) -> str:
     """Write ``tensors`` ({name: array-like}) as a V2 bundle at ``prefix`` over ``num_shards``
     data files (balanced by bytes); returns ``prefix``. Strings: str/bytes or object arrays of
     them; bfloat16/float8/int4 via ml_dtypes arrays."""
@@ -103,8 +104,7 @@ def save_tensors(prefix: str, tensors: Mapping[str, object], *, num_shards: int 
     return prefix
 
 
-def merge_checkpoints(sources: Sequence[str], destination: str, *,
-                      storage_options: dict | None = None) -> str:
+def merge_checkpoints(sources: Sequence[str], destination: str, *, storage_options: dict | None = None) -> str:
     """Merge bundles into one at ``destination`` (TF's ``merge_v2_checkpoints``): the merged
     index lists every tensor, source data files are renamed into place (copied if they live on
     another filesystem), source ``.index`` files are removed. No directory is ever deleted."""
@@ -117,9 +117,14 @@ def merge_checkpoints(sources: Sequence[str], destination: str, *,
     for idx in indexes[1:]:
         h = idx.header
         if (h.endianness, h.producer, h.min_consumer, h.bad_consumers) != (
-                first.endianness, first.producer, first.min_consumer, first.bad_consumers):
+            first.endianness,
+            first.producer,
+            first.min_consumer,
+            first.bad_consumers,
+        ):
             raise MergeConflictError(
-                f"cannot merge {idx.prefix} with {indexes[0].prefix}: different endianness or version")
+                f"cannot merge {idx.prefix} with {indexes[0].prefix}: different endianness or version"
+            )
     total = sum(idx.header.num_shards for idx in indexes)
     shard_ids: dict[str, int] = {}  # source data file -> new shard id, in order of first reference
     merged: dict[bytes, bytes] = {}
@@ -142,8 +147,9 @@ def merge_checkpoints(sources: Sequence[str], destination: str, *,
             key = name.encode("utf-8", "surrogateescape")
             if key in merged or name in full:
                 raise MergeConflictError(f"Duplicate tensor keyed by {name} in {idx.prefix}")
-            merged[key] = relocate(idx, key, encode_entry(e.dtype.enum, e.shape, e.shard_id,
-                                                          e.offset, e.size, e.crc32c))
+            merged[key] = relocate(
+                idx, key, encode_entry(e.dtype.enum, e.shape, e.shard_id, e.offset, e.size, e.crc32c)
+            )
         for key, raw in idx._slice_values.items():
             if key in merged:
                 raise MergeConflictError(f"Duplicate slice entry in {idx.prefix}")

@@ -50,6 +50,8 @@ for _p in (str(TESTS_DIR / "fixtures"), str(TESTS_DIR), str(ROOT)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+pytest_plugins = ["ray_fixtures"]  # ray_local, ray_cluster for every test module
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
@@ -60,6 +62,7 @@ def fixtures_dir() -> Path:
 
 
 # -- object stores -------------------------------------------------------------------------------
+
 
 class ObjectStore:
     """One object store reachable through fsspec, with a bucket made for this session.
@@ -98,6 +101,7 @@ class ObjectStore:
     def fs(self):
         if self._fs is None:
             import fsspec
+
             self._fs = fsspec.filesystem(self.scheme, skip_instance_cache=True, **self._options)
         return self._fs
 
@@ -154,8 +158,9 @@ class S3Server(ObjectStore):
     (``POST /moto-api/reset``) and makes the session bucket again, empty."""
 
     def __init__(self, server, endpoint: str):
-        super().__init__("s3", "s3", _bucket_name("s3"),
-                         {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}, endpoint)
+        super().__init__(
+            "s3", "s3", _bucket_name("s3"), {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}, endpoint
+        )
         self.server = server
         self.fs.mkdir(self.bucket)
 
@@ -176,7 +181,8 @@ def s3_server():
     every range request: keep objects small (≤ 10 MB) and never time it."""
     pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'distrestore[s3]')")
     moto_server = pytest.importorskip(
-        "moto.server", reason="moto[server] is not installed (pip install 'moto[server]')")
+        "moto.server", reason="moto[server] is not installed (pip install 'moto[server]')"
+    )
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     t0 = time.perf_counter()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -198,7 +204,9 @@ def _fake_gcs_binary() -> Path:
     try:
         return Path(_server._get_binary_path())
     except (RuntimeError, AttributeError) as e:
-        binaries = sorted((Path(_server.__file__).parent / "vendor" / "fake-gcs-server" / "bin").glob("fake-gcs-server*"))
+        binaries = sorted(
+            (Path(_server.__file__).parent / "vendor" / "fake-gcs-server" / "bin").glob("fake-gcs-server*")
+        )
         if binaries:
             return binaries[0]
         pytest.skip(f"no usable fake-gcs-server binary: {e}")
@@ -210,9 +218,25 @@ def _start_fake_gcs(binary: Path, log) -> tuple[subprocess.Popen, str]:
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen(
-            [str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-             "-port", str(port), "-external-url", url, "-log-level", "warn"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            [
+                str(binary),
+                "-scheme",
+                "http",
+                "-backend",
+                "memory",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(port),
+                "-external-url",
+                url,
+                "-log-level",
+                "warn",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and proc.poll() is None:
             try:
@@ -243,9 +267,13 @@ def gcs_server():
     t0 = time.perf_counter()
     proc, endpoint = _start_fake_gcs(binary, log)
     try:
-        store = ObjectStore("gcs", "gs", _bucket_name("gcs"),
-                            {"endpoint_url": endpoint, "token": "anon", "use_listings_cache": False},
-                            endpoint)
+        store = ObjectStore(
+            "gcs",
+            "gs",
+            _bucket_name("gcs"),
+            {"endpoint_url": endpoint, "token": "anon", "use_listings_cache": False},
+            endpoint,
+        )
         store.fs.mkdir(store.bucket)
         store.process = proc
         store.log_path = log.name

@@ -4,7 +4,7 @@ Starting Ray costs seconds here (about 4 s for one node, 7 s for three), so the 
 session is started once and kept for every module that asks for it (``ray_local``), and shut
 down at the end of the test session; the multi-node cluster (``ray_cluster``) lives for one
 module. Ray allows one session per process, so each fixture shuts down the other kind first.
-Import the fixtures into a test module: ``from ray_fixtures import ray_local  # noqa: F401``.
+``tests/conftest.py`` loads this module as a pytest plugin, so every test module can ask for them.
 Settings follow ``docs/testing.md`` (no auth token, no usage stats, a small object store,
 ``address="local"`` so a stray ``RAY_ADDRESS`` is never joined).
 """
@@ -31,19 +31,28 @@ class _RaySessions:
 
     def local(self):
         import ray
+
         if self.kind == "local" and ray.is_initialized():
             return
         self.stop()
-        ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=OBJECT_STORE_BYTES,
+            log_to_driver=False,
+        )
         self.kind = "local"
 
     def start_cluster(self, worker_resources):
         import ray
         from ray.cluster_utils import Cluster
+
         self.stop()
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "object_store_memory": 100 * 2**20, "include_dashboard": False})
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "object_store_memory": 100 * 2**20, "include_dashboard": False},
+        )
         try:
             for res in worker_resources:
                 cluster.add_node(num_cpus=1, resources=dict(res), object_store_memory=100 * 2**20)
@@ -57,6 +66,7 @@ class _RaySessions:
 
     def stop(self):
         import ray
+
         if ray.is_initialized():
             ray.shutdown()
         if self.cluster is not None:
@@ -84,6 +94,7 @@ def ray_cluster(request):
     for one module. Yields ``{"head": id, "node_b": id, "node_c": id}`` (Ray node ids)."""
     pytest.importorskip("ray")
     import ray
+
     SESSIONS.start_cluster([{"node_b": 1}, {"node_c": 1}])
     try:
         ids = {}
@@ -106,7 +117,11 @@ def write_checkpoint(prefix: str, tensors: dict, num_shards: int = 1) -> str:
     except ImportError:
         tf = pytest.importorskip("tensorflow")
         names = sorted(tensors)
-        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                          tensors=[tf.constant(tensors[n]) for n in names])
+        tf.raw_ops.SaveV2(
+            prefix=prefix,
+            tensor_names=names,
+            shape_and_slices=[""] * len(names),
+            tensors=[tf.constant(tensors[n]) for n in names],
+        )
         return prefix
     return save_tensors(prefix, tensors, num_shards=num_shards)

@@ -23,8 +23,7 @@ from dataclasses import dataclass, fields
 
 from distrestore.storage import ShortReadError, Storage
 
-__all__ = ["CountingStorage", "LatencyStorage", "FlakyStorage", "ServiceUnavailableError",
-           "wrap", "read_range"]
+__all__ = ["CountingStorage", "LatencyStorage", "FlakyStorage", "ServiceUnavailableError", "wrap", "read_range"]
 
 
 def wrap(cls, storage: Storage, **kw):
@@ -211,8 +210,7 @@ class FlakyStorage(CountingStorage):
                 half -= k
                 if half <= 0:
                     break
-            raise ShortReadError(f"injected short read: got {(end - start) // 2} of "
-                                 f"{end - start} bytes: {where}")
+            raise ShortReadError(f"injected short read: got {(end - start) // 2} of {end - start} bytes: {where}")
         if kind == "missing":
             raise FileNotFoundError(f"injected not found: {where}")
         if kind == "denied":

@@ -56,6 +56,7 @@ def assert_named(err: BaseException, *parts: str) -> None:
 
 # -- missing files --------------------------------------------------------------------------------
 
+
 def test_missing_index(tmp_path, request):
     d = copy_fixture(tmp_path, "all_dtypes")
     (d / "all.index").unlink()
@@ -141,6 +142,7 @@ def test_unknown_tensor_name():
 
 # -- damaged index --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("keep", [0, 10, 47, 48, 100, 1000, -1])
 def test_truncated_index(tmp_path, keep):
     d = copy_fixture(tmp_path, "all_dtypes")
@@ -213,7 +215,7 @@ def test_wrong_magic(tmp_path, request):
 
 
 def test_not_an_index_at_all(tmp_path):
-    (tmp_path / "x.index").write_bytes(b"model_checkpoint_path: \"x\"\n" * 10)
+    (tmp_path / "x.index").write_bytes(b'model_checkpoint_path: "x"\n' * 10)
     with pytest.raises(ValueError, match="bad magic") as e:
         dr.load_checkpoint(str(tmp_path / "x"))
     assert_named(e.value, str(tmp_path / "x.index"))
@@ -230,8 +232,11 @@ def test_unknown_dtype_enum(tmp_path, monkeypatch, accelerated):
     if not accelerated:  # the pure-Python index decoder, as on a machine without a compiler
         monkeypatch.setattr(entry_table, "_speedups", None)
     prefix = tmp_path / "u"
-    _write_index(prefix, [(b"weird/t", messages.encode_entry(999, [2], 0, 0, 8, 0)),
-                          (b"z", messages.encode_entry(1, [1], 0, 8, 4, 0))], data=bytes(12))
+    _write_index(
+        prefix,
+        [(b"weird/t", messages.encode_entry(999, [2], 0, 0, 8, 0)), (b"z", messages.encode_entry(1, [1], 0, 8, 4, 0))],
+        data=bytes(12),
+    )
     with pytest.raises(dr.UnsupportedCheckpointError) as e:
         dr.load_checkpoint(str(prefix))
     assert isinstance(e.value, ValueError)
@@ -242,6 +247,7 @@ def test_entry_size_disagrees_with_shape(tmp_path, request):
     prefix = tmp_path / "s"
     data = np.arange(4, dtype=np.float32).tobytes()
     from distrestore.format import crc
+
     c = crc.mask(crc.value(data))
     _write_index(prefix, [(b"t", messages.encode_entry(1, [3], 0, 0, 16, c))], data=data)
     with pytest.raises(ValueError) as e:
@@ -263,6 +269,7 @@ def test_shard_id_out_of_range(tmp_path):
 
 def test_newer_bundle_version_refused(tmp_path):
     from distrestore.format.wire import LENGTH, VARINT, field
+
     prefix = tmp_path / "v"
     header = field(1, VARINT, 1) + field(3, LENGTH, field(1, VARINT, 2) + field(2, VARINT, 2))
     _write_index(prefix, [(b"t", messages.encode_entry(1, [1], 0, 0, 4, 0))], header=header, data=bytes(4))
@@ -283,11 +290,16 @@ def _sliced_index(prefix: Path, slices: list) -> None:
     """A float32 [4] tensor 't' stored as ``slices`` (each a (start, length) extent), with data."""
     from distrestore.format import crc
     from distrestore.format.slices import slice_key
+
     entries, data = [], b""
     for start, length in slices:
         part = np.arange(start, start + length, dtype=np.float32).tobytes()
-        entries.append((slice_key("t", ((start, length),)),
-                        messages.encode_entry(1, [length], 0, len(data), len(part), crc.mask(crc.value(part)))))
+        entries.append(
+            (
+                slice_key("t", ((start, length),)),
+                messages.encode_entry(1, [length], 0, len(data), len(part), crc.mask(crc.value(part))),
+            )
+        )
         data += part
     entries.append((b"t", messages.encode_entry(1, [4], slices=[((s, n),) for s, n in slices])))
     _write_index(prefix, entries, data=data)
@@ -314,10 +326,19 @@ def test_partitioned_slices_that_leave_a_gap(tmp_path):
 
 # -- damaged tensor data ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("tensor, pos", [
-    ("dtype/float64", 3), ("dtype/float64", -1), ("dtype/int4", 0), ("rank3/float32", 50),
-    ("string/long_70k", 40_000), ("string/special", -1), ("scalar/int64", 7),
-])
+
+@pytest.mark.parametrize(
+    "tensor, pos",
+    [
+        ("dtype/float64", 3),
+        ("dtype/float64", -1),
+        ("dtype/int4", 0),
+        ("rank3/float32", 50),
+        ("string/long_70k", 40_000),
+        ("string/special", -1),
+        ("scalar/int64", 7),
+    ],
+)
 def test_flipped_byte_in_tensor_data(tmp_path, tensor, pos):
     d = copy_fixture(tmp_path, "all_dtypes")
     prefix = d / "all"
@@ -390,7 +411,7 @@ def test_truncated_data_file(tmp_path, request):
     idx = dr.load_checkpoint(str(prefix)).index
     last = max(idx.entries.values(), key=lambda x: x.offset + x.size)
     data_file = d / "all.data-00000-of-00001"
-    data_file.write_bytes(data_file.read_bytes()[:last.offset + last.size // 2])
+    data_file.write_bytes(data_file.read_bytes()[: last.offset + last.size // 2])
     with pytest.raises((OSError, ValueError)) as err:
         dr.load_checkpoint(str(prefix)).get_tensor(last.name)
     assert_named(err.value, str(data_file))
@@ -406,7 +427,7 @@ def test_truncated_data_file_names_the_tensor(tmp_path):
     prefix = d / "all"
     e = entry_of(prefix, "special/bfloat16")
     data_file = d / "all.data-00000-of-00001"
-    data_file.write_bytes(data_file.read_bytes()[:e.offset + 2])
+    data_file.write_bytes(data_file.read_bytes()[: e.offset + 2])
     with pytest.raises(OSError) as err:
         dr.load_checkpoint(str(prefix)).get_tensor("special/bfloat16")
     assert_named(err.value, str(data_file), "special/bfloat16")

@@ -20,10 +20,22 @@ import numpy as np
 import pytest
 
 import distrestore.objects as objects
-from distrestore.errors import (CheckpointNotFoundError, RestoreAssertionError, ShapeMismatchError,
-                                UnsupportedCheckpointError)
-from distrestore.objects import (Checkpoint, Node, NodeDict, NodeList, Optimizer,
-                                 UnusedCheckpointValuesWarning, read_object_graph, tracked_children)
+from distrestore.errors import (
+    CheckpointNotFoundError,
+    RestoreAssertionError,
+    ShapeMismatchError,
+    UnsupportedCheckpointError,
+)
+from distrestore.objects import (
+    Checkpoint,
+    Node,
+    NodeDict,
+    NodeList,
+    Optimizer,
+    UnusedCheckpointValuesWarning,
+    read_object_graph,
+    tracked_children,
+)
 from distrestore.variable import Variable
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -41,6 +53,7 @@ TF1_ADAM = os.path.join(TESTS, gen.TF1_ADAM)
 
 
 # -- the distrestore interpreter of the scenario steps ---------------------------------------
+
 
 class DRWorld:
     def __init__(self):
@@ -115,8 +128,7 @@ class DRWorld:
                 self.set_child(obj, name, self.build(child, path + (name,)))
             return obj
         elif kind == "list":
-            obj = NodeList([None if c is None else self.build(c, path + (str(i),))
-                            for i, c in enumerate(spec["list"])])
+            obj = NodeList([None if c is None else self.build(c, path + (str(i),)) for i, c in enumerate(spec["list"])])
         elif kind == "dict":
             obj = NodeDict({k: self.build(c, path + (k,)) for k, c in spec["dict"].items()})
         elif kind == "checkpoint":
@@ -214,10 +226,17 @@ def test_scenario_matches_tf(name):
 
 def test_recording_covers_the_brief():
     names = set(SCENARIOS)
-    for required in ("keras_whole_model", "keras_model_without_optimizer", "fake_structure_bias",
-                     "deferred_two_levels", "new_variable_absent_from_checkpoint",
-                     "saved_model_read", "tf1_adam_slots", "read_of_write_checkpoint",
-                     "restore_of_write_checkpoint"):
+    for required in (
+        "keras_whole_model",
+        "keras_model_without_optimizer",
+        "fake_structure_bias",
+        "deferred_two_levels",
+        "new_variable_absent_from_checkpoint",
+        "saved_model_read",
+        "tf1_adam_slots",
+        "read_of_write_checkpoint",
+        "restore_of_write_checkpoint",
+    ):
         assert required in names
     assert RECORDED["tf_version"].startswith("2.21")
 
@@ -235,6 +254,7 @@ def test_recording_matches_live_tf(name):
 
 # -- one plan per restore -----------------------------------------------------------------------
 
+
 class CountingFetch:
     def __init__(self, fail_on_call: int | None = None):
         self.calls: list[list[str]] = []
@@ -242,6 +262,7 @@ class CountingFetch:
 
     def __call__(self, requests, **kwargs):
         from distrestore.restore import fetch
+
         self.calls.append([r.name for r in requests])
         if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
             raise OSError("injected read failure")
@@ -258,10 +279,16 @@ def test_restore_reads_all_matched_variables_in_one_fetch():
     root.restore(TWO, fetch=f).expect_partial()
     assert f.calls[0] == ["_CHECKPOINTABLE_OBJECT_GRAPH"]
     assert len(f.calls) == 2
-    assert sorted(f.calls[1]) == sorted([
-        "model/dense1/_kernel/.ATTRIBUTES/VARIABLE_VALUE", "model/dense1/bias/.ATTRIBUTES/VARIABLE_VALUE",
-        "model/dense2/_kernel/.ATTRIBUTES/VARIABLE_VALUE", "model/dense2/bias/.ATTRIBUTES/VARIABLE_VALUE",
-        "step/.ATTRIBUTES/VARIABLE_VALUE", "save_counter/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert sorted(f.calls[1]) == sorted(
+        [
+            "model/dense1/_kernel/.ATTRIBUTES/VARIABLE_VALUE",
+            "model/dense1/bias/.ATTRIBUTES/VARIABLE_VALUE",
+            "model/dense2/_kernel/.ATTRIBUTES/VARIABLE_VALUE",
+            "model/dense2/bias/.ATTRIBUTES/VARIABLE_VALUE",
+            "step/.ATTRIBUTES/VARIABLE_VALUE",
+            "save_counter/.ATTRIBUTES/VARIABLE_VALUE",
+        ]
+    )
     assert int(root.save_counter.numpy()) == 2 and int(root.step.numpy()) == 8
 
 
@@ -272,8 +299,10 @@ def test_attaching_a_subtree_reads_it_in_one_fetch():
     n = len(f.calls)
     root.model.layers = [Variable(shape=[2]), Node(w=Variable(shape=[2, 2]))]
     assert len(f.calls) == n + 1
-    assert sorted(f.calls[-1]) == ["model/layers/0/.ATTRIBUTES/VARIABLE_VALUE",
-                                   "model/layers/1/w/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert sorted(f.calls[-1]) == [
+        "model/layers/0/.ATTRIBUTES/VARIABLE_VALUE",
+        "model/layers/1/w/.ATTRIBUTES/VARIABLE_VALUE",
+    ]
     status.expect_partial()
 
 
@@ -281,23 +310,29 @@ def test_values_match_the_checkpoint_bit_exactly():
     expected = dr_tensors(TWO)
     root = Checkpoint(model=Node(dense1=dense(1, 4), table={"a/b.c": Variable(shape=[3])}))
     root.read(TWO).expect_partial()
-    np.testing.assert_array_equal(root.model.dense1._kernel.numpy(),
-                                  expected["model/dense1/_kernel/.ATTRIBUTES/VARIABLE_VALUE"])
+    np.testing.assert_array_equal(
+        root.model.dense1._kernel.numpy(), expected["model/dense1/_kernel/.ATTRIBUTES/VARIABLE_VALUE"]
+    )
     # dict key escaped in the key: a/b.c -> a.Sb..c
-    np.testing.assert_array_equal(root.model.table["a/b.c"].numpy(),
-                                  expected["model/table/a.Sb..c/.ATTRIBUTES/VARIABLE_VALUE"])
+    np.testing.assert_array_equal(
+        root.model.table["a/b.c"].numpy(), expected["model/table/a.Sb..c/.ATTRIBUTES/VARIABLE_VALUE"]
+    )
 
 
 def dr_tensors(path):
     from distrestore.restore import restore_tensors
+
     return restore_tensors(path)
 
 
 # -- atomicity and errors ------------------------------------------------------------------------
 
+
 def test_shape_mismatch_names_the_object_and_assigns_nothing():
-    root = Checkpoint(model=Node(dense1=Node(_kernel=Variable(shape=[1, 4]), bias=Variable(shape=[7]))),
-                      step=Variable(shape=[], dtype="int64"))
+    root = Checkpoint(
+        model=Node(dense1=Node(_kernel=Variable(shape=[1, 4]), bias=Variable(shape=[7]))),
+        step=Variable(shape=[], dtype="int64"),
+    )
     before = {k: v.numpy().copy() for k, v in [("k", root.model.dense1._kernel), ("s", root.step)]}
     with pytest.raises(ShapeMismatchError) as info:
         root.restore(TWO)
@@ -362,11 +397,13 @@ def test_name_based_checkpoint_is_refused():
 def test_directory_with_checkpoint_file_resolves_to_latest():
     root = Checkpoint(model=Node(dense1=dense(1, 4)))
     root.read(os.path.dirname(TWO)).expect_partial()
-    np.testing.assert_array_equal(root.model.dense1.bias.numpy(),
-                                  dr_tensors(TWO)["model/dense1/bias/.ATTRIBUTES/VARIABLE_VALUE"])
+    np.testing.assert_array_equal(
+        root.model.dense1.bias.numpy(), dr_tensors(TWO)["model/dense1/bias/.ATTRIBUTES/VARIABLE_VALUE"]
+    )
 
 
 # -- warnings ----------------------------------------------------------------------------------
+
 
 def test_unused_values_warn_when_the_restore_is_forgotten():
     root = Checkpoint(model=Node(dense1=dense(1, 4)))
@@ -401,6 +438,7 @@ def test_warning_waits_for_pending_deferred_restores():
 
 
 # -- the object tree API -------------------------------------------------------------------------
+
 
 def test_node_tracks_attributes_items_lists_and_dicts():
     v = Variable(shape=[2])
@@ -444,8 +482,9 @@ def test_list_append_restores_the_new_index():
     root = Checkpoint(model=Node(layers=[Variable(shape=[2])]))
     status = root.read(TWO)
     root.model.layers.append(Node(w=Variable(shape=[2, 2])))
-    np.testing.assert_array_equal(root.model.layers[1].w.numpy(),
-                                  dr_tensors(TWO)["model/layers/1/w/.ATTRIBUTES/VARIABLE_VALUE"])
+    np.testing.assert_array_equal(
+        root.model.layers[1].w.numpy(), dr_tensors(TWO)["model/layers/1/w/.ATTRIBUTES/VARIABLE_VALUE"]
+    )
     status.expect_partial()
 
 
@@ -459,14 +498,16 @@ def test_optimizer_slots_created_on_restore_and_existing_slots_reused():
     t = dr_tensors(TF1_ADAM)
     assert opt.get_slot(w, "m") is pre
     np.testing.assert_array_equal(pre.numpy(), t["net/w/.OPTIMIZER_SLOT/opt/m/.ATTRIBUTES/VARIABLE_VALUE"])
-    np.testing.assert_array_equal(opt.get_slot(b, "v").numpy(),
-                                  t["net/b/.OPTIMIZER_SLOT/opt/v/.ATTRIBUTES/VARIABLE_VALUE"])
+    np.testing.assert_array_equal(
+        opt.get_slot(b, "v").numpy(), t["net/b/.OPTIMIZER_SLOT/opt/v/.ATTRIBUTES/VARIABLE_VALUE"]
+    )
     assert opt.get_slot_names() == ["m", "v"]
 
 
 def test_keras_optimizer_state_restores_as_plain_children():
     variables = [Variable(shape=[], dtype="int64"), Variable(shape=[])] + [
-        Variable(shape=s) for s in ([4, 8], [4, 8], [8], [8], [8, 3], [8, 3], [3], [3])]
+        Variable(shape=s) for s in ([4, 8], [4, 8], [8], [8], [8, 3], [8, 3], [3], [3])
+    ]
     root = Checkpoint(optimizer=Node(_variables=variables))
     status = root.read(os.path.join(FIXTURES, "tf2_keras", "ckpt-1"))
     status.assert_existing_objects_matched().expect_partial()
@@ -478,11 +519,12 @@ def test_keras_optimizer_state_restores_as_plain_children():
 def test_status_exposes_the_object_graph_and_read_object_graph():
     root = Checkpoint(model=Node())
     status = root.read(TWO).expect_partial()
-    assert status.object_graph.checkpoint_key("model/table/a.Sb..c") == \
-        "model/table/a.Sb..c/.ATTRIBUTES/VARIABLE_VALUE"
+    assert status.object_graph.checkpoint_key("model/table/a.Sb..c") == "model/table/a.Sb..c/.ATTRIBUTES/VARIABLE_VALUE"
     graph = read_object_graph(os.path.join(FIXTURES, "tf2_keras", "ckpt-1"))
-    assert graph.checkpoint_key("model/_functional/_operations/1/_kernel") == \
-        "optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE"
+    assert (
+        graph.checkpoint_key("model/_functional/_operations/1/_kernel")
+        == "optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE"
+    )
 
 
 def test_restore_uids_order_pending_restores_newest_first():
@@ -490,15 +532,23 @@ def test_restore_uids_order_pending_restores_newest_first():
     s_two = root.restore(TWO)
     s_one = root.restore(ONE)
     root.model.dense1 = dense(1, 4)
-    np.testing.assert_array_equal(root.model.dense1.bias.numpy(),
-                                  dr_tensors(ONE)["model/dense1/bias/.ATTRIBUTES/VARIABLE_VALUE"])
+    np.testing.assert_array_equal(
+        root.model.dense1.bias.numpy(), dr_tensors(ONE)["model/dense1/bias/.ATTRIBUTES/VARIABLE_VALUE"]
+    )
     s_two.expect_partial()
     s_one.expect_partial()
 
 
 def test_module_exports():
-    assert set(objects.__all__) >= {"Checkpoint", "Node", "NodeList", "NodeDict", "Optimizer",
-                                    "CheckpointLoadStatus", "UnusedCheckpointValuesWarning"}
+    assert set(objects.__all__) >= {
+        "Checkpoint",
+        "Node",
+        "NodeList",
+        "NodeDict",
+        "Optimizer",
+        "CheckpointLoadStatus",
+        "UnusedCheckpointValuesWarning",
+    }
 
 
 def test_pending_restores_of_two_checkpoints_share_one_fetch():
@@ -509,13 +559,20 @@ def test_pending_restores_of_two_checkpoints_share_one_fetch():
     n = len(f.calls)
     root.model = Node(dense1=dense(1, 4), dense2=dense(4, 5))
     assert len(f.calls) == n + 1
-    assert sorted(f.calls[-1]) == sorted([
-        "model/dense1/_kernel/.ATTRIBUTES/VARIABLE_VALUE", "model/dense1/bias/.ATTRIBUTES/VARIABLE_VALUE",
-        "model/dense2/_kernel/.ATTRIBUTES/VARIABLE_VALUE", "model/dense2/bias/.ATTRIBUTES/VARIABLE_VALUE"])
-    np.testing.assert_array_equal(root.model.dense1.bias.numpy(),
-                                  dr_tensors(PARTIAL)["model/dense1/bias/.ATTRIBUTES/VARIABLE_VALUE"])
-    np.testing.assert_array_equal(root.model.dense2.bias.numpy(),
-                                  dr_tensors(ONE)["model/dense2/bias/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert sorted(f.calls[-1]) == sorted(
+        [
+            "model/dense1/_kernel/.ATTRIBUTES/VARIABLE_VALUE",
+            "model/dense1/bias/.ATTRIBUTES/VARIABLE_VALUE",
+            "model/dense2/_kernel/.ATTRIBUTES/VARIABLE_VALUE",
+            "model/dense2/bias/.ATTRIBUTES/VARIABLE_VALUE",
+        ]
+    )
+    np.testing.assert_array_equal(
+        root.model.dense1.bias.numpy(), dr_tensors(PARTIAL)["model/dense1/bias/.ATTRIBUTES/VARIABLE_VALUE"]
+    )
+    np.testing.assert_array_equal(
+        root.model.dense2.bias.numpy(), dr_tensors(ONE)["model/dense2/bias/.ATTRIBUTES/VARIABLE_VALUE"]
+    )
     s1.expect_partial()
     s2.expect_partial()
 
@@ -531,15 +588,15 @@ class Dense(Node):
 def test_user_subclasses_of_node():
     root = Checkpoint(model=Node(dense1=Dense(1, 4)))
     root.read(TWO).expect_partial().assert_existing_objects_matched()
-    np.testing.assert_array_equal(root.model.dense1._kernel.numpy(),
-                                  dr_tensors(TWO)["model/dense1/_kernel/.ATTRIBUTES/VARIABLE_VALUE"])
+    np.testing.assert_array_equal(
+        root.model.dense1._kernel.numpy(), dr_tensors(TWO)["model/dense1/_kernel/.ATTRIBUTES/VARIABLE_VALUE"]
+    )
 
 
 def test_restore_none_creates_the_save_counter_and_fails_every_assertion():
     root = Checkpoint(v=Variable(shape=[1]))
     status = root.restore(None)
     assert "save_counter" in tracked_children(root)
-    for check in (status.assert_consumed, status.assert_existing_objects_matched,
-                  status.assert_nontrivial_match):
+    for check in (status.assert_consumed, status.assert_existing_objects_matched, status.assert_nontrivial_match):
         with pytest.raises(RestoreAssertionError, match="No checkpoint specified"):
             check()

@@ -10,7 +10,6 @@ import numpy as np
 
 import distrestore as dr
 from distrestore.cli import main
-from ray_fixtures import ray_local  # noqa: F401
 
 
 def test_demo_restores_and_checks(capsys):
@@ -50,6 +49,7 @@ def test_storage_options_are_json(fixtures_dir, capsys):
 
 
 def test_module_entry_point_fails_cleanly_on_missing_checkpoint(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "distrestore", "ls", str(tmp_path / "nope")],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "distrestore", "ls", str(tmp_path / "nope")], capture_output=True, text=True
+    )
     assert run.returncode != 0 and "CheckpointNotFoundError" in run.stderr

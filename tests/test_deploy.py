@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import shlex
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ def _load(path: Path):
 
 # -- the CRD schemas ----------------------------------------------------------------------------
 
+
 def _strict(node: dict) -> dict:
     """A structural OpenAPI v3 schema made checkable by jsonschema, the way the API server reads it:
     ``x-kubernetes-*`` keys dropped, ``int-or-string`` spelled as ``anyOf``, and unknown fields
@@ -71,13 +72,15 @@ def _strict(node: dict) -> dict:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _crd(crd_file: str) -> tuple[str, dict]:
     """(kind, strict v1 schema) of a KubeRay CRD."""
     path = CRD_DIR / crd_file
     if not path.is_file():
-        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR} (shared data checked out beside the repo); "
-                    "cannot validate deploy/kuberay/ manifests offline")
+        pytest.skip(
+            f"KubeRay CRDs not found at {CRD_DIR} (shared data checked out beside the repo); "
+            "cannot validate deploy/kuberay/ manifests offline"
+        )
     crd = _load(path)
     versions = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     assert len(versions) == 1, f"{crd_file}: no single v1 version"
@@ -88,8 +91,10 @@ def _crd(crd_file: str) -> tuple[str, dict]:
 
 def _errors(doc: dict, crd_file: str) -> list[str]:
     _, schema = _crd(crd_file)
-    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+    return [
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(doc)
+    ]
 
 
 @pytest.fixture(params=sorted(MANIFESTS))
@@ -168,14 +173,20 @@ def test_int_or_string_quantities_accept_both(manifest):
     name, doc, crd_file = manifest
     for value in (2, "2", "1500m"):
         d = copy.deepcopy(doc)
-        _cluster_spec(name, d)["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = value
+        _cluster_spec(name, d)["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = (
+            value
+        )
         assert not _errors(d, crd_file), value
 
 
 def test_broken_rayjob_top_level_fails_validation():
     doc = _load(KUBERAY / "rayjob.yaml")
-    for key, bad in [("shutdownAfterJobFinishes", "yes"), ("activeDeadlineSeconds", "1h"),
-                     ("entrypoint", ["python", "-m", "distrestore"]), ("shutdownAfterJobsFinish", True)]:
+    for key, bad in [
+        ("shutdownAfterJobFinishes", "yes"),
+        ("activeDeadlineSeconds", "1h"),
+        ("entrypoint", ["python", "-m", "distrestore"]),
+        ("shutdownAfterJobsFinish", True),
+    ]:
         broken = copy.deepcopy(doc)
         broken["spec"][key] = bad
         errors = _errors(broken, "ray.io_rayjobs.yaml")
@@ -183,6 +194,7 @@ def test_broken_rayjob_top_level_fails_validation():
 
 
 # -- conventions (docs/testing.md, "Deploy conventions") ----------------------------------------
+
 
 def _pod_specs(name: str, doc: dict):
     spec = _cluster_spec(name, doc)
@@ -230,9 +242,11 @@ def test_dockerfile_matches_ray_version():
 
 # -- the RayJob entrypoint against the CLI ------------------------------------------------------
 
+
 def _parse_with_cli(argv: list[str], monkeypatch):
     """Run ``distrestore.cli.main`` with the real parser but a recording ``cmd_restore``."""
     from distrestore import cli
+
     seen = []
     monkeypatch.setattr(cli, "cmd_restore", lambda args: seen.append(args) or 0)
     assert cli.main(argv) == 0
@@ -261,6 +275,7 @@ def test_cli_restore_with_ray_executor_connects_to_ray(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     from distrestore import cli
     from distrestore.writer import save_tensors
+
     prefix = save_tensors(str(tmp_path / "model.ckpt"), {"a": np.arange(4, dtype=np.float32)})
 
     class InitCalled(Exception):
@@ -291,8 +306,9 @@ def _ray_schema() -> dict:
 def test_launcher_config_is_valid(config):
     pytest.importorskip("ray")
     from ray.autoscaler._private.util import prepare_config, validate_config
+
     cfg = _load(LAUNCHER / config)
-    jsonschema.validate(cfg, _ray_schema())          # as written (prepare_config drops some keys)
+    jsonschema.validate(cfg, _ray_schema())  # as written (prepare_config drops some keys)
     validate_config(prepare_config(copy.deepcopy(cfg)))  # as `ray up` sees it (offline: defaults only)
 
 
@@ -314,6 +330,7 @@ def test_launcher_conventions(config):
 def test_broken_launcher_config_is_rejected(config):
     pytest.importorskip("ray")
     from ray.autoscaler._private.util import prepare_config, validate_config
+
     schema = _ray_schema()
     cfg = _load(LAUNCHER / config)
 

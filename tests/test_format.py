@@ -37,6 +37,7 @@ def _tf():
 
 # -- crc32c ------------------------------------------------------------------------------------
 
+
 def test_crc32c_check_value():
     assert crc.value(b"123456789") == 0xE3069283
     assert crc.value(b"") == 0
@@ -85,11 +86,20 @@ def test_combine_with_large_lengths():
 
 # -- varints -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, encoded", [
-    (0, "00"), (1, "01"), (127, "7f"), (128, "80 01"), (300, "ac 02"), (2**32, "80 80 80 80 10"),
-    (2**64 - 1, "ff ff ff ff ff ff ff ff ff 01"),
-    (-1, "ff ff ff ff ff ff ff ff ff 01"),  # proto int64 negatives: 10-byte two's complement
-])
+
+@pytest.mark.parametrize(
+    "value, encoded",
+    [
+        (0, "00"),
+        (1, "01"),
+        (127, "7f"),
+        (128, "80 01"),
+        (300, "ac 02"),
+        (2**32, "80 80 80 80 10"),
+        (2**64 - 1, "ff ff ff ff ff ff ff ff ff 01"),
+        (-1, "ff ff ff ff ff ff ff ff ff 01"),  # proto int64 negatives: 10-byte two's complement
+    ],
+)
 def test_varint_known_bytes(value, encoded):
     assert encode_varint(value) == bytes.fromhex(encoded)
     decoded, pos = read_varint(bytes.fromhex(encoded) + b"\x55", 0)
@@ -127,6 +137,7 @@ def test_iter_fields_skips_and_decodes_all_wire_types():
 
 # -- sstable -----------------------------------------------------------------------------------
 
+
 def _keys(n, prefix=b""):
     return [prefix + b"%06d" % i for i in range(n)]
 
@@ -143,7 +154,7 @@ def test_table_empty_metaindex_block_like_tf():
     footer = data[-48:]
     meta_off, pos = read_varint(footer, 0)
     meta_size, _ = read_varint(footer, pos)
-    assert data[meta_off:meta_off + meta_size] == bytes.fromhex("00000000 01000000")
+    assert data[meta_off : meta_off + meta_size] == bytes.fromhex("00000000 01000000")
 
 
 def test_table_many_entries_span_several_blocks():
@@ -172,8 +183,7 @@ def test_table_keys_with_long_shared_prefixes():
 
 
 @SETTINGS
-@given(st.dictionaries(st.binary(max_size=40), st.binary(max_size=300), max_size=200),
-       st.sampled_from([32, 512, 4096]))
+@given(st.dictionaries(st.binary(max_size=40), st.binary(max_size=300), max_size=200), st.sampled_from([32, 512, 4096]))
 def test_table_round_trip_property(d, block_size):
     items = sorted(d.items())
     assert sstable.read_table(sstable.build_table(items, block_size=block_size), "t.index") == items
@@ -188,8 +198,9 @@ def _index_handle(data: bytes) -> tuple[int, int]:
     return off, size
 
 
-@pytest.mark.parametrize("name", ["all_dtypes/all", "many_small/many", "tf1_sharded/model.ckpt-7",
-                                  "merged/merged", "tf2_keras/ckpt-1"])
+@pytest.mark.parametrize(
+    "name", ["all_dtypes/all", "many_small/many", "tf1_sharded/model.ckpt-7", "merged/merged", "tf2_keras/ckpt-1"]
+)
 def test_table_rebuilt_from_tf_index_matches_tf_bytes(name):
     """Our table builder lays out data blocks and the metaindex byte-for-byte as TF's TableBuilder
     (only the last index-block separator may differ: TF shortens it with FindShortSuccessor)."""
@@ -227,9 +238,11 @@ def test_table_block_checksum_is_verified():
 
 # -- slice keys (ordered code) ------------------------------------------------------------------
 
+
 def test_slice_key_observed_bytes():
     assert slice_key("scope/part", ((0, 4), (0, 3))) == bytes.fromhex(
-        "00 73 63 6f 70 65 2f 70 61 72 74 00 01 01 02 80 84 80 83")
+        "00 73 63 6f 70 65 2f 70 61 72 74 00 01 01 02 80 84 80 83"
+    )
 
 
 def test_slice_key_documented_ordered_code_examples():
@@ -238,8 +251,9 @@ def test_slice_key_documented_ordered_code_examples():
     assert key == bytes.fromhex("00 61 00 01 01 01 f0 42 42 42 38 00")
 
 
-@pytest.mark.parametrize("v, enc", [(0, "80"), (3, "83"), (-1, "7f"), (-64, "40"), (63, "bf"),
-                                    (64, "c0 40"), (-65, "3f bf")])
+@pytest.mark.parametrize(
+    "v, enc", [(0, "80"), (3, "83"), (-1, "7f"), (-64, "40"), (63, "bf"), (64, "c0 40"), (-65, "3f bf")]
+)
 def test_slice_key_small_signed_numbers(v, enc):
     assert slice_key("", ((v, 0),)) == bytes.fromhex("00 00 01 01 01") + bytes.fromhex(enc) + b"\x80"
 
@@ -273,14 +287,21 @@ def test_slice_keys_match_tf_saved_slices(tmp_path):
 
 # -- bundle messages ---------------------------------------------------------------------------
 
-_SLICE = st.lists(st.tuples(st.integers(0, 2**40), st.one_of(st.just(-1), st.integers(0, 2**40))),
-                  max_size=4).map(tuple)
+_SLICE = st.lists(st.tuples(st.integers(0, 2**40), st.one_of(st.just(-1), st.integers(0, 2**40))), max_size=4).map(
+    tuple
+)
 
 
 @SETTINGS
-@given(st.sampled_from(sorted(dtypes.BY_ENUM)), st.lists(st.integers(0, 2**40), max_size=5),
-       st.integers(0, 2**31 - 1), st.integers(0, 2**62), st.integers(0, 2**62), st.integers(0, 2**32 - 1),
-       st.lists(_SLICE, max_size=3))
+@given(
+    st.sampled_from(sorted(dtypes.BY_ENUM)),
+    st.lists(st.integers(0, 2**40), max_size=5),
+    st.integers(0, 2**31 - 1),
+    st.integers(0, 2**62),
+    st.integers(0, 2**62),
+    st.integers(0, 2**32 - 1),
+    st.lists(_SLICE, max_size=3),
+)
 def test_entry_round_trip(dt, shape, shard, offset, size, checksum, slices):
     raw = messages.encode_entry(dt, shape, shard, offset, size, checksum, slices)
     e = messages.decode_entry("n", raw)
@@ -294,8 +315,7 @@ def test_entry_decode_defaults_and_unknown_fields():
     # proto3: absent fields are defaults; unknown fields (e.g. field 99, fixed64) are skipped
     raw = field(1, VARINT, 1) + field(99, 1, 123) + field(100, LENGTH, b"zz")
     e = messages.decode_entry("x", raw)
-    assert (e.dtype.name, e.shape, e.shard_id, e.offset, e.size, e.crc32c, e.slices) == (
-        "float32", (), 0, 0, 0, 0, ())
+    assert (e.dtype.name, e.shape, e.shard_id, e.offset, e.size, e.crc32c, e.slices) == ("float32", (), 0, 0, 0, 0, ())
 
 
 def test_entry_unknown_dtype_is_unsupported_and_names_tensor():
@@ -309,13 +329,16 @@ def test_entry_truncated_is_corrupt():
         messages.decode_entry("w/x", raw[:-2])
 
 
-@pytest.mark.parametrize("kw", [
-    dict(dtype_enum=1, shape=[2, 3], shard_id=0, offset=0, size=24, crc32c=0x12345678),
-    dict(dtype_enum=7, shape=[], shard_id=3, offset=1 << 40, size=4, crc32c=1),
-    dict(dtype_enum=19, shape=[0, 5, 0], shard_id=0, offset=7, size=0, crc32c=0),
-    dict(dtype_enum=1, shape=[10, 3], slices=[((0, 5), (0, -1)), ((5, 5), (0, -1))]),
-    dict(dtype_enum=9, shape=[7, 2], slices=[((0, 3), (0, 2)), ((3, 0), (1, 1))]),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(dtype_enum=1, shape=[2, 3], shard_id=0, offset=0, size=24, crc32c=0x12345678),
+        dict(dtype_enum=7, shape=[], shard_id=3, offset=1 << 40, size=4, crc32c=1),
+        dict(dtype_enum=19, shape=[0, 5, 0], shard_id=0, offset=7, size=0, crc32c=0),
+        dict(dtype_enum=1, shape=[10, 3], slices=[((0, 5), (0, -1)), ((5, 5), (0, -1))]),
+        dict(dtype_enum=9, shape=[7, 2], slices=[((0, 3), (0, 2)), ((3, 0), (1, 1))]),
+    ],
+)
 def test_entry_encoding_matches_tf_protobuf(kw):
     _tf()
     from tensorflow.core.protobuf import tensor_bundle_pb2
@@ -353,27 +376,34 @@ def test_header_encoding_matches_tf_protobuf():
 
 
 def _index_with_header(version: bytes) -> bytes:
-    return sstable.build_table([(b"", field(1, VARINT, 1) + field(3, LENGTH, version)),
-                                (b"t", messages.encode_entry(1, [1], 0, 0, 4, 0))])
+    return sstable.build_table(
+        [(b"", field(1, VARINT, 1) + field(3, LENGTH, version)), (b"t", messages.encode_entry(1, [1], 0, 0, 4, 0))]
+    )
 
 
-@pytest.mark.parametrize("version, message", [
-    (field(1, VARINT, -1), "producer"),
-    (field(1, VARINT, 1) + field(2, VARINT, 2), "reader version 2"),
-    (field(1, VARINT, 1) + field(3, VARINT, 0) + field(3, VARINT, 1), "disallows"),
-    (field(1, VARINT, 1) + field(3, LENGTH, encode_varint(5) + encode_varint(1)), "disallows"),  # packed
-])
+@pytest.mark.parametrize(
+    "version, message",
+    [
+        (field(1, VARINT, -1), "producer"),
+        (field(1, VARINT, 1) + field(2, VARINT, 2), "reader version 2"),
+        (field(1, VARINT, 1) + field(3, VARINT, 0) + field(3, VARINT, 1), "disallows"),
+        (field(1, VARINT, 1) + field(3, LENGTH, encode_varint(5) + encode_varint(1)), "disallows"),  # packed
+    ],
+)
 def test_header_version_checks(version, message):
     with pytest.raises(UnsupportedCheckpointError, match=message) as e:
         CheckpointIndex.from_bytes("/some/ckpt", _index_with_header(version))
     assert "/some/ckpt.index" in str(e.value)
 
 
-@pytest.mark.parametrize("version", [
-    field(1, VARINT, 1),
-    field(1, VARINT, 0) + field(2, VARINT, 1),
-    field(1, VARINT, 7) + field(2, VARINT, 0) + field(3, VARINT, 0) + field(3, VARINT, 2),
-])
+@pytest.mark.parametrize(
+    "version",
+    [
+        field(1, VARINT, 1),
+        field(1, VARINT, 0) + field(2, VARINT, 1),
+        field(1, VARINT, 7) + field(2, VARINT, 0) + field(3, VARINT, 0) + field(3, VARINT, 2),
+    ],
+)
 def test_header_versions_accepted(version):
     idx = CheckpointIndex.from_bytes("/some/ckpt", _index_with_header(version))
     assert list(idx.entries) == ["t"]
@@ -456,7 +486,7 @@ def test_string_encoding_matches_tf_written_bytes():
         e = messages.decode_entry(key.decode(), raw)
         if not e.dtype.is_string:
             continue
-        stored = blob[e.offset:e.offset + e.size]
+        stored = blob[e.offset : e.offset + e.size]
         values = strings.decode_strings(stored, e.num_elements, e.shape, stored_crc=e.crc32c, where=str(prefix))
         data, c = strings.encode_strings(values.reshape(-1).tolist())
         assert data == stored and c == e.crc32c, key
@@ -465,6 +495,7 @@ def test_string_encoding_matches_tf_written_bytes():
 
 
 # -- dtypes ------------------------------------------------------------------------------------
+
 
 def test_dtype_table_matches_tf():
     tf = _tf()
@@ -477,6 +508,7 @@ def test_dtype_table_matches_tf():
 
 def test_dtype_from_numpy_and_resolve():
     import ml_dtypes
+
     assert dtypes.from_numpy(np.float32).enum == 1
     assert dtypes.from_numpy(">f4").enum == 1
     assert dtypes.from_numpy(ml_dtypes.bfloat16).name == "bfloat16"
@@ -491,13 +523,17 @@ def test_dtype_from_numpy_and_resolve():
 
 # -- slice specs -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec, shape, extents", [
-    ("10 3 0,5:-", (10, 3), ((0, 5), (0, -1))),
-    ("10 3 4,3:0,3", (10, 3), ((4, 3), (0, 3))),
-    ("100 8 80,20:0,8", (100, 8), ((80, 20), (0, 8))),
-    ("7 0,7", (7,), ((0, 7),)),
-    ("4 5 6 -:1,2:-", (4, 5, 6), ((0, -1), (1, 2), (0, -1))),
-])
+
+@pytest.mark.parametrize(
+    "spec, shape, extents",
+    [
+        ("10 3 0,5:-", (10, 3), ((0, 5), (0, -1))),
+        ("10 3 4,3:0,3", (10, 3), ((4, 3), (0, 3))),
+        ("100 8 80,20:0,8", (100, 8), ((80, 20), (0, 8))),
+        ("7 0,7", (7,), ((0, 7),)),
+        ("4 5 6 -:1,2:-", (4, 5, 6), ((0, -1), (1, 2), (0, -1))),
+    ],
+)
 def test_parse_spec(spec, shape, extents):
     assert parse_spec(spec) == (shape, extents)
 
@@ -519,6 +555,7 @@ def test_format_spec_round_trip():
 
 # -- the checkpoint state file -------------------------------------------------------------------
 
+
 def test_parse_state_observed_manager_file():
     text = (FIXTURES / "manager" / "checkpoint").read_text()
     s = parse_state(text)
@@ -529,11 +566,13 @@ def test_parse_state_observed_manager_file():
 
 
 def test_parse_state_escapes():
-    text = ('model_checkpoint_path: "dir with \\"quote\\"/caf\\303\\251\\\\x"\n'
-            "all_model_checkpoint_paths: 'single\\'q'\n"
-            'all_model_checkpoint_paths: "tab\\there\\nnl"\n'
-            "# a comment\n"
-            "last_preserved_timestamp: 1e3\n")
+    text = (
+        'model_checkpoint_path: "dir with \\"quote\\"/caf\\303\\251\\\\x"\n'
+        "all_model_checkpoint_paths: 'single\\'q'\n"
+        'all_model_checkpoint_paths: "tab\\there\\nnl"\n'
+        "# a comment\n"
+        "last_preserved_timestamp: 1e3\n"
+    )
     s = parse_state(text)
     assert s.model_checkpoint_path == 'dir with "quote"/café\\x'
     assert s.all_model_checkpoint_paths == ["single'q", "tab\there\nnl"]
@@ -541,9 +580,11 @@ def test_parse_state_escapes():
 
 
 def test_parse_state_hash_inside_a_quoted_path_is_not_a_comment():
-    text = ('model_checkpoint_path: "/data/run#3/ckpt-1"  # the latest\n'
-            "# a whole-line comment with a \"quote\n"
-            "all_model_checkpoint_paths: '/data/run#3/ckpt-1';\n")
+    text = (
+        'model_checkpoint_path: "/data/run#3/ckpt-1"  # the latest\n'
+        '# a whole-line comment with a "quote\n'
+        "all_model_checkpoint_paths: '/data/run#3/ckpt-1';\n"
+    )
     s = parse_state(text)
     assert s.model_checkpoint_path == "/data/run#3/ckpt-1"
     assert s.all_model_checkpoint_paths == ["/data/run#3/ckpt-1"]
@@ -561,6 +602,7 @@ def test_format_state_round_trip():
 
 def _write_state_with_tf(tf, directory: str, latest: str, all_paths: list[str]):
     from tensorflow.python.checkpoint import checkpoint_management
+
     checkpoint_management.update_checkpoint_state_internal(directory, latest, all_paths)
 
 
@@ -577,13 +619,14 @@ def test_state_file_written_by_tf_text_format(tmp_path):
     assert ours.all_model_checkpoint_paths == list(theirs.all_model_checkpoint_paths)
 
 
-PATH_TEXT = st.one_of(st.text(st.sampled_from(list("#\"'\\\n\t/ :é漢\x00\x7fab")), max_size=12),
-                      st.text(st.characters(blacklist_categories=("Cs",)), max_size=30))
+PATH_TEXT = st.one_of(
+    st.text(st.sampled_from(list("#\"'\\\n\t/ :é漢\x00\x7fab")), max_size=12),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=30),
+)
 
 
 @SETTINGS
-@given(PATH_TEXT, st.lists(PATH_TEXT, max_size=4), st.lists(st.floats(allow_nan=False), max_size=4),
-       st.booleans())
+@given(PATH_TEXT, st.lists(PATH_TEXT, max_size=4), st.lists(st.floats(allow_nan=False), max_size=4), st.booleans())
 def test_parse_state_matches_protobuf_text_format(latest, paths, stamps, as_utf8):
     """Any paths (quotes, backslashes, '#', control and non-ASCII characters) written by
     protobuf's text format parse back to the same values."""
@@ -592,8 +635,11 @@ def test_parse_state_matches_protobuf_text_format(latest, paths, stamps, as_utf8
     from tensorflow.python.training import checkpoint_state_pb2
 
     proto = checkpoint_state_pb2.CheckpointState(
-        model_checkpoint_path=latest, all_model_checkpoint_paths=paths,
-        all_model_checkpoint_timestamps=stamps, last_preserved_timestamp=stamps[0] if stamps else 0.0)
+        model_checkpoint_path=latest,
+        all_model_checkpoint_paths=paths,
+        all_model_checkpoint_timestamps=stamps,
+        last_preserved_timestamp=stamps[0] if stamps else 0.0,
+    )
     s = parse_state(text_format.MessageToString(proto, as_utf8=as_utf8))
     assert s.model_checkpoint_path == latest
     assert s.all_model_checkpoint_paths == paths
@@ -609,11 +655,15 @@ def test_state_relative_and_absolute_paths_joined_like_tf(tmp_path):
         f'model_checkpoint_path: "ckpt-2"\n'
         f'all_model_checkpoint_paths: "{absolute}"\n'
         f'all_model_checkpoint_paths: "sub/ckpt-1"\n'
-        f'all_model_checkpoint_paths: "ckpt-2"\n')
+        f'all_model_checkpoint_paths: "ckpt-2"\n'
+    )
     s = dr.get_checkpoint_state(str(d))
     assert s.model_checkpoint_path == os.path.join(str(d), "ckpt-2")
-    assert s.all_model_checkpoint_paths == [absolute, os.path.join(str(d), "sub/ckpt-1"),
-                                            os.path.join(str(d), "ckpt-2")]
+    assert s.all_model_checkpoint_paths == [
+        absolute,
+        os.path.join(str(d), "sub/ckpt-1"),
+        os.path.join(str(d), "ckpt-2"),
+    ]
     try:
         tf = _tf()
     except pytest.skip.Exception:

@@ -43,9 +43,14 @@ def test_unusual_entries_decode_identically(monkeypatch):
     items = {b"": encode_header(3)}
     for i in range(3000):  # several blocks, varints of every width, long shared prefixes
         name = f"scope_{i % 7}/{'x' * (i % 200)}/ü{i}".encode()
-        items[name] = encode_entry(1 + i % 20 if 1 + i % 20 not in (7, 20, 21) else 1,
-                                   (i % 5, 300 + i) if i % 3 else (), i % 3, i * 70_000_001,
-                                   i * 129, crc.mask(i))
+        items[name] = encode_entry(
+            1 + i % 20 if 1 + i % 20 not in (7, 20, 21) else 1,
+            (i % 5, 300 + i) if i % 3 else (),
+            i % 3,
+            i * 70_000_001,
+            i * 129,
+            crc.mask(i),
+        )
     items[b"part"] = encode_entry(1, (10, 3), slices=[((0, 4), (0, -1)), ((4, 6), (0, -1))])
     items[slice_key("part", ((0, 4), (0, -1)))] = encode_entry(1, (4, 3), 1, 0, 48, 5)
     items[slice_key("part", ((4, 6), (0, -1)))] = encode_entry(1, (6, 3), 1, 48, 72, 6)
@@ -77,7 +82,7 @@ def test_batched_crc_check_finds_the_first_bad_piece(monkeypatch):
         sizes = rng.integers(0, 2500, n).astype(np.int64)
         offsets = (np.cumsum(sizes) - sizes + rng.integers(0, 3, n)).astype(np.int64)
         buf = rng.integers(0, 256, int((offsets + sizes).max()) if n else 0, dtype=np.uint8)
-        masked = np.array([crc.mask(crc.value(buf[o:o + s])) for o, s in zip(offsets, sizes)], np.uint32)
+        masked = np.array([crc.mask(crc.value(buf[o : o + s])) for o, s in zip(offsets, sizes)], np.uint32)
         bad = masked.copy()
         for k in sorted(rng.choice(n, size=min(n, 2), replace=False)) if n else []:
             bad[k] ^= 1 << int(rng.integers(0, 32))
@@ -92,10 +97,14 @@ def test_batched_crc_check_finds_the_first_bad_piece(monkeypatch):
 @pytest.mark.parametrize("accelerated", [True, False], ids=["C", "python"])
 def test_location_past_2_63_is_a_corrupt_index(monkeypatch, accelerated):
     from distrestore.errors import CorruptCheckpointError
+
     if not accelerated:
         monkeypatch.setattr(entry_table, "_speedups", None)
-    items = {b"": encode_header(1), b"a": encode_entry(1, (2,), 0, 2**63 + 5, 8, 1),
-             b"b": encode_entry(1, (2,), slices=[((0, 2),)])}
+    items = {
+        b"": encode_header(1),
+        b"a": encode_entry(1, (2,), 0, 2**63 + 5, 8, 1),
+        b"b": encode_entry(1, (2,), slices=[((0, 2),)]),
+    }
     raw = sstable.build_table(sorted(items.items()))
     with pytest.raises(CorruptCheckpointError, match="mem/o.index.*out of range"):
         CheckpointIndex.from_bytes("mem/o", raw)

@@ -32,6 +32,7 @@ FIXTURE = REPO / "tests" / "fixtures" / "tf" / "tf1_sharded"
 
 # -- running a scenario through distrestore ---------------------------------------------------
 
+
 def _target(t, objs):
     if isinstance(t, str):
         return t
@@ -50,8 +51,16 @@ def _target(t, objs):
 def _record(obj):
     rec = {"shape": list(obj.shape), "dtype": obj.tf_dtype.name, "sha256": value_digest(obj.numpy())}
     if isinstance(obj, PartitionedVariable):
-        rec["parts"] = [{"shape": list(p.shape), "dtype": p.tf_dtype.name, "sha256": value_digest(p.numpy()),
-                         "spec": p.spec, "name": p.name} for p in obj.parts]
+        rec["parts"] = [
+            {
+                "shape": list(p.shape),
+                "dtype": p.tf_dtype.name,
+                "sha256": value_digest(p.numpy()),
+                "spec": p.spec,
+                "name": p.name,
+            }
+            for p in obj.parts
+        ]
     return rec
 
 
@@ -63,8 +72,9 @@ def run_ours(scenario, paths=PATHS, *, calls=True, initialize=True):
     for step in scenario["steps"]:
         if "var" in step:
             v = step["var"]
-            objs[v["name"]] = store.get_variable(v["name"], v["shape"], v["dtype"], partitions=v["partitions"],
-                                                 initializer=v["init"])
+            objs[v["name"]] = store.get_variable(
+                v["name"], v["shape"], v["dtype"], partitions=v["partitions"], initializer=v["init"]
+            )
         elif calls and error is None:
             call = step["call"]
             pairs = [(ck, _target(t, objs)) for ck, t in call["map"]]
@@ -86,14 +96,31 @@ def _assert_values(got, want, where):
 
 # -- replay -----------------------------------------------------------------------------------
 
+
 def test_scenarios_cover_the_issue():
     names = set(SCENARIOS)
-    for required in ["scope_to_scope", "name_to_name", "name_to_variable_object", "partitioned_by_name",
-                     "partitioned_by_parts_list", "partitioned_object", "root_to_scope", "scope_to_root",
-                     "pairs_one_tensor_many_vars", "repartition_5_to_2", "repartition_5_to_4",
-                     "repartition_uneven_rows", "two_checkpoints", "err_tensor_missing",
-                     "err_scope_only_name_to_non_scope", "err_shape_mismatch", "err_dtype_mismatch",
-                     "err_checkpoint_name_colon0", "err_variable_name_colon0", "later_variables_not_covered"]:
+    for required in [
+        "scope_to_scope",
+        "name_to_name",
+        "name_to_variable_object",
+        "partitioned_by_name",
+        "partitioned_by_parts_list",
+        "partitioned_object",
+        "root_to_scope",
+        "scope_to_root",
+        "pairs_one_tensor_many_vars",
+        "repartition_5_to_2",
+        "repartition_5_to_4",
+        "repartition_uneven_rows",
+        "two_checkpoints",
+        "err_tensor_missing",
+        "err_scope_only_name_to_non_scope",
+        "err_shape_mismatch",
+        "err_dtype_mismatch",
+        "err_checkpoint_name_colon0",
+        "err_variable_name_colon0",
+        "later_variables_not_covered",
+    ]:
         assert required in names
     assert EXPECTED["tf_version"].startswith("2.21")
 
@@ -134,16 +161,19 @@ def test_atomic_call_differs_from_tf_on_purpose():
 
 # -- live TensorFlow --------------------------------------------------------------------------
 
+
 def _generator():
     spec = importlib.util.spec_from_file_location(
-        "gen_init_from_checkpoint", REPO / "tests" / "scenarios" / "gen_init_from_checkpoint.py")
+        "gen_init_from_checkpoint", REPO / "tests" / "scenarios" / "gen_init_from_checkpoint.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-@pytest.mark.parametrize("name", ["repartition_5_to_4", "two_checkpoints", "fixture_scope_dtypes",
-                                  "err_tensor_missing_in_scope"])
+@pytest.mark.parametrize(
+    "name", ["repartition_5_to_4", "two_checkpoints", "fixture_scope_dtypes", "err_tensor_missing_in_scope"]
+)
 def test_live_against_tensorflow(name):
     pytest.importorskip("tensorflow")
     gen = _generator()
@@ -161,10 +191,10 @@ def test_live_against_tensorflow(name):
 # -- one plan, each byte once -----------------------------------------------------------------
 
 
-
 @pytest.fixture
 def count_fetch(monkeypatch):
     import distrestore.restore as restore
+
     calls = []
     real = restore.fetch
 
@@ -186,7 +216,7 @@ def _no_byte_twice(reads):
         by_file.setdefault(url, []).append((a, b))
     for url, ranges in by_file.items():
         ranges.sort()
-        for (a0, b0), (a1, _) in zip(ranges, ranges[1:]):
+        for (_, b0), (a1, _) in zip(ranges, ranges[1:]):
             assert b0 <= a1, f"{url}: bytes [{a1}, {b0}) read twice"
     return by_file
 
@@ -197,41 +227,57 @@ def test_initialize_is_one_plan_reading_each_byte_once(count_fetch):
     storage = CountingStorage()
     store = VariableStore()
     gv = store.get_variable
-    big = gv("big", [100, 8], partitions=[4, 1])                  # 5 stored slices -> 4 parts
-    gv("rows", [10, 3], partitions=[4, 1])                        # rows 4/3/3 -> 3/3/2/2
-    gv("cols", [4, 7], partitions=[1, 3])                         # columns 4/3 -> 3/2/2
+    big = gv("big", [100, 8], partitions=[4, 1])  # 5 stored slices -> 4 parts
+    gv("rows", [10, 3], partitions=[4, 1])  # rows 4/3/3 -> 3/3/2/2
+    gv("cols", [4, 7], partitions=[1, 3])  # columns 4/3 -> 3/2/2
     gv("i64", [7, 2], "int64", partitions=[2, 1])
-    for name, shape, dtype in [("scope1/w", [3, 4], "float32"), ("scope1/b", [4], "float64"),
-                               ("scope1/count", [], "int32"), ("scope2/nested/v", [2, 2, 2], "int64"),
-                               ("scope2/nested/flag", [3], "bool"), ("scope2/nested/half", [2], "float16"),
-                               ("scope2/nested/bf16", [2], "bfloat16"), ("scope2/nested/label", [3], "string")]:
+    for name, shape, dtype in [
+        ("scope1/w", [3, 4], "float32"),
+        ("scope1/b", [4], "float64"),
+        ("scope1/count", [], "int32"),
+        ("scope2/nested/v", [2, 2, 2], "int64"),
+        ("scope2/nested/flag", [3], "bool"),
+        ("scope2/nested/half", [2], "float16"),
+        ("scope2/nested/bf16", [2], "bfloat16"),
+        ("scope2/nested/label", [3], "string"),
+    ]:
         gv("enc/" + name, shape, dtype)
     step = gv("step", [], "int64")
     w = store.get("enc/scope1/w")
-    twin = gv("twin/w", [3, 4])                                    # the same tensor as enc/scope1/w
-    v3 = gv("v3", [100, 100], partitions=[2, 1])                    # 5 stored slices -> 2 parts
-    for name, shape, dtype in [("old_scope_1/var1", [20, 2], "float32"), ("old_scope_1/var2", [50, 4], "float32"),
-                               ("old_scope_2/ids", [6], "int64"), ("old_scope_2/table", [3, 4], "float64"),
-                               ("dup/a", [4], "float32"), ("dup/b", [4], "float32")]:
+    twin = gv("twin/w", [3, 4])  # the same tensor as enc/scope1/w
+    v3 = gv("v3", [100, 100], partitions=[2, 1])  # 5 stored slices -> 2 parts
+    for name, shape, dtype in [
+        ("old_scope_1/var1", [20, 2], "float32"),
+        ("old_scope_1/var2", [50, 4], "float32"),
+        ("old_scope_2/ids", [6], "int64"),
+        ("old_scope_2/table", [3, 4], "float64"),
+        ("dup/a", [4], "float32"),
+        ("dup/b", [4], "float32"),
+    ]:
         gv("dec/" + name, shape, dtype)
     f, a = PATHS["f"], PATHS["a"]
-    init_from_checkpoint(f, {"big/part5": "big", "part_rows": "rows", "part_cols": "cols",
-                             "part_int64": "i64", "global_step": step}, store=store, storage=storage)
+    init_from_checkpoint(
+        f,
+        {"big/part5": "big", "part_rows": "rows", "part_cols": "cols", "part_int64": "i64", "global_step": step},
+        store=store,
+        storage=storage,
+    )
     init_from_checkpoint(f, {"scope1/": "enc/scope1/", "scope2/": "enc/scope2/"}, store=store, storage=storage)
     init_from_checkpoint(f, [("scope1/w", twin)], store=store, storage=storage)
     init_from_checkpoint(a, {"old_scope_2/var3": v3}, store=store, storage=storage)
     init_from_checkpoint(a, {"/": "dec/"}, store=store, storage=storage)
     assert storage.requests and all(url.endswith((".index", "checkpoint")) for url, _, _ in storage.requests)
     storage.reset()
-    assert not big.numpy().any() and not w.numpy().any()          # nothing is loaded at the call
+    assert not big.numpy().any() and not w.numpy().any()  # nothing is loaded at the call
 
     store.initialize()
 
-    assert len(count_fetch) == 1                                    # one plan: 5 calls, 2 checkpoints
-    assert len(count_fetch[0]) == len(store.variables) - 1         # twin shares enc/scope1/w's request
+    assert len(count_fetch) == 1  # one plan: 5 calls, 2 checkpoints
+    assert len(count_fetch[0]) == len(store.variables) - 1  # twin shares enc/scope1/w's request
     by_file = _no_byte_twice(storage.requests)
-    data_files = sorted(str(p) for p in FIXTURE.glob("model.ckpt-7.data-*")) + \
-        sorted(str(p) for p in (SCENARIO_DIR / "ckpt_a").glob("model.ckpt.data-*"))
+    data_files = sorted(str(p) for p in FIXTURE.glob("model.ckpt-7.data-*")) + sorted(
+        str(p) for p in (SCENARIO_DIR / "ckpt_a").glob("model.ckpt.data-*")
+    )
     assert sorted(by_file) == data_files
     assert sum(b - a for _, a, b in storage.requests) == sum(Path(p).stat().st_size for p in data_files)
     fixture = json.loads((FIXTURE / "expected.json").read_text())["tensors"]
@@ -253,7 +299,8 @@ def _needed_rows(index, name, regions):
             if lo < hi:
                 se = index.slice_entry(name, s)
                 out.setdefault(index.data_file(se.shard_id), []).append(
-                    (se.offset + (lo - s0) * row_bytes, se.offset + (hi - s0) * row_bytes))
+                    (se.offset + (lo - s0) * row_bytes, se.offset + (hi - s0) * row_bytes)
+                )
     return out
 
 
@@ -272,8 +319,7 @@ def test_subset_restore_reads_only_needed_bytes(count_fetch):
     needed = _needed_rows(store.checkpoint(PATHS["a"]), "old_scope_2/var3", [(25, 50), (75, 100)])
     for url, ivs in _needed_rows(store.checkpoint(PATHS["f"]), "big/part5", [(25, 50)]).items():
         needed.setdefault(url, []).extend(ivs)
-    assert sum(b - a for ivs in needed.values() for a, b in ivs) == \
-        2 * _nbytes([25, 100], 4) + _nbytes([25, 8], 4)
+    assert sum(b - a for ivs in needed.values() for a, b in ivs) == 2 * _nbytes([25, 100], 4) + _nbytes([25, 8], 4)
     by_file = _no_byte_twice(storage.requests)
     assert sorted(by_file) == sorted(needed)
     for url, reads in by_file.items():
@@ -291,11 +337,13 @@ def test_subset_restore_reads_only_needed_bytes(count_fetch):
 
 def _load_full(path, name):
     from distrestore.restore import TensorRequest, fetch
+
     return fetch([TensorRequest(open_checkpoint(path), name)])[0]
 
 
 def test_index_is_read_once_per_checkpoint(monkeypatch):
     import distrestore.variable_store as vs
+
     opened = []
     real = vs.open_checkpoint
     monkeypatch.setattr(vs, "open_checkpoint", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
@@ -319,6 +367,7 @@ def test_nothing_pending_means_no_fetch(count_fetch):
 
 
 # -- failure atomicity ------------------------------------------------------------------------
+
 
 def _store_over(ckpt: Path):
     store = VariableStore()
@@ -355,7 +404,10 @@ def test_corrupt_byte_leaves_every_variable_untouched(tmp_path):
     raw[first.offset + 5] ^= 0x40
     data.write_bytes(bytes(raw))
     store.initialize()
-    assert value_digest(objs[0].numpy()) == json.loads((FIXTURE / "expected.json").read_text())["tensors"]["big/part5"]["sha256"]
+    assert (
+        value_digest(objs[0].numpy())
+        == json.loads((FIXTURE / "expected.json").read_text())["tensors"]["big/part5"]["sha256"]
+    )
     assert np.array_equal(objs[3].numpy(), before[3])
 
 
@@ -400,8 +452,9 @@ def test_remote_checkpoint_with_storage_options(memory_store):
     store = VariableStore()
     p = store.get_variable("p", [100, 8], partitions=[2, 1])
     w = store.get_variable("enc/w", [3, 4])
-    init_from_checkpoint(url, {"big/part5": p, "scope1/": "enc/"}, store=store,
-                         storage_options=memory_store.storage_options)
+    init_from_checkpoint(
+        url, {"big/part5": p, "scope1/": "enc/"}, store=store, storage_options=memory_store.storage_options
+    )
     store.initialize()
     fixture = json.loads((FIXTURE / "expected.json").read_text())["tensors"]
     assert value_digest(p.numpy()) == fixture["big/part5"]["sha256"]

@@ -12,11 +12,19 @@ import os
 import pytest
 
 from distrestore.errors import CorruptCheckpointError
-from distrestore.format.object_graph import (ObjectGraph, ObjectReference, RegisteredSaver,
-                                             SerializedTensor, SlotVariableReference,
-                                             TrackableObject, checkpoint_key, escape_local_name,
-                                             object_path_to_string, parse_object_graph,
-                                             unescape_local_name)
+from distrestore.format.object_graph import (
+    ObjectGraph,
+    ObjectReference,
+    RegisteredSaver,
+    SerializedTensor,
+    SlotVariableReference,
+    TrackableObject,
+    checkpoint_key,
+    escape_local_name,
+    object_path_to_string,
+    parse_object_graph,
+    unescape_local_name,
+)
 from distrestore.format.wire import LENGTH, VARINT, field
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -25,29 +33,40 @@ TF1_ADAM = os.path.join(FIXTURES, "tf1_adam", "ckpt-1")
 KERAS = os.path.join(FIXTURES, "tf2_keras", "ckpt-1")
 KERAS_MODEL_ONLY = os.path.join(FIXTURES, "tf2_keras", "model_only")
 SAVED_MODEL = os.path.join(FIXTURES, "saved_model", "variables", "variables")
-SCENARIO_CKPTS = [os.path.join(TESTS, "scenarios", "object_restore", "two_dense", n)
-                  for n in ("ckpt-1", "ckpt-2", "partial", "root_weights")]
+SCENARIO_CKPTS = [
+    os.path.join(TESTS, "scenarios", "object_restore", "two_dense", n)
+    for n in ("ckpt-1", "ckpt-2", "partial", "root_weights")
+]
 
 
 def raw_graph(prefix: str) -> bytes:
     from distrestore.index import open_checkpoint
     from distrestore.restore import TensorRequest, fetch
+
     value = fetch([TensorRequest(open_checkpoint(prefix), "_CHECKPOINTABLE_OBJECT_GRAPH")])[0]
     assert value.shape == () and value.dtype == object
     return value[()]
 
 
 def var(key: str, full_name: str = "") -> TrackableObject:
-    return TrackableObject(attributes=(SerializedTensor("VARIABLE_VALUE", full_name, key),),
-                           has_checkpoint_values=True)
+    return TrackableObject(attributes=(SerializedTensor("VARIABLE_VALUE", full_name, key),), has_checkpoint_values=True)
 
 
 # -- names --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("raw, escaped", [
-    ("a/b.c", "a.Sb..c"), ("plain", "plain"), ("..", "...."), ("/", ".S"), ("a.S", "a..S"),
-    (".ATTRIBUTES", "..ATTRIBUTES"), ("", ""),
-])
+
+@pytest.mark.parametrize(
+    "raw, escaped",
+    [
+        ("a/b.c", "a.Sb..c"),
+        ("plain", "plain"),
+        ("..", "...."),
+        ("/", ".S"),
+        ("a.S", "a..S"),
+        (".ATTRIBUTES", "..ATTRIBUTES"),
+        ("", ""),
+    ],
+)
 def test_escape_local_name(raw, escaped):
     assert escape_local_name(raw) == escaped
     assert unescape_local_name(escaped) == raw
@@ -61,6 +80,7 @@ def test_keys_from_paths():
 
 # -- decoding real TF output --------------------------------------------------------------------
 
+
 def test_tf1_adam_graph():
     data = raw_graph(TF1_ADAM)
     g = parse_object_graph(data)
@@ -69,7 +89,8 @@ def test_tf1_adam_graph():
     assert [(c.node_id, c.local_name) for c in root.children] == [(1, "net"), (2, "opt"), (3, "save_counter")]
     assert g.nodes[2].slot_variables[0] == SlotVariableReference(4, "m", 8)
     assert g.nodes[8].attributes[0] == SerializedTensor(
-        "VARIABLE_VALUE", "w/Adam", "net/w/.OPTIMIZER_SLOT/opt/m/.ATTRIBUTES/VARIABLE_VALUE")
+        "VARIABLE_VALUE", "w/Adam", "net/w/.OPTIMIZER_SLOT/opt/m/.ATTRIBUTES/VARIABLE_VALUE"
+    )
     assert all(n.has_checkpoint_values is True for n in g.nodes)
     assert g.paths[4] == ("net", "w") and 8 not in g.paths  # slots: no children path
     assert g.path_string(8) == "net/w/.OPTIMIZER_SLOT/opt/m"
@@ -85,8 +106,7 @@ def test_lookup_by_path():
     g = parse_object_graph(raw_graph(TF1_ADAM))
     assert g.find("net/w") == 4 and g.find(["net", "w"]) == 4 and g.find("") == 0
     assert g.checkpoint_key("net/w") == "net/w/.ATTRIBUTES/VARIABLE_VALUE"
-    assert g.checkpoint_key("net/w/.OPTIMIZER_SLOT/opt/m") == \
-        "net/w/.OPTIMIZER_SLOT/opt/m/.ATTRIBUTES/VARIABLE_VALUE"
+    assert g.checkpoint_key("net/w/.OPTIMIZER_SLOT/opt/m") == "net/w/.OPTIMIZER_SLOT/opt/m/.ATTRIBUTES/VARIABLE_VALUE"
     with pytest.raises(KeyError, match="no object at path"):
         g.find("net/nope")
     with pytest.raises(KeyError, match="no attribute 'OTHER'"):
@@ -97,8 +117,10 @@ def test_lookup_by_path():
 def test_keras_graph_is_a_dag_and_any_path_finds_a_shared_node():
     g = parse_object_graph(raw_graph(KERAS))
     # the layer kernel is keyed by its breadth-first path, through the optimizer
-    assert g.checkpoint_key("model/_functional/_operations/1/_kernel") == \
-        "optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE"
+    assert (
+        g.checkpoint_key("model/_functional/_operations/1/_kernel")
+        == "optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE"
+    )
     assert g.find("optimizer/_variables/0") == g.find("optimizer/_iterations")
     assert g.nodes[g.find("model/_functional/_tracked")].has_checkpoint_values is False
     text = g.format_tree()
@@ -110,8 +132,10 @@ def test_keras_graph_is_a_dag_and_any_path_finds_a_shared_node():
 
 def test_keras_model_only_paths():
     g = parse_object_graph(raw_graph(KERAS_MODEL_ONLY))
-    assert g.checkpoint_key("model/_functional/_operations/2/bias") == \
-        "model/_functional/_operations/2/bias/.ATTRIBUTES/VARIABLE_VALUE"
+    assert (
+        g.checkpoint_key("model/_functional/_operations/2/bias")
+        == "model/_functional/_operations/2/bias/.ATTRIBUTES/VARIABLE_VALUE"
+    )
 
 
 def test_escaped_dict_key_lookup():
@@ -123,6 +147,7 @@ def test_escaped_dict_key_lookup():
 
 def test_format_tree_with_index_entries():
     from distrestore.index import open_checkpoint
+
     g = parse_object_graph(raw_graph(TF1_ADAM))
     text = g.format_tree(open_checkpoint(TF1_ADAM).entries)
     lines = text.splitlines()
@@ -136,13 +161,16 @@ def test_format_tree_with_index_entries():
 
 # -- decoding edge cases (graphs built in memory) -------------------------------------------------
 
+
 def sample_graph() -> ObjectGraph:
-    return ObjectGraph([
-        TrackableObject(children=(ObjectReference(1, "d"), ObjectReference(2, "x")), has_checkpoint_values=True),
-        TrackableObject(children=(ObjectReference(3, "a/b.c"),), has_checkpoint_values=True),
-        var("x/.ATTRIBUTES/VARIABLE_VALUE", "x"),
-        var("d/a.Sb..c/.ATTRIBUTES/VARIABLE_VALUE"),
-    ])
+    return ObjectGraph(
+        [
+            TrackableObject(children=(ObjectReference(1, "d"), ObjectReference(2, "x")), has_checkpoint_values=True),
+            TrackableObject(children=(ObjectReference(3, "a/b.c"),), has_checkpoint_values=True),
+            var("x/.ATTRIBUTES/VARIABLE_VALUE", "x"),
+            var("d/a.Sb..c/.ATTRIBUTES/VARIABLE_VALUE"),
+        ]
+    )
 
 
 def test_round_trip_in_memory():
@@ -153,9 +181,12 @@ def test_round_trip_in_memory():
 
 
 def test_unknown_fields_are_skipped():
-    tensor = (field(1, LENGTH, b"VARIABLE_VALUE") + field(3, LENGTH, b"k/.ATTRIBUTES/VARIABLE_VALUE")
-              + field(4, VARINT, 1)  # optional_restore, in older protos
-              + field(9, LENGTH, b"future"))
+    tensor = (
+        field(1, LENGTH, b"VARIABLE_VALUE")
+        + field(3, LENGTH, b"k/.ATTRIBUTES/VARIABLE_VALUE")
+        + field(4, VARINT, 1)  # optional_restore, in older protos
+        + field(9, LENGTH, b"future")
+    )
     node = field(2, LENGTH, tensor) + field(7, VARINT, 3) + field(6, LENGTH, b"\x08\x01")
     root = field(1, LENGTH, field(1, VARINT, 1) + field(2, LENGTH, b"k"))
     data = field(1, LENGTH, root) + field(1, LENGTH, node) + field(2, VARINT, 5)
@@ -196,22 +227,28 @@ def test_empty_graph():
 
 # -- against TF's own parser -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("prefix", [TF1_ADAM, KERAS, KERAS_MODEL_ONLY, SAVED_MODEL] + SCENARIO_CKPTS)
 def test_matches_tf_protobuf(prefix):
     pytest.importorskip("tensorflow")
     from tensorflow.core.protobuf import trackable_object_graph_pb2
+
     data = raw_graph(prefix)
     proto = trackable_object_graph_pb2.TrackableObjectGraph()
     proto.ParseFromString(data)
     g = parse_object_graph(data)
     assert len(g.nodes) == len(proto.nodes)
     for mine, theirs in zip(g.nodes, proto.nodes):
-        assert [(c.node_id, c.local_name) for c in mine.children] == \
-            [(c.node_id, c.local_name) for c in theirs.children]
-        assert [(a.name, a.full_name, a.checkpoint_key) for a in mine.attributes] == \
-            [(a.name, a.full_name, a.checkpoint_key) for a in theirs.attributes]
-        assert [(s.original_variable_node_id, s.slot_name, s.slot_variable_node_id) for s in mine.slot_variables] == \
-            [(s.original_variable_node_id, s.slot_name, s.slot_variable_node_id) for s in theirs.slot_variables]
-        assert mine.has_checkpoint_values == (theirs.has_checkpoint_values.value
-                                              if theirs.HasField("has_checkpoint_values") else None)
+        assert [(c.node_id, c.local_name) for c in mine.children] == [
+            (c.node_id, c.local_name) for c in theirs.children
+        ]
+        assert [(a.name, a.full_name, a.checkpoint_key) for a in mine.attributes] == [
+            (a.name, a.full_name, a.checkpoint_key) for a in theirs.attributes
+        ]
+        assert [(s.original_variable_node_id, s.slot_name, s.slot_variable_node_id) for s in mine.slot_variables] == [
+            (s.original_variable_node_id, s.slot_name, s.slot_variable_node_id) for s in theirs.slot_variables
+        ]
+        assert mine.has_checkpoint_values == (
+            theirs.has_checkpoint_values.value if theirs.HasField("has_checkpoint_values") else None
+        )
     assert g.to_bytes() == data

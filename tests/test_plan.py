@@ -21,8 +21,9 @@ D0 = f"{P}.data-00000-of-00002"
 D1 = f"{P}.data-00001-of-00002"
 
 
-def make_index(entries: dict[str, tuple], slices: dict[str, list[str]] | None = None,
-               num_shards: int = 2) -> CheckpointIndex:
+def make_index(
+    entries: dict[str, tuple], slices: dict[str, list[str]] | None = None, num_shards: int = 2
+) -> CheckpointIndex:
     """entries: name -> (dtype, shape, shard, offset); sizes follow from dtype and shape.
     slices: name -> specs, each stored back to back in shard 1 from offset 0."""
     items = {b"": encode_header(num_shards)}
@@ -170,8 +171,11 @@ def test_strings_are_staged_whole_and_verified():
 
 
 def test_wrong_size_and_unknown_names_and_variants():
-    items = {b"": encode_header(1), b"x": encode_entry(F32, (3,), 0, 0, 10, 0),
-             b"v": encode_entry(21, (2,), 0, 10, 10, 0)}
+    items = {
+        b"": encode_header(1),
+        b"x": encode_entry(F32, (3,), 0, 0, 10, 0),
+        b"v": encode_entry(21, (2,), 0, 10, 10, 0),
+    }
     idx = CheckpointIndex.from_bytes("mem/bad", sstable.build_table(sorted(items.items())))
     with pytest.raises(CorruptCheckpointError, match="invalid size.*'x'"):
         build_plan([TensorRequest(idx, "x")])
@@ -183,8 +187,13 @@ def test_wrong_size_and_unknown_names_and_variants():
 
 def test_request_size_never_exceeds_limit_and_plan_pickles():
     idx = make_index({"big": (F32, (1000, 100), 0, 0), **{f"s{i}": (F32, (10,), 1, 40 * i) for i in range(50)}})
-    p = plan(idx, [("big", None)] + [(f"s{i}", None) for i in range(50)], max_request_bytes=50_000,
-             min_request_bytes=1000, pack_bytes=1000)
+    p = plan(
+        idx,
+        [("big", None)] + [(f"s{i}", None) for i in range(50)],
+        max_request_bytes=50_000,
+        min_request_bytes=1000,
+        pack_bytes=1000,
+    )
     assert max(r.nbytes for r in p.requests) <= 50_000
     assert p.bytes_to_read == p.bytes_needed == 400_000 + 50 * 40
     # segments tile each request exactly

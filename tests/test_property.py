@@ -12,24 +12,42 @@ import tempfile
 import ml_dtypes
 import numpy as np
 import pytest
+from checks import assert_bit_exact
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import distrestore as dr
-from checks import assert_bit_exact
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
 
-SETTINGS = settings(max_examples=30, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
-NATIVE = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
-          "uint32", "uint64", "bool", "complex64", "complex128"]
+NATIVE = [
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "complex64",
+    "complex128",
+]
 # ml_dtypes types whose every bit pattern we generate from raw bytes (nan payloads included)
-RAW_BITS = {"bfloat16": (ml_dtypes.bfloat16, np.uint16), "float8_e5m2": (ml_dtypes.float8_e5m2, np.uint8),
-            "float8_e4m3fn": (ml_dtypes.float8_e4m3fn, np.uint8)}
+RAW_BITS = {
+    "bfloat16": (ml_dtypes.bfloat16, np.uint16),
+    "float8_e5m2": (ml_dtypes.float8_e5m2, np.uint8),
+    "float8_e4m3fn": (ml_dtypes.float8_e4m3fn, np.uint8),
+}
 NIBBLES = {"int4": (ml_dtypes.int4, -8, 7), "uint4": (ml_dtypes.uint4, 0, 15)}
 DTYPES = NATIVE + list(RAW_BITS) + list(NIBBLES) + ["string"]
 
@@ -44,8 +62,9 @@ def tensors(draw):
     shape = draw(SHAPES)
     n = int(np.prod(shape))
     if dtype == "string":
-        values = draw(st.lists(st.one_of(st.binary(max_size=20), st.binary(min_size=128, max_size=400)),
-                               min_size=n, max_size=n))
+        values = draw(
+            st.lists(st.one_of(st.binary(max_size=20), st.binary(min_size=128, max_size=400)), min_size=n, max_size=n)
+        )
         arr = np.empty(n, dtype=object)
         arr[:] = values
         return arr.reshape(shape)
@@ -76,8 +95,12 @@ def test_tf_writes_distrestore_reads(values):
     with tempfile.TemporaryDirectory() as d:
         prefix = os.path.join(d, "ckpt")
         names = list(values)
-        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                          tensors=[tf.constant(values[n]) for n in names])
+        tf.raw_ops.SaveV2(
+            prefix=prefix,
+            tensor_names=names,
+            shape_and_slices=[""] * len(names),
+            tensors=[tf.constant(values[n]) for n in names],
+        )
         assert dr.list_variables(prefix) == sorted((n, list(v.shape)) for n, v in values.items())
         reader = dr.load_checkpoint(prefix)
         for n, v in values.items():
@@ -94,7 +117,8 @@ def test_distrestore_writes_tf_reads(values, num_shards):
         prefix = os.path.join(d, "ckpt")
         dr.save_tensors(prefix, values, num_shards=num_shards)
         assert [(k, list(s)) for k, s in tf.train.list_variables(prefix)] == sorted(
-            (n, list(v.shape)) for n, v in values.items())
+            (n, list(v.shape)) for n, v in values.items()
+        )
         reader = tf.train.load_checkpoint(prefix)
         dtype_map = reader.get_variable_to_dtype_map()
         for n, v in values.items():
@@ -107,8 +131,9 @@ def test_distrestore_writes_tf_reads(values, num_shards):
 def test_partitioned_slices_written_by_tf_read_by_distrestore(data):
     """A tensor saved by TF as random row/column blocks reads back whole and in random regions."""
     # string and float16 too: TF cannot stitch those (no copy kernel), distrestore can
-    dtype = data.draw(st.sampled_from(["float32", "int64", "bfloat16", "bool", "complex64", "float16",
-                                       "string"]), "dtype")
+    dtype = data.draw(
+        st.sampled_from(["float32", "int64", "bfloat16", "bool", "complex64", "float16", "string"]), "dtype"
+    )
     rows, cols = data.draw(st.integers(1, 8), "rows"), data.draw(st.integers(1, 5), "cols")
     full = (np.arange(rows * cols) * 3 - 7).reshape(rows, cols)
     if dtype == "bool":
@@ -131,8 +156,12 @@ def test_partitioned_slices_written_by_tf_read_by_distrestore(data):
             parts.append(full[a:b])
     with tempfile.TemporaryDirectory() as d:
         prefix = os.path.join(d, "p")
-        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=["t/part"] * len(specs), shape_and_slices=specs,
-                          tensors=[tf.constant(p) for p in parts])
+        tf.raw_ops.SaveV2(
+            prefix=prefix,
+            tensor_names=["t/part"] * len(specs),
+            shape_and_slices=specs,
+            tensors=[tf.constant(p) for p in parts],
+        )
         reader = dr.load_checkpoint(prefix)
         assert dr.list_variables(prefix) == [("t/part", [rows, cols])]
         assert_bit_exact(reader.get_tensor("t/part"), full)

@@ -49,8 +49,7 @@ def _write(prefix, index_bytes: bytes, data: bytes) -> None:
 def test_snappy_compressed_index_is_read(tmp_path):
     value = np.arange(6, dtype=np.float32)
     data = value.tobytes()
-    items = [(b"", encode_header(1)),
-             (b"x", encode_entry(1, (2, 3), 0, 0, len(data), crc.mask(crc.value(data))))]
+    items = [(b"", encode_header(1)), (b"x", encode_entry(1, (2, 3), 0, 0, len(data), crc.mask(crc.value(data))))]
     prefix = str(tmp_path / "snappy")
     _write(prefix, _snappy_table(items), data)
     assert dr.list_variables(prefix) == [("x", [2, 3])]
@@ -83,8 +82,10 @@ def test_big_endian_bundle_is_byte_swapped(tmp_path):
     blobs = [f.tobytes(), i.tobytes(), words]
     entries, offset = [], 0
     for name, dt, shape, blob, checksum in [
-            (b"f", 1, (3, 4), blobs[0], None), (b"i", 9, (3,), blobs[1], None),
-            (b"s", 7, (3,), blobs[2], words_crc)]:
+        (b"f", 1, (3, 4), blobs[0], None),
+        (b"i", 9, (3,), blobs[1], None),
+        (b"s", 7, (3,), blobs[2], words_crc),
+    ]:
         checksum = checksum if checksum is not None else crc.mask(crc.value(blob))
         entries.append((name, encode_entry(dt, shape, 0, offset, len(blob), checksum)))
         offset += len(blob)
@@ -96,8 +97,9 @@ def test_big_endian_bundle_is_byte_swapped(tmp_path):
     assert out["f"].dtype == np.float32 and out["f"].dtype.byteorder in "=<"
     assert list(out["s"]) == [b"ab", b"", b"\xff"]
     # a region of a big-endian tensor
-    np.testing.assert_array_equal(dr.load_checkpoint(prefix).get_slice("f", (slice(1, 3), slice(0, 2))),
-                                  f.astype("<f4")[1:3, 0:2])
+    np.testing.assert_array_equal(
+        dr.load_checkpoint(prefix).get_slice("f", (slice(1, 3), slice(0, 2))), f.astype("<f4")[1:3, 0:2]
+    )
     # a flipped byte is still caught (the CRC is over the stored big-endian bytes)
     raw = bytearray(b"".join(blobs))
     raw[5] ^= 0x10

@@ -15,11 +15,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from fixtures.digest import value_digest  # noqa: E402
+from ray_fixtures import write_checkpoint  # noqa: E402
+
 from distrestore.execute.ray import RayExecutor  # noqa: E402
 from distrestore.execute.threads import ThreadExecutor  # noqa: E402
 from distrestore.restore import restore_tensors  # noqa: E402
-from fixtures.digest import value_digest  # noqa: E402
-from ray_fixtures import ray_cluster, write_checkpoint  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,5 @@ def test_tf_fixture_over_the_cluster(ray_cluster, fixtures_dir):
     exp = json.loads((d / "expected.json").read_text())
     with RayExecutor(nodes="spread", target_task_bytes=1) as ex:  # one request per task
         out = restore_tensors(str(d / exp["prefix"]), executor=ex)
-        assert {k: value_digest(v) for k, v in out.items()} == {
-            k: t["sha256"] for k, t in exp["tensors"].items()}
+        assert {k: value_digest(v) for k, v in out.items()} == {k: t["sha256"] for k, t in exp["tensors"].items()}
         assert len(ex.stats.nodes) >= 2

@@ -22,20 +22,18 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from fixtures.digest import value_digest  # noqa: E402
+from ray_fixtures import write_checkpoint  # noqa: E402
+
 from distrestore.assemble import Assembly  # noqa: E402
-from distrestore.errors import (ChecksumMismatchError, CheckpointNotFoundError,  # noqa: E402
-                                DistRestoreError, StorageError)
+from distrestore.errors import CheckpointNotFoundError, ChecksumMismatchError, DistRestoreError, StorageError  # noqa: E402
 from distrestore.execute import ray as ray_executor  # noqa: E402
 from distrestore.execute import shm  # noqa: E402
-from distrestore.execute.ray import (RayExecutor, RayNotInitializedError,  # noqa: E402
-                                     RayPlacementError, ReadWorkerLostError)
+from distrestore.execute.ray import RayExecutor, RayNotInitializedError, RayPlacementError, ReadWorkerLostError  # noqa: E402
 from distrestore.execute.threads import ThreadExecutor  # noqa: E402
 from distrestore.index import open_checkpoint  # noqa: E402
 from distrestore.plan import PACKED, SKIP, STAGED, PlanOptions, build_plan  # noqa: E402
-from distrestore.restore import (TensorRequest, fetch, iter_restore_tensors,  # noqa: E402
-                                 plan_requests, restore_tensors)
-from fixtures.digest import value_digest  # noqa: E402
-from ray_fixtures import ray_local, write_checkpoint  # noqa: E402,F401
+from distrestore.restore import TensorRequest, fetch, iter_restore_tensors, plan_requests, restore_tensors  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -65,8 +63,7 @@ def executor():
 def small_tasks():
     """Tiny tasks read through Storage.readinto by several threads and placed by several driver
     threads: many tasks in flight, the actors' reused buffers and threaded reads get exercised."""
-    ex = RayExecutor(local_reads="actors", target_task_bytes=4096, threads_per_task=4, map_local=False,
-                     place_threads=3)
+    ex = RayExecutor(local_reads="actors", target_task_bytes=4096, threads_per_task=4, map_local=False, place_threads=3)
     yield ex
     ex.close()
 
@@ -74,8 +71,7 @@ def small_tasks():
 @pytest.fixture(scope="module")
 def shipping():
     """Results through the object store (no shared-memory arena), small tasks on two placers."""
-    ex = RayExecutor(local_reads="actors", shared_memory=False, target_task_bytes=64 * 1024,
-                     place_threads=2)
+    ex = RayExecutor(local_reads="actors", shared_memory=False, target_task_bytes=64 * 1024, place_threads=2)
     yield ex
     ex.close()
 
@@ -119,10 +115,9 @@ def arena_holders(pids=None) -> list[tuple[int, str]]:
 def big_checkpoint(tmp_path_factory):
     """About 9 MB over two shards: big tensors (mapped reads), small ones, odd dtypes, a string."""
     rng = np.random.default_rng(7)
-    tensors = {f"dense/{i}/kernel": rng.standard_normal((512, 1024), dtype=np.float32)
-               for i in range(4)}
+    tensors = {f"dense/{i}/kernel": rng.standard_normal((512, 1024), dtype=np.float32) for i in range(4)}
     tensors.update({f"dense/{i}/bias": rng.standard_normal(1024).astype(np.float32) for i in range(4)})
-    tensors["emb"] = rng.integers(-2**40, 2**40, (300, 1000), dtype=np.int64)
+    tensors["emb"] = rng.integers(-(2**40), 2**40, (300, 1000), dtype=np.int64)
     tensors["half"] = rng.standard_normal((100, 77)).astype(np.float16)
     tensors["step"] = np.array(42, dtype=np.int64)
     tensors["words"] = np.array([b"alpha", b"", b"\x00\xff" * 50], dtype=object)
@@ -132,6 +127,7 @@ def big_checkpoint(tmp_path_factory):
 
 
 # -- bit-exact restores ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_fixture_bit_exact(fixtures_dir, executor, small_tasks, shipping, name):
@@ -169,8 +165,7 @@ def test_local_files_are_read_in_the_driver_by_default(big_checkpoint):
 def test_executor_by_name(fixtures_dir):
     prefix, exp = load_expected(fixtures_dir, "tf1_sharded")
     out = restore_tensors(prefix, executor="ray")
-    assert {k: value_digest(v) for k, v in out.items()} == {
-        k: t["sha256"] for k, t in exp["tensors"].items()}
+    assert {k: value_digest(v) for k, v in out.items()} == {k: t["sha256"] for k, t in exp["tensors"].items()}
 
 
 def test_small_tasks_run_concurrently(big_checkpoint, small_tasks):
@@ -186,10 +181,12 @@ def test_regions_and_partitions(fixtures_dir, executor):
     index = open_checkpoint(prefix)
     full = restore_tensors(prefix, ["big/part5", "part_cols"], executor=executor)
     assert value_digest(full["big/part5"]) == exp["partition_full_sha256"]["big/part5"]
-    regions = [("big/part5", (slice(10, 50), slice(2, 6))),   # spans three stored slices
-               ("big/part5", (slice(37, 38), slice(0, 8))),
-               ("part_cols", (slice(1, 3), slice(2, 6))),     # a column block across both parts
-               ("scope1/w", None)]
+    regions = [
+        ("big/part5", (slice(10, 50), slice(2, 6))),  # spans three stored slices
+        ("big/part5", (slice(37, 38), slice(0, 8))),
+        ("part_cols", (slice(1, 3), slice(2, 6))),  # a column block across both parts
+        ("scope1/w", None),
+    ]
     reqs = [TensorRequest(index, n, r) for n, r in regions]
     got = fetch(reqs, executor=executor)
     ref = fetch(reqs, executor=ThreadExecutor())
@@ -221,8 +218,7 @@ def test_coalesced_gaps_are_not_shipped(big_checkpoint, map_local, shared_memory
     index = open_checkpoint(prefix)
     wanted = ["dense/0/kernel", "dense/2/kernel", "dense/1/bias", "dense/3/bias", "half", "step"]
     reqs = [TensorRequest(index, n) for n in wanted]
-    plan = build_plan(reqs, PlanOptions(max_gap_bytes=4 << 20, max_request_bytes=32 << 20,
-                                        workers=1, pack_bytes=0))
+    plan = build_plan(reqs, PlanOptions(max_gap_bytes=4 << 20, max_request_bytes=32 << 20, workers=1, pack_bytes=0))
     assert any(seg.kind == SKIP for r in plan.requests for seg in r.segments)
     ex = RayExecutor(local_reads="actors", map_local=map_local, shared_memory=shared_memory)
     assembly = Assembly(plan, names=wanted)
@@ -257,21 +253,19 @@ def test_object_store_checkpoint(fixtures_dir, request, store):
     _, exp = load_expected(fixtures_dir, "tf1_sharded")
     ex = RayExecutor(local_reads="actors", target_task_bytes=1024)
     for _ in range(2):
-        out = restore_tensors(f"{base}/{exp['prefix']}", executor=ex,
-                              storage_options=store.storage_options)
-        assert {k: value_digest(v) for k, v in out.items()} == {
-            k: t["sha256"] for k, t in exp["tensors"].items()}
+        out = restore_tensors(f"{base}/{exp['prefix']}", executor=ex, storage_options=store.storage_options)
+        assert {k: value_digest(v) for k, v in out.items()} == {k: t["sha256"] for k, t in exp["tensors"].items()}
         assert ex.stats.tasks > 1 and ex.stats.bytes_shipped > 0
 
 
 # -- the byte budget ---------------------------------------------------------------------------
 
+
 def test_budget_is_never_exceeded(big_checkpoint, executor):
     prefix, tensors = big_checkpoint
     budget = 64 * 1024
     progress = []
-    out = restore_tensors(prefix, executor=executor, max_inflight_bytes=budget,
-                          progress=lambda *a: progress.append(a))
+    out = restore_tensors(prefix, executor=executor, max_inflight_bytes=budget, progress=lambda *a: progress.append(a))
     assert all(same(out[k], v) for k, v in tensors.items())
     s = executor.stats
     assert 0 < s.max_inflight_bytes_seen <= budget
@@ -299,6 +293,7 @@ def test_object_store_caps_inflight_bytes(big_checkpoint):
 
 
 # -- errors ------------------------------------------------------------------------------------
+
 
 def copy_checkpoint(prefix: str, dest) -> str:
     src_dir, base = os.path.split(prefix)
@@ -395,6 +390,7 @@ def test_dead_worker_fails_the_run_and_the_pool_is_rebuilt(big_checkpoint):
 
 # -- without ray.init ---------------------------------------------------------------------------
 
+
 def test_requires_initialized_ray(fixtures_dir, monkeypatch):
     prefix, _ = load_expected(fixtures_dir, "merged")
     monkeypatch.setattr(ray_executor.ray, "is_initialized", lambda: False)
@@ -413,6 +409,7 @@ def test_init_kwargs_calls_ray_init_and_logs(fixtures_dir, monkeypatch, caplog):
     def fake_init(**kwargs):  # Ray is in fact running already: pretend this call started it
         state["calls"].append(kwargs)
         state["up"] = True
+
     monkeypatch.setattr(ray_executor.ray, "init", fake_init)
     kwargs = {"address": "local", "num_cpus": 2}
     ex = RayExecutor(local_reads="actors", init_kwargs=kwargs)
@@ -420,8 +417,7 @@ def test_init_kwargs_calls_ray_init_and_logs(fixtures_dir, monkeypatch, caplog):
         out = restore_tensors(prefix, executor=ex)
     assert state["calls"] == [kwargs]
     assert any("ray.init(" in r.getMessage() for r in caplog.records)
-    assert {k: value_digest(v) for k, v in out.items()} == {
-        k: t["sha256"] for k, t in exp["tensors"].items()}
+    assert {k: value_digest(v) for k, v in out.items()} == {k: t["sha256"] for k, t in exp["tensors"].items()}
     ex._started_ray = False  # do not shut down the module's session
     ex.close()
 
@@ -440,6 +436,7 @@ def test_bad_options():
 
 
 # -- the shared-memory arena ---------------------------------------------------------------------
+
 
 def plan_of(prefix, names, ex, regions=None):
     index = open_checkpoint(prefix)
@@ -522,6 +519,7 @@ def test_no_room_in_shm_falls_back_to_the_object_store(big_checkpoint, monkeypat
 
     def no_shm(directory):
         raise FileNotFoundError(directory)  # what statvfs says where there is no /dev/shm at all
+
     monkeypatch.setattr(shm, "free_bytes", no_shm)
     out = restore_tensors(prefix, executor=executor)
     assert all(same(out[k], v) for k, v in tensors.items())
@@ -549,6 +547,7 @@ def test_restarted_worker_ships_instead(big_checkpoint):
 
 
 # -- the warm pool -------------------------------------------------------------------------------
+
 
 def test_start_brings_the_pool_up_before_the_first_restore(big_checkpoint):
     prefix, tensors = big_checkpoint

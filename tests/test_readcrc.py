@@ -16,10 +16,12 @@ from distrestore.errors import StorageError
 from distrestore.format import crc
 from distrestore.storage import Storage
 
-readcrc = pytest.importorskip("distrestore.format._readcrc",
-                              reason="C kernel not built or this CPU lacks SSE4.2/PCLMULQDQ")
-KERNELS = [k for k in ("avx2-vpclmulqdq", "sse4.2-pclmul")
-           if k == "sse4.2-pclmul" or readcrc.KERNEL == "avx2-vpclmulqdq"]
+readcrc = pytest.importorskip(
+    "distrestore.format._readcrc", reason="C kernel not built or this CPU lacks SSE4.2/PCLMULQDQ"
+)
+KERNELS = [
+    k for k in ("avx2-vpclmulqdq", "sse4.2-pclmul") if k == "sse4.2-pclmul" or readcrc.KERNEL == "avx2-vpclmulqdq"
+]
 MiB = 1 << 20
 
 
@@ -42,15 +44,14 @@ def test_crc32c_matches_package_all_lengths_alignments_continuations(kernel):
     lengths = list(range(0, 600)) + [rng.randrange(600, 4 * MiB) for _ in range(60)] + [4 * MiB]
     for n in lengths:
         a = rng.randrange(64)
-        piece = memoryview(data)[a:a + n]
+        piece = memoryview(data)[a : a + n]
         start = rng.choice([0, 0xFFFFFFFF, rng.getrandbits(32)])
         assert readcrc.crc32c(piece, start) == crc32c.crc32c(piece, start), (kernel, n, a, start)
 
 
 def test_combine_matches_python_reference(monkeypatch):
     rng = random.Random(2)
-    cases = [(rng.getrandbits(32), rng.getrandbits(32), n)
-             for n in [0, 1, 3, 8, 1000, 2**20 + 5, 2**40 + 3, 2**63 - 1]]
+    cases = [(rng.getrandbits(32), rng.getrandbits(32), n) for n in [0, 1, 3, 8, 1000, 2**20 + 5, 2**40 + 3, 2**63 - 1]]
     c_values = [crc.combine(*c) for c in cases]
     monkeypatch.setattr(crc, "_readcrc", None)
     assert [crc.combine(*c) for c in cases] == c_values
@@ -90,7 +91,7 @@ def test_read_fills_buffers_and_returns_their_crcs(blob, kernel, mapped):
             got = readcrc.read(fd, start, [memoryview(b) for b in bufs])
             pos = start
             for b, c in zip(bufs, got):
-                want = data[pos:pos + b.nbytes]
+                want = data[pos : pos + b.nbytes]
                 assert b.tobytes() == want
                 assert c == crc32c.crc32c(want)
                 pos += b.nbytes
@@ -107,7 +108,7 @@ def test_read_past_end_of_file_fills_what_exists_and_raises_eof(blob, length):
         buf = bytearray(b"\xee" * length)
         with pytest.raises(EOFError, match=f"end of file at byte {len(data)}"):
             readcrc.read(fd, start, [buf])
-        assert bytes(buf[:length // 2]) == data[start:]
+        assert bytes(buf[: length // 2]) == data[start:]
     finally:
         os.close(fd)
 
@@ -139,7 +140,7 @@ def test_storage_reads_the_same_with_and_without_the_kernel(blob, monkeypatch, s
     monkeypatch.setattr(crc, "_readcrc", None)
     slow, none = _storage_read(path, 11, sizes)
     assert none is None and slow == fast
-    assert b"".join(fast) == data[11:11 + sum(sizes)]
+    assert b"".join(fast) == data[11 : 11 + sum(sizes)]
     assert [crc.value(b) for b in slow] == crcs
 
 
@@ -165,15 +166,17 @@ def test_python_fallback_continues_after_partial_reads(blob, monkeypatch):
     monkeypatch.setattr(storage_mod.os, "preadv", short)
     bufs = [bytearray(700), bytearray(2500), bytearray(0), bytearray(1)]
     Storage().readinto(path, 5, bufs)
-    assert b"".join(bufs) == data[5:5 + 3201]
+    assert b"".join(bufs) == data[5 : 5 + 3201]
 
 
 # -- a file truncated by someone else during a mapped read (SIGBUS) ------------------------------
+
 
 def _truncating_read(path, start, length, truncate_to, *, block_sigbus=False):
     """One mapped read of [start, start + length) during which the file shrinks to truncate_to
     (between populating the mapping and copying from it: the test hook makes the race certain)."""
     import signal
+
     fd, wfd = os.open(path, os.O_RDONLY), os.open(path, os.O_WRONLY)
     try:
         if block_sigbus:  # a thread that blocks SIGBUS must not be killed by the fault either
@@ -197,6 +200,7 @@ def sigbus_guard(tmp_path):
     disposition found back afterwards, as raw struct sigaction bytes."""
     import ctypes
     import signal
+
     release = tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2])
     if release < (5, 14):  # no MADV_POPULATE_READ: the kernel never maps, nothing to truncate
         pytest.skip(f"Linux {os.uname().release} has no MADV_POPULATE_READ")
@@ -217,23 +221,23 @@ def sigbus_guard(tmp_path):
 
 
 @pytest.mark.parametrize("truncate_to", [0, 2 * MiB, 2 * MiB + 5])
-def test_truncation_during_mapped_read_is_eof_error_not_sigbus(tmp_path, kernel, truncate_to,
-                                                               sigbus_guard):
+def test_truncation_during_mapped_read_is_eof_error_not_sigbus(tmp_path, kernel, truncate_to, sigbus_guard):
     data = np.random.default_rng(5).integers(0, 256, 6 * MiB, dtype=np.uint8).tobytes()
     path = tmp_path / "shrinking.bin"
     path.write_bytes(data)
     # the first byte the copy touches in a page past the new end of file
     at = max(4096 + 17, -(-truncate_to // 4096) * 4096)
-    with pytest.raises(EOFError, match=f"file truncated while reading, at byte {at} "
-                                       f"\\(the file now has {truncate_to} bytes\\)"):
+    with pytest.raises(
+        EOFError, match=f"file truncated while reading, at byte {at} \\(the file now has {truncate_to} bytes\\)"
+    ):
         _truncating_read(str(path), 4096 + 17, 4 * MiB, truncate_to)
     # the process and the handler are fine: a next read works, and a next truncation fails again
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
         buf = bytearray(3 * MiB)
-        assert readcrc.read(fd, 100, [buf]) == [crc32c.crc32c(data[100:100 + 3 * MiB])]
-        assert bytes(buf) == data[100:100 + 3 * MiB]
+        assert readcrc.read(fd, 100, [buf]) == [crc32c.crc32c(data[100 : 100 + 3 * MiB])]
+        assert bytes(buf) == data[100 : 100 + 3 * MiB]
     finally:
         os.close(fd)
     with pytest.raises(EOFError, match="truncated while reading"):
@@ -258,19 +262,20 @@ def test_truncation_during_mapped_read_in_threads_and_with_sigbus_blocked(tmp_pa
             assert got == f"file truncated while reading, at byte {MiB} (the file now has {MiB} bytes)"
 
 
-def test_storage_reports_truncation_during_read_as_permanent_storage_error(tmp_path, monkeypatch,
-                                                                          sigbus_guard):
+def test_storage_reports_truncation_during_read_as_permanent_storage_error(tmp_path, monkeypatch, sigbus_guard):
     path = tmp_path / "shrinking.data"
     path.write_bytes(bytes(5 * MiB))
     wfd = os.open(path, os.O_WRONLY)
     calls = []
     real = storage_mod.Storage._preadv
-    monkeypatch.setattr(storage_mod.Storage, "_preadv",
-                        lambda self, *a: calls.append(1) or real(self, *a))
+    monkeypatch.setattr(storage_mod.Storage, "_preadv", lambda self, *a: calls.append(1) or real(self, *a))
     try:
         readcrc._test_truncate_next(wfd, 3 * MiB)
-        with pytest.raises(StorageError, match=rf"shrinking.data bytes \[1024, {1024 + 4 * MiB}\).*"
-                                               rf"file truncated while reading, at byte {3 * MiB}"):
+        with pytest.raises(
+            StorageError,
+            match=rf"shrinking.data bytes \[1024, {1024 + 4 * MiB}\).*"
+            rf"file truncated while reading, at byte {3 * MiB}",
+        ):
             Storage().readinto(str(path), 1024, [bytearray(4 * MiB)])
     finally:
         os.close(wfd)
@@ -317,14 +322,17 @@ print("survived fault", flush=True)
 """
 
 
-@pytest.mark.parametrize("mode", ["default", "faulthandler-before", "faulthandler-after",
-                                  "faulthandler-disabled", "ignored", "kill"])
+@pytest.mark.parametrize(
+    "mode", ["default", "faulthandler-before", "faulthandler-after", "faulthandler-disabled", "ignored", "kill"]
+)
 def test_unrelated_sigbus_still_kills_the_process(tmp_path, mode):
     import signal
     import subprocess
     import sys
-    p = subprocess.run([sys.executable, "-c", _UNRELATED, mode, str(tmp_path / "f.bin")],
-                       capture_output=True, text=True, timeout=120)
+
+    p = subprocess.run(
+        [sys.executable, "-c", _UNRELATED, mode, str(tmp_path / "f.bin")], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == -signal.SIGBUS, (p.returncode, p.stdout, p.stderr)
     if mode == "faulthandler-after":
         assert "no truncation (preadv)" in p.stdout

@@ -13,17 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.digest import value_digest
+from storage_wrappers import CountingStorage
 
 import distrestore as dr
 from distrestore.format import dtypes
 from distrestore.format.slices import parse_spec, to_box
 from distrestore.format.wire import LENGTH, iter_fields
-from fixtures.digest import value_digest
-from storage_wrappers import CountingStorage
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tf"
-V2_FIXTURES = sorted(p.name for p in FIXTURES.iterdir()
-                     if (p / "expected.json").exists() and p.name != "v1_format")
+V2_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if (p / "expected.json").exists() and p.name != "v1_format")
 
 
 def expected(name: str) -> dict:
@@ -68,6 +67,7 @@ def assert_bit_exact(ours, theirs, what=""):
 
 
 # -- against expected.json (no TF needed) ------------------------------------------------------
+
 
 @pytest.mark.parametrize("name, prefix, tensors", CHECKPOINTS, ids=CHECKPOINT_IDS)
 def test_listing_matches_expected(name, prefix, tensors):
@@ -150,8 +150,10 @@ def test_checkpoint_state_lists_all_manager_checkpoints():
 def test_path_objects_accepted_by_readers():
     d = FIXTURES / "manager"
     assert dr.list_variables(d) == dr.list_variables(str(d))
-    np.testing.assert_array_equal(dr.load_variable(d / "ckpt-4", "v/.ATTRIBUTES/VARIABLE_VALUE"),
-                                  dr.load_variable(str(d / "ckpt-4"), "v/.ATTRIBUTES/VARIABLE_VALUE"))
+    np.testing.assert_array_equal(
+        dr.load_variable(d / "ckpt-4", "v/.ATTRIBUTES/VARIABLE_VALUE"),
+        dr.load_variable(str(d / "ckpt-4"), "v/.ATTRIBUTES/VARIABLE_VALUE"),
+    )
     assert dr.load_checkpoint(d).prefix == str(d / "ckpt-4")
 
 
@@ -169,7 +171,8 @@ def test_saved_model_directory():
     for k, v in exp["tensors"].items():
         assert value_digest(reader.get_tensor(k)) == v["sha256"]
     assert dr.load_variable(str(d), "label/.ATTRIBUTES/VARIABLE_VALUE:0") == reader.get_tensor(
-        "label/.ATTRIBUTES/VARIABLE_VALUE")
+        "label/.ATTRIBUTES/VARIABLE_VALUE"
+    )
 
 
 def test_absolute_state_file_of_a_moved_directory_gives_none(tmp_path):
@@ -186,6 +189,7 @@ def test_absolute_state_file_of_a_moved_directory_gives_none(tmp_path):
 
 
 # -- partitioned tensors and slices -------------------------------------------------------------
+
 
 def _formula(shape, dtype):
     n = int(np.prod(shape))
@@ -217,18 +221,25 @@ def test_partitioned_tensor_assembled(name, tensor):
 
 
 REGIONS = [
-    (slice(0, 10),), (slice(3, 9), slice(1, 3)), (slice(5, 6),), (slice(0, 0),), (slice(-3, None),),
-    (slice(None), slice(2, 3)), (slice(7, 100), slice(0, 2)),
+    (slice(0, 10),),
+    (slice(3, 9), slice(1, 3)),
+    (slice(5, 6),),
+    (slice(0, 0),),
+    (slice(-3, None),),
+    (slice(None), slice(2, 3)),
+    (slice(7, 100), slice(0, 2)),
 ]
 
 
 @pytest.mark.parametrize("region", REGIONS, ids=[str(r) for r in REGIONS])
-@pytest.mark.parametrize("tensor", ["part_rows", "part_cols", "big/part5", "part_int64", "scope1/w",
-                                    "scope2/nested/v", "scope2/nested/label"])
+@pytest.mark.parametrize(
+    "tensor",
+    ["part_rows", "part_cols", "big/part5", "part_int64", "scope1/w", "scope2/nested/v", "scope2/nested/label"],
+)
 def test_get_slice_equals_numpy_slicing(tensor, region):
     reader = READERS.get("tf1_sharded/model.ckpt-7")
     full = reader.get_tensor(tensor)
-    region = region[:full.ndim]
+    region = region[: full.ndim]
     got = reader.get_slice(tensor, region)
     want = full[region]
     assert got.shape == want.shape and got.dtype == want.dtype
@@ -239,6 +250,7 @@ def test_get_slice_equals_numpy_slicing(tensor, region):
 
 
 # -- variant and V1 ------------------------------------------------------------------------------
+
 
 def test_variant_tensor_refused_and_raw_records():
     exp = expected("variant")
@@ -257,8 +269,10 @@ def test_variant_tensor_refused_and_raw_records():
     with pytest.raises(ValueError):
         reader.get_variant_records("save_counter/.ATTRIBUTES/VARIABLE_VALUE")
     # the rest of the checkpoint reads normally
-    assert value_digest(reader.get_tensor("save_counter/.ATTRIBUTES/VARIABLE_VALUE")) == \
-        exp["tensors"]["save_counter/.ATTRIBUTES/VARIABLE_VALUE"]["sha256"]
+    assert (
+        value_digest(reader.get_tensor("save_counter/.ATTRIBUTES/VARIABLE_VALUE"))
+        == exp["tensors"]["save_counter/.ATTRIBUTES/VARIABLE_VALUE"]["sha256"]
+    )
 
 
 @pytest.mark.parametrize("how", ["prefix", "directory", "list_variables"])
@@ -272,6 +286,7 @@ def test_v1_format_refused(how):
 
 
 # -- load_variable and errors --------------------------------------------------------------------
+
 
 def test_load_variable_strips_one_trailing_colon_zero():
     p = prefix_of("tf1_sharded")
@@ -309,6 +324,7 @@ def test_empty_directory_is_value_error_and_file_not_found(tmp_path):
 
 # -- only the bytes asked for are read -------------------------------------------------------------
 
+
 def _data_bytes(storage: CountingStorage) -> int:
     return sum(end - start for _, start, end in storage.data_requests())
 
@@ -321,11 +337,17 @@ def _counted(name):
     return dr.CheckpointReader(index), storage
 
 
-@pytest.mark.parametrize("name, tensor", [
-    ("all_dtypes", "string/long_70k"), ("all_dtypes", "dtype/float64"), ("all_dtypes", "string/long_300"),
-    ("tf2_keras", "optimizer/_variables/6/.ATTRIBUTES/VARIABLE_VALUE"), ("many_small", "layer_1234/w"),
-    ("tf1_sharded", "scope2/nested/v"),
-])
+@pytest.mark.parametrize(
+    "name, tensor",
+    [
+        ("all_dtypes", "string/long_70k"),
+        ("all_dtypes", "dtype/float64"),
+        ("all_dtypes", "string/long_300"),
+        ("tf2_keras", "optimizer/_variables/6/.ATTRIBUTES/VARIABLE_VALUE"),
+        ("many_small", "layer_1234/w"),
+        ("tf1_sharded", "scope2/nested/v"),
+    ],
+)
 def test_get_tensor_reads_only_its_bytes(name, tensor):
     reader, storage = _counted(name)
     index = reader.index
@@ -337,8 +359,9 @@ def test_get_tensor_reads_only_its_bytes(name, tensor):
     assert _data_bytes(storage) == sum(e.size for e in stored) > 0
     assert {url for url, _, _ in storage.requests} == {index.data_file(e.shard_id) for e in stored}
     for url, start, end in storage.requests:  # each read lies inside one of the tensor's entries
-        assert any(index.data_file(e.shard_id) == url and e.offset <= start and end <= e.offset + e.size
-                   for e in stored)
+        assert any(
+            index.data_file(e.shard_id) == url and e.offset <= start and end <= e.offset + e.size for e in stored
+        )
 
 
 def test_partitioned_tensor_reads_only_its_slices():
@@ -347,11 +370,14 @@ def test_partitioned_tensor_reads_only_its_slices():
     assert _data_bytes(storage) == 100 * 8 * 4
 
 
-@pytest.mark.parametrize("region, nbytes", [
-    ((slice(25, 35),), 10 * 8 * 4),  # inside one stored part
-    ((slice(15, 25),), 10 * 8 * 4),  # across two parts
-    ((slice(99, 100),), 8 * 4),
-])
+@pytest.mark.parametrize(
+    "region, nbytes",
+    [
+        ((slice(25, 35),), 10 * 8 * 4),  # inside one stored part
+        ((slice(15, 25),), 10 * 8 * 4),  # across two parts
+        ((slice(99, 100),), 8 * 4),
+    ],
+)
 def test_get_slice_of_partitioned_tensor_reads_only_its_bytes(region, nbytes):
     reader, storage = _counted("tf1_sharded")
     got = reader.get_slice("big/part5", region)
@@ -368,6 +394,7 @@ def test_get_slice_of_plain_tensor_reads_only_its_bytes():
 
 
 # -- against live TensorFlow -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name, prefix, tensors", CHECKPOINTS, ids=CHECKPOINT_IDS)
 def test_differential_against_tf(tf, name, prefix, tensors):
@@ -474,10 +501,12 @@ def test_slices_match_tf_restore_v2(tf):
     """Regions of a partitioned and a plain tensor read like TF's RestoreV2 with a slice spec."""
     p = prefix_of("tf1_sharded")
     reader = READERS.get("tf1_sharded/model.ckpt-7")
-    for tensor, shape, spec in [("big/part5", (100, 8), "100 8 15,20:2,5"), ("part_cols", (4, 7), "4 7 1,2:3,3"),
-                                ("scope1/w", (3, 4), "3 4 1,2:0,4")]:
-        (theirs,) = tf.raw_ops.RestoreV2(prefix=p, tensor_names=[tensor], shape_and_slices=[spec],
-                                         dtypes=[tf.float32])
+    for tensor, shape, spec in [
+        ("big/part5", (100, 8), "100 8 15,20:2,5"),
+        ("part_cols", (4, 7), "4 7 1,2:3,3"),
+        ("scope1/w", (3, 4), "3 4 1,2:0,4"),
+    ]:
+        (theirs,) = tf.raw_ops.RestoreV2(prefix=p, tensor_names=[tensor], shape_and_slices=[spec], dtypes=[tf.float32])
         _, extents = parse_spec(spec)
         region = tuple(slice(a, b) for a, b in to_box(extents, shape))
         assert_bit_exact(reader.get_slice(tensor, region), theirs.numpy(), tensor)

@@ -15,23 +15,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import distrestore as dr
-from distrestore.errors import (ChecksumMismatchError, CheckpointNotFoundError, DistRestoreError,
-                                StorageError)
-from distrestore.index import (NoCheckpointInDirectoryError, get_checkpoint_state,
-                               latest_checkpoint, open_checkpoint)
-from distrestore.restore import TensorRequest, fetch, restore_tensors
-from distrestore.storage import RetryPolicy
 from digest import value_digest
 from storage_wrappers import CountingStorage, LatencyStorage
+
+import distrestore as dr
+from distrestore.errors import CheckpointNotFoundError, ChecksumMismatchError, DistRestoreError, StorageError
+from distrestore.index import NoCheckpointInDirectoryError, get_checkpoint_state, latest_checkpoint, open_checkpoint
+from distrestore.restore import TensorRequest, fetch, restore_tensors
+from distrestore.storage import RetryPolicy
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures" / "tf"
 FAST = RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.005, deadline=10.0)
 
 # every fixture restore_tensors reads (v1_format is refused by design; see test_v1_format_refused)
-RESTORABLE = ("all_dtypes", "manager", "many_small", "merged", "saved_model", "tf1_adam",
-              "tf1_sharded", "tf2_keras", "variant")
+RESTORABLE = (
+    "all_dtypes",
+    "manager",
+    "many_small",
+    "merged",
+    "saved_model",
+    "tf1_adam",
+    "tf1_sharded",
+    "tf2_keras",
+    "variant",
+)
 WITH_STATE_FILE = ("manager", "tf1_adam", "tf1_sharded", "tf2_keras", "variant")
 
 
@@ -58,6 +65,7 @@ def partition_value(shape, dtype) -> np.ndarray:
 
 
 # -- values, bit-exact --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", RESTORABLE)
 def test_restore_tensors_bit_exact(remote, name):
@@ -87,6 +95,7 @@ def test_restore_subset_and_partitions(remote):
 
 
 # -- directory resolution -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", WITH_STATE_FILE)
 def test_latest_checkpoint_and_open_directory(remote, name):
@@ -128,22 +137,31 @@ def test_state_file_with_absolute_local_paths(remote):
 def test_state_file_with_absolute_urls(remote):
     # TF saving straight to a bucket writes absolute URLs into the state file
     url, options = remote.upload("manager")
-    remote.store.put(f"{url}/checkpoint", (f'model_checkpoint_path: "{url}/ckpt-3"\n'
-                                           f'all_model_checkpoint_paths: "{url}/ckpt-2"\n'
-                                           f'all_model_checkpoint_paths: "{url}/ckpt-3"\n').encode())
+    remote.store.put(
+        f"{url}/checkpoint",
+        (
+            f'model_checkpoint_path: "{url}/ckpt-3"\n'
+            f'all_model_checkpoint_paths: "{url}/ckpt-2"\n'
+            f'all_model_checkpoint_paths: "{url}/ckpt-3"\n'
+        ).encode(),
+    )
     assert latest_checkpoint(url, storage_options=options) == f"{url}/ckpt-3"
     assert get_checkpoint_state(url, storage_options=options).all_model_checkpoint_paths == [
-        f"{url}/ckpt-2", f"{url}/ckpt-3"]
-    check_values(restore_tensors(url, storage_options=options),
-                 expected("manager")["other_checkpoints"]["ckpt-3"]["tensors"], remote.name)
+        f"{url}/ckpt-2",
+        f"{url}/ckpt-3",
+    ]
+    check_values(
+        restore_tensors(url, storage_options=options),
+        expected("manager")["other_checkpoints"]["ckpt-3"]["tensors"],
+        remote.name,
+    )
 
 
 def test_saved_model_directory(remote):
     url, options = remote("saved_model")
     assert latest_checkpoint(url, storage_options=options) is None
     assert open_checkpoint(url, storage_options=options).prefix == f"{url}/variables/variables"
-    check_values(restore_tensors(url, storage_options=options),
-                 expected("saved_model")["tensors"], remote.name)
+    check_values(restore_tensors(url, storage_options=options), expected("saved_model")["tensors"], remote.name)
 
 
 def test_v1_format_refused(remote):
@@ -156,12 +174,15 @@ def test_v1_format_refused(remote):
 
 # -- errors -------------------------------------------------------------------------------------
 
+
 def test_missing_index(remote):
     url, options = remote("tf1_sharded")
     prefix = f"{url}/model.ckpt-99"
-    for call in (lambda: open_checkpoint(prefix, storage_options=options),
-                 lambda: restore_tensors(prefix, storage_options=options),
-                 lambda: dr.load_checkpoint(prefix, storage_options=options)):
+    for call in (
+        lambda: open_checkpoint(prefix, storage_options=options),
+        lambda: restore_tensors(prefix, storage_options=options),
+        lambda: dr.load_checkpoint(prefix, storage_options=options),
+    ):
         with pytest.raises(CheckpointNotFoundError) as info:
             call()
         assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, DistRestoreError)
@@ -189,8 +210,11 @@ def test_state_file_naming_a_deleted_checkpoint(remote):
     with pytest.raises(CheckpointNotFoundError):
         open_checkpoint(url, storage_options=options)
     # the older checkpoints are still there
-    check_values(restore_tensors(f"{url}/ckpt-3", storage_options=options),
-                 expected("manager")["other_checkpoints"]["ckpt-3"]["tensors"], remote.name)
+    check_values(
+        restore_tensors(f"{url}/ckpt-3", storage_options=options),
+        expected("manager")["other_checkpoints"]["ckpt-3"]["tensors"],
+        remote.name,
+    )
 
 
 def test_missing_data_shard(remote):
@@ -233,6 +257,7 @@ def test_flipped_byte_in_data(remote, fixtures_dir):
 
 # -- coalescing and concurrency -----------------------------------------------------------------
 
+
 def test_many_small_tensors_are_coalesced(remote):
     url, options = remote("many_small")
     exp = expected("many_small")
@@ -268,16 +293,23 @@ def test_subsets_of_many_small(remote):
 
 
 # checkpoints read together in the concurrency test: 18 data files, so at least 18 requests
-CONCURRENT = [("tf1_sharded", "model.ckpt-7"), ("tf2_keras", "ckpt-1"), ("tf2_keras", "model_only"),
-              ("merged", "merged"), ("manager", "ckpt-2"), ("manager", "ckpt-3"),
-              ("manager", "ckpt-4"), ("all_dtypes", "all"), ("tf1_adam", "ckpt-1"),
-              ("saved_model", "variables/variables")]
+CONCURRENT = [
+    ("tf1_sharded", "model.ckpt-7"),
+    ("tf2_keras", "ckpt-1"),
+    ("tf2_keras", "model_only"),
+    ("merged", "merged"),
+    ("manager", "ckpt-2"),
+    ("manager", "ckpt-3"),
+    ("manager", "ckpt-4"),
+    ("all_dtypes", "all"),
+    ("tf1_adam", "ckpt-1"),
+    ("saved_model", "variables/variables"),
+]
 
 
 def test_requests_run_concurrently(remote):
     latency = 0.05
-    storage = LatencyStorage.for_url(remote.store.url(),
-                                     remote.storage_options, retry=FAST, latency=latency)
+    storage = LatencyStorage.for_url(remote.store.url(), remote.storage_options, retry=FAST, latency=latency)
     requests, want = [], {}
     for fixture, prefix in CONCURRENT:
         url, _ = remote(fixture)
@@ -296,14 +328,17 @@ def test_requests_run_concurrently(remote):
     serial = n * latency
     # a proof of concurrency, not a performance bound: serial requests would take n * latency
     assert elapsed < 0.5 * serial, f"{n} requests of {latency} s took {elapsed:.3f} s"
-    print(f"{remote.name}: {n} requests of {latency} s in {elapsed:.3f} s "
-          f"(serial {serial:.2f} s, at most {storage.max_inflight} at once)")
+    print(
+        f"{remote.name}: {n} requests of {latency} s in {elapsed:.3f} s "
+        f"(serial {serial:.2f} s, at most {storage.max_inflight} at once)"
+    )
     assert storage.max_inflight >= 4
-    for r, a, (key, t) in zip(requests, arrays, want.items()):
+    for a, (key, t) in zip(arrays, want.items()):
         assert value_digest(a) == t["sha256"], key
 
 
 # -- the reader API ------------------------------------------------------------------------------
+
 
 def test_list_variables(remote):
     url, options = remote("tf1_sharded")

@@ -99,8 +99,9 @@ def test_regions_and_duplicates(ckpt):
     prefix, tensors = ckpt
     index = open_checkpoint(prefix)
     region = (slice(10, 20), slice(100, 110))
-    a, b, c = dr.fetch([dr.TensorRequest(index, "big/3", region), dr.TensorRequest(index, "big/3"),
-                        dr.TensorRequest(index, "big/3")])
+    a, b, c = dr.fetch(
+        [dr.TensorRequest(index, "big/3", region), dr.TensorRequest(index, "big/3"), dr.TensorRequest(index, "big/3")]
+    )
     assert same(a, tensors["big/3"][10:20, 100:110])
     assert same(b, tensors["big/3"]) and same(c, tensors["big/3"])
     c[0, 0] = 99  # duplicates are independent arrays
@@ -110,6 +111,7 @@ def test_regions_and_duplicates(ckpt):
 def test_failed_read_returns_nothing_and_names_the_tensor(ckpt, tmp_path):
     prefix, tensors = ckpt
     import shutil
+
     copy = str(tmp_path / "model")
     for suffix in [".index"] + [f".data-0000{i}-of-00003" for i in range(3)]:
         shutil.copy(prefix + suffix, copy + suffix)

@@ -16,11 +16,10 @@ import time
 
 import numpy as np
 import pytest
+from storage_wrappers import CountingStorage, FlakyStorage, LatencyStorage, ServiceUnavailableError, read_range, wrap
 
 from distrestore.errors import CheckpointNotFoundError, DistRestoreError, StorageError
 from distrestore.storage import RetryPolicy, ShortReadError, Storage, is_transient, join
-from storage_wrappers import (CountingStorage, FlakyStorage, LatencyStorage,
-                              ServiceUnavailableError, read_range, wrap)
 
 BACKENDS = ("local", "memory", "s3", "gcs")
 STORE_FIXTURES = {"memory": "memory_store", "s3": "s3_server", "gcs": "gcs_server"}
@@ -87,12 +86,12 @@ def backend(request, local_tree) -> Backend:
 
 # -- reading ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("start,length", [(0, BLOB_SIZE), (0, 1), (1, 4096), (65_537, 12_345),
-                                          (BLOB_SIZE - 7, 7)])
+
+@pytest.mark.parametrize("start,length", [(0, BLOB_SIZE), (0, 1), (1, 4096), (65_537, 12_345), (BLOB_SIZE - 7, 7)])
 def test_readinto_one_buffer(backend, start, length):
     buf = bytearray(length)
     backend.storage.readinto(backend.url("blob.bin"), start, buf)
-    assert bytes(buf) == BLOB[start:start + length]
+    assert bytes(buf) == BLOB[start : start + length]
 
 
 def test_readinto_numpy_and_memoryview_buffers(backend):
@@ -112,14 +111,14 @@ def test_readinto_consecutive_buffers(backend):
     start = 123
     backend.storage.readinto(backend.url("blob.bin"), start, bufs)
     got = b"".join(bytes(memoryview(b).cast("B")) for b in bufs)
-    assert got == BLOB[start:start + sum(sizes)]
+    assert got == BLOB[start : start + sum(sizes)]
 
 
 def test_readinto_more_buffers_than_iov_max(backend):
     # local preadv takes at most IOV_MAX (1024) buffers per call
     bufs = [bytearray(7) for _ in range(3000)]
     backend.storage.readinto(backend.url("blob.bin"), 99, bufs)
-    assert b"".join(bufs) == BLOB[99:99 + 21_000]
+    assert b"".join(bufs) == BLOB[99 : 99 + 21_000]
 
 
 def test_read_whole_file_and_ranges(backend):
@@ -150,8 +149,11 @@ def test_zero_length_read(backend):
     assert s.read(backend.url("small.bin"), 5, 5) == b""
 
 
-@pytest.mark.parametrize("start,length", [(BLOB_SIZE - 10, 20), (BLOB_SIZE, 1), (BLOB_SIZE + 100, 50)],
-                         ids=["straddling", "at-end", "beyond"])
+@pytest.mark.parametrize(
+    "start,length",
+    [(BLOB_SIZE - 10, 20), (BLOB_SIZE, 1), (BLOB_SIZE + 100, 50)],
+    ids=["straddling", "at-end", "beyond"],
+)
 def test_read_past_end_is_a_storage_error(backend, start, length):
     url = backend.url("blob.bin")
     with pytest.raises(StorageError) as info:
@@ -165,8 +167,7 @@ def test_read_past_end_is_a_storage_error(backend, start, length):
         backend.storage.readinto(backend.url("small.bin"), 16, [bytearray(2), bytearray(2)])
 
 
-@pytest.mark.parametrize("start,length", [(BLOB_SIZE - 10, 20), (BLOB_SIZE + 100, 50)],
-                         ids=["straddling", "beyond"])
+@pytest.mark.parametrize("start,length", [(BLOB_SIZE - 10, 20), (BLOB_SIZE + 100, 50)], ids=["straddling", "beyond"])
 def test_read_past_end_is_not_retried(backend, start, length):
     # A range past the end of a file is permanent (a truncated data file): retrying it only
     # delays the error (seconds with the default policy).
@@ -179,8 +180,7 @@ def test_read_past_end_is_not_retried(backend, start, length):
 def test_missing_file_is_checkpoint_not_found(backend):
     s = backend.make(CountingStorage)
     url = backend.url("dir/nope.bin")
-    for call in (lambda: s.readinto(url, 0, bytearray(4)), lambda: s.read(url),
-                 lambda: s.size(url)):
+    for call in (lambda: s.readinto(url, 0, bytearray(4)), lambda: s.read(url), lambda: s.size(url)):
         with pytest.raises(CheckpointNotFoundError) as info:
             call()
         assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, DistRestoreError)
@@ -201,6 +201,7 @@ def test_missing_bucket_or_directory(backend):
 
 
 # -- metadata -----------------------------------------------------------------------------------
+
 
 def test_size_exists_isdir(backend):
     s = backend.storage
@@ -255,6 +256,7 @@ def test_unknown_protocol_says_what_to_install():
 
 # -- concurrency and pickling -------------------------------------------------------------------
 
+
 def test_concurrent_reads_share_one_lazily_made_filesystem(backend):
     s = Storage.for_url(backend.base, backend.storage_options, retry=FAST)  # fs not made yet
     url = backend.url("blob.bin")
@@ -267,7 +269,7 @@ def test_concurrent_reads_share_one_lazily_made_filesystem(backend):
             buf = bytearray(997)
             s.readinto(url, i * 5000, buf)
             results[i] = bytes(buf)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
@@ -276,7 +278,7 @@ def test_concurrent_reads_share_one_lazily_made_filesystem(backend):
     for t in threads:
         t.join()
     assert not errors
-    assert all(results[i] == BLOB[i * 5000:i * 5000 + 997] for i in range(12))
+    assert all(results[i] == BLOB[i * 5000 : i * 5000 + 997] for i in range(12))
 
 
 def test_storage_pickles_and_works_after_unpickling(backend):
@@ -299,6 +301,7 @@ def test_storage_works_in_another_process(backend):
         pytest.skip("memory:// lives in this process only")
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+
     url = backend.url("blob.bin")
     storages = [backend.storage, backend.make(CountingStorage)]
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -306,8 +309,10 @@ def test_storage_works_in_another_process(backend):
     assert results == [(BLOB[777:7777], "Storage"), (BLOB[777:7777], "CountingStorage")]
 
 
-@pytest.mark.parametrize("cls,kw", [(CountingStorage, {}), (LatencyStorage, {"latency": 0.001}),
-                                    (FlakyStorage, {"failures": 1, "kinds": ("503",)})])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [(CountingStorage, {}), (LatencyStorage, {"latency": 0.001}), (FlakyStorage, {"failures": 1, "kinds": ("503",)})],
+)
 def test_wrappers_pickle(backend, cls, kw):
     s = backend.make(cls, **kw)
     url = backend.url("small.bin")
@@ -323,16 +328,21 @@ def test_wrappers_pickle(backend, cls, kw):
 
 # -- retries ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kinds", [("timeout",), ("503",), ("throttle",), ("reset",), ("short",),
-                                   ("timeout", "503", "short")], ids=lambda k: "+".join(k))
+
+@pytest.mark.parametrize(
+    "kinds",
+    [("timeout",), ("503",), ("throttle",), ("reset",), ("short",), ("timeout", "503", "short")],
+    ids=lambda k: "+".join(k),
+)
 def test_transient_failures_are_retried(backend, kinds):
-    s = backend.make(FlakyStorage, failures=3, kinds=kinds,
-                     retry=RetryPolicy(attempts=4, initial_backoff=0.001, max_backoff=0.002))
+    s = backend.make(
+        FlakyStorage, failures=3, kinds=kinds, retry=RetryPolicy(attempts=4, initial_backoff=0.001, max_backoff=0.002)
+    )
     url = backend.url("blob.bin")
     bufs = [bytearray(1000), np.zeros(250, np.float32), bytearray(3)]
     s.readinto(url, 42, bufs)
     got = b"".join(bytes(memoryview(b).cast("B")) for b in bufs)
-    assert got == BLOB[42:42 + 2003]  # a partial fill of a failed attempt was overwritten
+    assert got == BLOB[42 : 42 + 2003]  # a partial fill of a failed attempt was overwritten
     assert s.range_attempts == {(url, 42, 2045): 4}
     assert s.injected == 3 and s.attempts == 4
     assert s.calls["readinto"] == 1
@@ -342,14 +352,18 @@ def test_retry_is_per_range(backend):
     s = backend.make(FlakyStorage, failures=1)
     url = backend.url("blob.bin")
     for start in (0, 10, 20):
-        assert bytes(s.read(url, start, start + 5)) == BLOB[start:start + 5]
+        assert bytes(s.read(url, start, start + 5)) == BLOB[start : start + 5]
     assert set(s.range_attempts.values()) == {2}
     assert s.injected == 3
 
 
 def test_gives_up_after_the_attempts(backend):
-    s = backend.make(FlakyStorage, failures=100, kinds=("503",),
-                     retry=RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.002))
+    s = backend.make(
+        FlakyStorage,
+        failures=100,
+        kinds=("503",),
+        retry=RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.002),
+    )
     url = backend.url("blob.bin")
     with pytest.raises(StorageError) as info:
         s.readinto(url, 1000, bytearray(24), what="tensor 'w'")
@@ -361,9 +375,12 @@ def test_gives_up_after_the_attempts(backend):
 
 
 def test_gives_up_at_the_deadline(backend):
-    s = backend.make(FlakyStorage, failures=10**6, kinds=("timeout",),
-                     retry=RetryPolicy(attempts=10**6, initial_backoff=0.02, max_backoff=0.02,
-                                       deadline=0.3))
+    s = backend.make(
+        FlakyStorage,
+        failures=10**6,
+        kinds=("timeout",),
+        retry=RetryPolicy(attempts=10**6, initial_backoff=0.02, max_backoff=0.02, deadline=0.3),
+    )
     url = backend.url("blob.bin")
     t0 = time.monotonic()
     with pytest.raises(StorageError) as info:
@@ -375,11 +392,13 @@ def test_gives_up_at_the_deadline(backend):
     assert 0.25 <= elapsed < 3.0
 
 
-@pytest.mark.parametrize("kind,error", [("missing", CheckpointNotFoundError),
-                                        ("denied", StorageError), ("404", StorageError)])
+@pytest.mark.parametrize(
+    "kind,error", [("missing", CheckpointNotFoundError), ("denied", StorageError), ("404", StorageError)]
+)
 def test_permanent_errors_are_not_retried(backend, kind, error):
-    s = backend.make(FlakyStorage, failures=5, kinds=(kind,),
-                     retry=RetryPolicy(attempts=5, initial_backoff=0.001, max_backoff=0.002))
+    s = backend.make(
+        FlakyStorage, failures=5, kinds=(kind,), retry=RetryPolicy(attempts=5, initial_backoff=0.001, max_backoff=0.002)
+    )
     url = backend.url("blob.bin")
     with pytest.raises(error) as info:
         s.readinto(url, 0, bytearray(8))
@@ -401,22 +420,25 @@ def test_default_retry_policy_is_bounded():
         assert 0 <= p.backoff(attempt) <= p.max_backoff
 
 
-@pytest.mark.parametrize("exc,transient", [
-    (TimeoutError("timed out"), True),
-    (ConnectionResetError("reset"), True),
-    (ServiceUnavailableError(), True),
-    (ServiceUnavailableError("throttled", code=429), True),
-    (ServiceUnavailableError("request timeout", code=408), True),
-    (ServiceUnavailableError("internal", code=500), True),
-    (ShortReadError("got 1 of 2 bytes"), True),
-    (ServiceUnavailableError("forbidden", code=403), False),
-    (ServiceUnavailableError("not found", code=404), False),
-    (FileNotFoundError("gone"), False),
-    (PermissionError("no"), False),
-    (OSError("An error occurred (NoSuchBucket)"), False),
-    (OSError("An error occurred (AccessDenied)"), False),
-    (ValueError("bad"), False),
-])
+@pytest.mark.parametrize(
+    "exc,transient",
+    [
+        (TimeoutError("timed out"), True),
+        (ConnectionResetError("reset"), True),
+        (ServiceUnavailableError(), True),
+        (ServiceUnavailableError("throttled", code=429), True),
+        (ServiceUnavailableError("request timeout", code=408), True),
+        (ServiceUnavailableError("internal", code=500), True),
+        (ShortReadError("got 1 of 2 bytes"), True),
+        (ServiceUnavailableError("forbidden", code=403), False),
+        (ServiceUnavailableError("not found", code=404), False),
+        (FileNotFoundError("gone"), False),
+        (PermissionError("no"), False),
+        (OSError("An error occurred (NoSuchBucket)"), False),
+        (OSError("An error occurred (AccessDenied)"), False),
+        (ValueError("bad"), False),
+    ],
+)
 def test_is_transient(exc, transient):
     assert is_transient(exc) is transient
 
@@ -424,5 +446,8 @@ def test_is_transient(exc, transient):
 def test_wrap_keeps_protocol_options_and_policy(backend):
     w = wrap(CountingStorage, backend.storage)
     assert (w.protocol, w.storage_options, w.retry) == (
-        backend.storage.protocol, backend.storage.storage_options, backend.storage.retry)
+        backend.storage.protocol,
+        backend.storage.storage_options,
+        backend.storage.retry,
+    )
     assert w.read(backend.url("small.bin")) == SMALL

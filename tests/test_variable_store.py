@@ -10,8 +10,7 @@ import pytest
 
 from distrestore import errors
 from distrestore.variable import Variable
-from distrestore.variable_store import (PartitionedVariable, VariablePart, VariableStore,
-                                        init_from_checkpoint)
+from distrestore.variable_store import PartitionedVariable, VariablePart, VariableStore, init_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CKPT_A = str(REPO / "tests" / "scenarios" / "init_from_checkpoint" / "ckpt_a")
@@ -19,6 +18,7 @@ FIXTURE = str(REPO / "tests" / "fixtures" / "tf" / "tf1_sharded" / "model.ckpt-7
 
 
 # -- the registry -----------------------------------------------------------------------------
+
 
 def test_get_variable_creates_then_reuses():
     store = VariableStore()
@@ -52,13 +52,16 @@ def test_partitioned_variable_reuse_and_conflicts():
         store.get_variable("x:0", [1])
 
 
-@pytest.mark.parametrize("shape, partitions, message", [
-    ([10, 3], [2, 2], "only slice a variable along one dimension"),
-    ([10, 3], [2], "does not match the Variable's rank"),
-    ([10, 3], [0, 1], "zero partitions"),
-    ([], [], "rank at least 1"),
-    ([3], [4], "into 4 parts"),
-])
+@pytest.mark.parametrize(
+    "shape, partitions, message",
+    [
+        ([10, 3], [2, 2], "only slice a variable along one dimension"),
+        ([10, 3], [2], "does not match the Variable's rank"),
+        ([10, 3], [0, 1], "zero partitions"),
+        ([], [], "rank at least 1"),
+        ([3], [4], "into 4 parts"),
+    ],
+)
 def test_bad_partitions(shape, partitions, message):
     with pytest.raises(ValueError, match=message):
         VariableStore().get_variable("p", shape, partitions=partitions)
@@ -76,8 +79,11 @@ def test_parts_follow_fixed_size_partitioner():
     assert [q.shape for q in uneven.parts] == [(3, 3), (3, 3), (2, 3), (2, 3)]  # earlier parts larger
     assert [q.spec for q in uneven.parts] == ["10 3 0,3:0,3", "10 3 3,3:0,3", "10 3 6,2:0,3", "10 3 8,2:0,3"]
     cols = store.get_variable("c", [4, 7], partitions=[1, 3])
-    assert [q.region for q in cols.parts] == [(slice(0, 4), slice(0, 3)), (slice(0, 4), slice(3, 5)),
-                                              (slice(0, 4), slice(5, 7))]
+    assert [q.region for q in cols.parts] == [
+        (slice(0, 4), slice(0, 3)),
+        (slice(0, 4), slice(3, 5)),
+        (slice(0, 4), slice(5, 7)),
+    ]
     one = store.get_variable("one", [4, 2], partitions=[1, 1])
     assert [q.name for q in one.parts] == ["one/part_0"] and one.parts[0].spec == "4 2 0,4:0,2"
 
@@ -116,6 +122,7 @@ def test_partitioned_assign_and_numpy():
 
 # -- what a call records ----------------------------------------------------------------------
 
+
 def _pending(store):
     return {(r.variable.name, r.tensor, r.box) for r in store.pending_restores()}
 
@@ -125,8 +132,9 @@ def test_call_records_regions_and_loads_nothing():
     p = store.get_variable("new/p", [100, 8], partitions=[4, 1], initializer=1.0)
     w = store.get_variable("new/w", [3, 4], initializer=2.0)
     init_from_checkpoint(FIXTURE, {"big/part5": "new/p", "scope1/w": w}, store=store)
-    assert _pending(store) == {(f"new/p/part_{i}", "big/part5", ((25 * i, 25 * i + 25), (0, 8))) for i in range(4)} | \
-        {("new/w", "scope1/w", None)}
+    assert _pending(store) == {(f"new/p/part_{i}", "big/part5", ((25 * i, 25 * i + 25), (0, 8))) for i in range(4)} | {
+        ("new/w", "scope1/w", None)
+    }
     assert (p.numpy() == 1.0).all() and (w.numpy() == 2.0).all()
 
 
@@ -134,8 +142,10 @@ def test_scope_mapping_maps_parts_to_the_full_tensor():
     store = VariableStore()
     store.get_variable("new/part5", [100, 8], partitions=[2, 1])
     init_from_checkpoint(FIXTURE, {"big/": "new/"}, store=store)
-    assert _pending(store) == {("new/part5/part_0", "big/part5", ((0, 50), (0, 8))),
-                               ("new/part5/part_1", "big/part5", ((50, 100), (0, 8)))}
+    assert _pending(store) == {
+        ("new/part5/part_0", "big/part5", ((0, 50), (0, 8))),
+        ("new/part5/part_1", "big/part5", ((50, 100), (0, 8))),
+    }
 
 
 def test_later_mapping_replaces_earlier():
@@ -173,12 +183,15 @@ def test_failed_call_records_nothing():
     assert store.pending_restores() == []
 
 
-@pytest.mark.parametrize("mapping, error, match", [
-    ({"dup/a": 3}, errors.AssignmentMapError, "must be a variable name"),
-    ([("dup/a",)], errors.AssignmentMapError, "pairs"),
-    ({"dup/a": [Variable(shape=[4])]}, errors.AssignmentMapError, "not a part of a partitioned variable"),
-    ({"old_scope_2/table": Variable(shape=[3, 4])}, errors.ShapeMismatchError, "dtype float64"),
-])
+@pytest.mark.parametrize(
+    "mapping, error, match",
+    [
+        ({"dup/a": 3}, errors.AssignmentMapError, "must be a variable name"),
+        ([("dup/a",)], errors.AssignmentMapError, "pairs"),
+        ({"dup/a": [Variable(shape=[4])]}, errors.AssignmentMapError, "not a part of a partitioned variable"),
+        ({"old_scope_2/table": Variable(shape=[3, 4])}, errors.ShapeMismatchError, "dtype float64"),
+    ],
+)
 def test_bad_targets(mapping, error, match):
     with pytest.raises(error, match=match):
         init_from_checkpoint(CKPT_A, mapping, store=VariableStore())

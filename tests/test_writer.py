@@ -13,9 +13,9 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from checks import assert_bit_exact
 
 import distrestore as dr
-from checks import assert_bit_exact
 from distrestore.format import messages, sstable
 from distrestore.format.slices import parse_spec, to_box
 from distrestore.format.wire import read_varint
@@ -48,11 +48,14 @@ def sample_tensors() -> dict:
     t["dtype/complex64"] = np.array([[1 + 2j, -0.5j, np.nan], [np.inf, -1 - 1j, 0]], dtype=np.complex64)
     t["dtype/complex128"] = (rng.standard_normal((2, 3)) + 1j * rng.standard_normal((2, 3))).astype(np.complex128)
     t["dtype/float8_e5m2"] = np.array([[0.5, -2.0, 57344.0], [np.inf, np.nan, -0.0]]).astype(ml_dtypes.float8_e5m2)
-    t["dtype/float8_e4m3fn"] = np.array([[0.5, -2.0, 448.0], [0.001953125, np.nan, -0.0]]).astype(ml_dtypes.float8_e4m3fn)
+    t["dtype/float8_e4m3fn"] = np.array([[0.5, -2.0, 448.0], [0.001953125, np.nan, -0.0]]).astype(
+        ml_dtypes.float8_e4m3fn
+    )
     t["dtype/int4"] = np.array([[1, -8, 7], [-2, 0, 3]], dtype=ml_dtypes.int4)
     t["dtype/uint4"] = np.array([[1, 15, 0], [3, 5, 2]], dtype=ml_dtypes.uint4)
-    t["string/special"] = _strings([b"plain", b"nul\x00in\x00side", b"\xff\xfe\x00\xff",
-                                    "üñíçødé ✓ 漢字".encode(), b""])
+    t["string/special"] = _strings(
+        [b"plain", b"nul\x00in\x00side", b"\xff\xfe\x00\xff", "üñíçødé ✓ 漢字".encode(), b""]
+    )
     t["string/long_300"] = _strings([b"y" * 301, b"z" * 128])
     t["string/long_70k"] = bytes(range(256)) * 280  # a 71,680-byte scalar
     t["string/2d"] = _strings([b"a", b"", b"ccc", b"\x00", b"e" * 200, b"f"], (2, 3))
@@ -80,6 +83,7 @@ def _expected_value(v):
 
 
 # -- save_tensors ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("num_shards", [1, 3])
 def test_save_tensors_read_back_by_distrestore(tmp_path, num_shards):
@@ -109,7 +113,8 @@ def test_save_tensors_read_by_tf(tf, tmp_path, num_shards):
     dr.save_tensors(prefix, tensors, num_shards=num_shards)
     reader = tf.train.load_checkpoint(prefix)
     assert [(k, list(s)) for k, s in tf.train.list_variables(prefix)] == sorted(
-        (k, list(np.shape(v))) for k, v in tensors.items())
+        (k, list(np.shape(v))) for k, v in tensors.items()
+    )
     dtype_map = reader.get_variable_to_dtype_map()
     for k, v in tensors.items():
         want = _expected_value(v)
@@ -129,8 +134,12 @@ def test_save_tensors_matches_tf_save_v2_bytes(tf, tmp_path):
     names = sorted(tensors, key=lambda n: n.encode())
     ours, theirs = str(tmp_path / "ours"), str(tmp_path / "theirs")
     dr.save_tensors(ours, tensors)
-    tf.raw_ops.SaveV2(prefix=theirs, tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(tensors[n]) for n in names])
+    tf.raw_ops.SaveV2(
+        prefix=theirs,
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(tensors[n]) for n in names],
+    )
     assert Path(ours + ".data-00000-of-00001").read_bytes() == Path(theirs + ".data-00000-of-00001").read_bytes()
     a, b = Path(ours + ".index").read_bytes(), Path(theirs + ".index").read_bytes()
     assert sstable.read_table(a, "ours") == sstable.read_table(b, "theirs")
@@ -169,8 +178,10 @@ def test_save_tensors_accepts_str_and_lists(tmp_path):
 def test_save_tensors_lists_of_strings_keep_trailing_nul_bytes(tmp_path):
     # np.asarray would make fixed-width S/U arrays, which silently drop trailing NUL bytes
     prefix = str(tmp_path / "c")
-    dr.save_tensors(prefix, {"b": [b"a\x00", b"\x00"], "s": ["x\x00"], "n": [[b"p\x00\x00"], [b"q"]],
-                             "mixed": ["é\x00", b"\xff\x00"]})
+    dr.save_tensors(
+        prefix,
+        {"b": [b"a\x00", b"\x00"], "s": ["x\x00"], "n": [[b"p\x00\x00"], [b"q"]], "mixed": ["é\x00", b"\xff\x00"]},
+    )
     r = dr.load_checkpoint(prefix)
     assert r.get_tensor("b").tolist() == [b"a\x00", b"\x00"]
     assert r.get_tensor("s").tolist() == [b"x\x00"]
@@ -219,6 +230,7 @@ def test_save_tensors_leaves_no_temp_files(tmp_path):
 
 # -- merge_checkpoints ----------------------------------------------------------------------------
 
+
 def _three_sources(root: Path):
     srcs = {
         root / "src1" / "a": {"a/x": np.arange(6, dtype=np.float32).reshape(2, 3), "a/s": _strings([b"p", b"\x00q"])},
@@ -244,7 +256,9 @@ def test_merge_semantics(tmp_path):
     assert dr.list_variables(str(dest)) == sorted((k, list(np.shape(v))) for k, v in union.items())
     reader = dr.load_checkpoint(str(dest))
     for k, v in union.items():
-        assert_bit_exact(reader.get_tensor(k), v if isinstance(v, bytes) else np.asarray(v)[()] if np.ndim(v) == 0 else v, k)
+        assert_bit_exact(
+            reader.get_tensor(k), v if isinstance(v, bytes) else np.asarray(v)[()] if np.ndim(v) == 0 else v, k
+        )
 
     # data files renamed (same inodes, sources gone), never copied; 1 + 1 + 2 shards
     merged_files = sorted(dest.parent.glob("merged.data-*"))
@@ -298,21 +312,29 @@ def test_merge_joins_slices_from_two_sources(tf, tmp_path):
     os.makedirs(os.path.dirname(a))
     os.makedirs(os.path.dirname(b))
     _save_slices(tf, a, "split", "10 3 0,5:-", full[:5])
-    tf.raw_ops.SaveV2(prefix=b, tensor_names=["split", "other"], shape_and_slices=["10 3 5,5:-", ""],
-                      tensors=[tf.constant(full[5:]), tf.constant([7, 8])])
+    tf.raw_ops.SaveV2(
+        prefix=b,
+        tensor_names=["split", "other"],
+        shape_and_slices=["10 3 5,5:-", ""],
+        tensors=[tf.constant(full[5:]), tf.constant([7, 8])],
+    )
     dest = str(tmp_path / "merged")
     dr.merge_checkpoints([a, b], dest)
     np.testing.assert_array_equal(dr.load_variable(dest, "split"), full)
     np.testing.assert_array_equal(tf.train.load_checkpoint(dest).get_tensor("split"), full)
-    assert dr.list_variables(dest) == [(k, list(s)) for k, s in tf.train.list_variables(dest)] == [
-        ("other", [2]), ("split", [10, 3])]
+    assert (
+        dr.list_variables(dest)
+        == [(k, list(s)) for k, s in tf.train.list_variables(dest)]
+        == [("other", [2]), ("split", [10, 3])]
+    )
     reader = dr.load_checkpoint(dest)
     assert sorted(reader.index.entries["split"].slices) == [((0, 5), (0, -1)), ((5, 5), (0, -1))]
     for spec in ("10 3 0,5:-", "10 3 5,5:-", "10 3 3,4:1,2"):
         shape, ext = parse_spec(spec)
         region = tuple(slice(x, y) for x, y in to_box(ext, shape))
-        (theirs,) = tf.raw_ops.RestoreV2(prefix=dest, tensor_names=["split"], shape_and_slices=[spec],
-                                         dtypes=[tf.float32])
+        (theirs,) = tf.raw_ops.RestoreV2(
+            prefix=dest, tensor_names=["split"], shape_and_slices=[spec], dtypes=[tf.float32]
+        )
         np.testing.assert_array_equal(reader.get_slice("split", region), theirs.numpy())
 
 
@@ -344,24 +366,35 @@ def test_merge_matches_tf_merge(tf, tmp_path):
     a, b, c = base / "a" / "a", base / "b" / "b", base / "c" / "c"
     for p in (a, b, c):
         p.parent.mkdir(parents=True)
-    tf.raw_ops.SaveV2(prefix=str(a), tensor_names=["t", "s", "x"], shape_and_slices=["6 4 0,2:-", "", ""],
-                      tensors=[tf.constant(full[:2]), tf.constant([b"q", b""]), tf.constant(1.5)])
-    tf.raw_ops.SaveV2(prefix=str(b), tensor_names=["t", "y"], shape_and_slices=["6 4 2,4:0,2", ""],
-                      tensors=[tf.constant(full[2:, :2]), tf.constant(np.arange(5, dtype=np.uint16))])
+    tf.raw_ops.SaveV2(
+        prefix=str(a),
+        tensor_names=["t", "s", "x"],
+        shape_and_slices=["6 4 0,2:-", "", ""],
+        tensors=[tf.constant(full[:2]), tf.constant([b"q", b""]), tf.constant(1.5)],
+    )
+    tf.raw_ops.SaveV2(
+        prefix=str(b),
+        tensor_names=["t", "y"],
+        shape_and_slices=["6 4 2,4:0,2", ""],
+        tensors=[tf.constant(full[2:, :2]), tf.constant(np.arange(5, dtype=np.uint16))],
+    )
     dr.save_tensors(str(c), {"t2": np.ones((2, 2)), "z": b"zz"}, num_shards=2)
-    tf.raw_ops.SaveV2(prefix=str(c) + "_t", tensor_names=["t"], shape_and_slices=["6 4 2,4:2,2"],
-                      tensors=[tf.constant(full[2:, 2:])])
+    tf.raw_ops.SaveV2(
+        prefix=str(c) + "_t", tensor_names=["t"], shape_and_slices=["6 4 2,4:2,2"], tensors=[tf.constant(full[2:, 2:])]
+    )
     ours_root, theirs_root = tmp_path / "ours", tmp_path / "theirs"
     shutil.copytree(base, ours_root)
     shutil.copytree(base, theirs_root)
     rel = ["a/a", "b/b", "c/c", "c/c_t"]
     dr.merge_checkpoints([str(ours_root / r) for r in rel], str(ours_root / "m"))
-    gen_io_ops.merge_v2_checkpoints([str(theirs_root / r) for r in rel], str(theirs_root / "m"),
-                                    delete_old_dirs=False)
+    gen_io_ops.merge_v2_checkpoints([str(theirs_root / r) for r in rel], str(theirs_root / "m"), delete_old_dirs=False)
     ours, theirs = str(ours_root / "m"), str(theirs_root / "m")
     assert _tree(ours_root) == _tree(theirs_root)
-    assert dr.list_variables(ours) == dr.list_variables(theirs) == [
-        (k, list(s)) for k, s in tf.train.list_variables(theirs)]
+    assert (
+        dr.list_variables(ours)
+        == dr.list_variables(theirs)
+        == [(k, list(s)) for k, s in tf.train.list_variables(theirs)]
+    )
     assert [(k, list(s)) for k, s in tf.train.list_variables(ours)] == dr.list_variables(theirs)
     tr_ours, tr_theirs = tf.train.load_checkpoint(ours), tf.train.load_checkpoint(theirs)
     d_ours, d_theirs = dr.load_checkpoint(ours), dr.load_checkpoint(theirs)
@@ -371,6 +404,7 @@ def test_merge_matches_tf_merge(tf, tmp_path):
         assert_bit_exact(d_ours.get_tensor(k), want, k)
         assert_bit_exact(d_theirs.get_tensor(k), want, k)
     np.testing.assert_array_equal(d_ours.get_tensor("t"), full)
+
     # the merged tables hold the same keys and entries, shard numbering included, and the same
     # bytes up to the index block (TF shortens the last separator key)
     def table(path):
@@ -380,6 +414,7 @@ def test_merge_matches_tf_merge(tf, tmp_path):
             e = messages.decode_entry(key.decode("latin-1"), raw)
             out[key] = (e.dtype, e.shape, e.shard_id, e.offset, e.size, e.crc32c, e.slices)
         return out, messages.decode_header(items[0][1], path)
+
     (t_ours, h_ours), (t_theirs, h_theirs) = table(ours), table(theirs)
     assert t_ours == t_theirs
     assert h_ours == h_theirs

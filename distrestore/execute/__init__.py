@@ -2,12 +2,14 @@
 
 An executor reads every request of a plan into the buffers an :class:`~distrestore.assemble.Assembly`
 gives it, keeps at most ``max_inflight_bytes`` of requests outstanding, and yields batches of
-output indices as they complete (a packed group completes thousands at once). ``distrestore.execute.ray`` is the only module that imports ray.
+output indices as they complete (a packed group completes thousands at once).
+``distrestore.execute.ray`` is the only module that imports ray.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Protocol
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from ..assemble import Assembly
 from ..plan import ReadPlan
@@ -18,8 +20,15 @@ class Executor(Protocol):
     def workers_for(self, local: bool) -> int:
         """How many requests this executor runs at once for local or remote storage."""
 
-    def run(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], *,
-            max_inflight_bytes: int | None = None, progress=None) -> Iterator[list[int]]:
+    def run(
+        self,
+        plan: ReadPlan,
+        assembly: Assembly,
+        storages: Mapping[str, Storage],
+        *,
+        max_inflight_bytes: int | None = None,
+        progress=None,
+    ) -> Iterator[list[int]]:
         """Read the plan; yield lists of output indices as they complete (each index once;
         a bare int is accepted too)."""
 
@@ -27,9 +36,11 @@ class Executor(Protocol):
 def get_executor(executor) -> Executor:
     if executor is None or executor == "threads":
         from .threads import ThreadExecutor
+
         return ThreadExecutor()
     if executor == "ray":
         from .ray import RayExecutor
+
         return RayExecutor()
     if isinstance(executor, str):
         raise ValueError(f"unknown executor {executor!r}; use 'threads', 'ray' or an Executor")

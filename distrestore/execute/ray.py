@@ -77,10 +77,11 @@ import mmap
 import os
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import ray
@@ -96,8 +97,7 @@ from .threads import ThreadExecutor
 
 log = logging.getLogger("distrestore")
 
-__all__ = ["RayExecutor", "RayExecutorStats", "RayNotInitializedError", "RayPlacementError",
-           "ReadWorkerLostError"]
+__all__ = ["RayExecutor", "RayExecutorStats", "RayNotInitializedError", "RayPlacementError", "ReadWorkerLostError"]
 
 _MAP_MIN_BYTES = 1 << 20  # smaller local reads use preadv into a reused buffer: a mapping costs more
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the whole range in at once (Linux)
@@ -222,14 +222,25 @@ class RayExecutor:
     ``stats`` describes the last run.
     """
 
-    def __init__(self, *, num_workers: int | None = None, target_task_bytes: int = 32 * 2**20,
-                 max_tasks_in_flight: int | None = None, tasks_per_worker: int = 2,
-                 threads_per_task: int | None = None, nodes: str | Sequence[str] | None = None,
-                 num_cpus: float = 0, resources: Mapping[str, float] | None = None,
-                 max_retries: int = 3, map_local: bool = True, local_reads: str = "driver",
-                 shared_memory: bool = True,
-                 place_threads: int | None = None, startup_timeout: float = 120.0,
-                 init_kwargs: Mapping | None = None):
+    def __init__(
+        self,
+        *,
+        num_workers: int | None = None,
+        target_task_bytes: int = 32 * 2**20,
+        max_tasks_in_flight: int | None = None,
+        tasks_per_worker: int = 2,
+        threads_per_task: int | None = None,
+        nodes: str | Sequence[str] | None = None,
+        num_cpus: float = 0,
+        resources: Mapping[str, float] | None = None,
+        max_retries: int = 3,
+        map_local: bool = True,
+        local_reads: str = "driver",
+        shared_memory: bool = True,
+        place_threads: int | None = None,
+        startup_timeout: float = 120.0,
+        init_kwargs: Mapping | None = None,
+    ):
         if target_task_bytes <= 0:
             raise ValueError("target_task_bytes must be positive")
         if tasks_per_worker < 1 or (num_workers is not None and num_workers < 1):
@@ -237,8 +248,7 @@ class RayExecutor:
         if local_reads not in ("driver", "actors"):
             raise ValueError(f"local_reads must be 'driver' or 'actors', not {local_reads!r}")
         if isinstance(nodes, str) and nodes not in ("local", "spread"):
-            raise ValueError(
-                f"nodes must be None, 'local', 'spread' or a list of node ids, not {nodes!r}")
+            raise ValueError(f"nodes must be None, 'local', 'spread' or a list of node ids, not {nodes!r}")
         self.num_workers = num_workers
         self.target_task_bytes = target_task_bytes
         self.max_tasks_in_flight = max_tasks_in_flight
@@ -270,13 +280,16 @@ class RayExecutor:
         if self.init_kwargs is None:
             raise RayNotInitializedError(
                 "Ray is not initialized: call ray.init(...) before restoring with the Ray executor, "
-                "or pass RayExecutor(init_kwargs={...}) to let it call ray.init(**init_kwargs)")
-        log.info("distrestore: Ray is not initialized; calling ray.init(%s)",
-                 ", ".join(f"{k}={v!r}" for k, v in self.init_kwargs.items()))
+                "or pass RayExecutor(init_kwargs={...}) to let it call ray.init(**init_kwargs)"
+            )
+        log.info(
+            "distrestore: Ray is not initialized; calling ray.init(%s)",
+            ", ".join(f"{k}={v!r}" for k, v in self.init_kwargs.items()),
+        )
         ray.init(**self.init_kwargs)
         self._started_ray = True
 
-    def start(self, *, local: bool = True, remote: bool = False) -> "RayExecutor":
+    def start(self, *, local: bool = True, remote: bool = False) -> RayExecutor:
         """Start the read actors now and wait until they are up, so that no restore pays their
         start-up: the pool ``run`` uses for local files (``local``; none when the driver reads
         them) and the one for object stores (``remote``). Returns the executor:
@@ -297,13 +310,13 @@ class RayExecutor:
                 for a in pool.actors:
                     try:
                         ray.kill(a)
-                    except Exception:  # noqa: BLE001 - already gone
+                    except Exception:
                         pass
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
         self._started_ray = False
 
-    def __enter__(self) -> "RayExecutor":
+    def __enter__(self) -> RayExecutor:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -345,7 +358,8 @@ class RayExecutor:
         if not capacity:
             raise RayPlacementError(
                 f"no Ray node can host a read worker for this restore (placement {where!r}, "
-                f"num_cpus={self.num_cpus}, resources={self.resources})")
+                f"num_cpus={self.num_cpus}, resources={self.resources})"
+            )
         want = self.num_workers or min(_MAX_WORKERS, sum(k for _, k in capacity))
         layout: list[str] = []
         while len(layout) < want:  # round-robin, so every node gets some before any gets many
@@ -358,10 +372,15 @@ class RayExecutor:
         """Pools are shared by executors whose actors would be the same, in one Ray session."""
         ctx = ray.get_runtime_context()
         where = self._placement(local)
-        return ((ctx.get_node_id(), ctx.get_job_id()),
-                where if isinstance(where, str) else tuple(where),
-                self.num_workers, self.num_cpus, tuple(sorted(self.resources.items())),
-                self.tasks_per_worker, self.max_retries)
+        return (
+            (ctx.get_node_id(), ctx.get_job_id()),
+            where if isinstance(where, str) else tuple(where),
+            self.num_workers,
+            self.num_cpus,
+            tuple(sorted(self.resources.items())),
+            self.tasks_per_worker,
+            self.max_retries,
+        )
 
     def _ensure_pool(self, local: bool) -> _Pool:
         self._ensure_ray()
@@ -374,12 +393,16 @@ class RayExecutor:
                 layout = self._layout(local)
                 actors = []
                 for node in layout:
-                    opts = dict(num_cpus=self.num_cpus, max_concurrency=self.tasks_per_worker,
-                                max_restarts=self.max_retries, max_task_retries=self.max_retries,
-                                # hard affinity: Ray 2.60 does not keep zero-CPU actors on a
-                                # soft-affine node (all land on one); a dead node's actors are
-                                # dropped at start-up or fail the run, and the pool is rebuilt
-                                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                    opts = dict(
+                        num_cpus=self.num_cpus,
+                        max_concurrency=self.tasks_per_worker,
+                        max_restarts=self.max_retries,
+                        max_task_retries=self.max_retries,
+                        # hard affinity: Ray 2.60 does not keep zero-CPU actors on a
+                        # soft-affine node (all land on one); a dead node's actors are
+                        # dropped at start-up or fail the run, and the pool is rebuilt
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+                    )
                     if self.resources:
                         opts["resources"] = self.resources
                     actors.append(_ReadActor.options(**opts).remote())
@@ -412,11 +435,16 @@ class RayExecutor:
             raise RayPlacementError(
                 f"none of the {len(pool.actors)} Ray read workers started within "
                 f"{self.startup_timeout:.0f} s (num_cpus={self.num_cpus}, "
-                f"resources={self.resources}): the cluster cannot host them")
+                f"resources={self.resources}): the cluster cannot host them"
+            )
         if len(keep) < len(pool.actors):
-            log.warning("distrestore: %d of %d Ray read workers did not start within %.0f s; "
-                        "reading with the other %d", len(pool.actors) - len(keep),
-                        len(pool.actors), self.startup_timeout, len(keep))
+            log.warning(
+                "distrestore: %d of %d Ray read workers did not start within %.0f s; reading with the other %d",
+                len(pool.actors) - len(keep),
+                len(pool.actors),
+                self.startup_timeout,
+                len(keep),
+            )
         pool.actors, pool.nodes, pool.checked = keep, nodes, True
 
     def _threads(self, local: bool) -> int:
@@ -444,16 +472,24 @@ class RayExecutor:
 
     # -- running -------------------------------------------------------------------------------
 
-    def run(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], *,
-            max_inflight_bytes: int | None = None, progress=None) -> Iterator[list[int]]:
+    def run(
+        self,
+        plan: ReadPlan,
+        assembly: Assembly,
+        storages: Mapping[str, Storage],
+        *,
+        max_inflight_bytes: int | None = None,
+        progress=None,
+    ) -> Iterator[list[int]]:
         self.stats = stats = RayExecutorStats()
         local = all(s.local for s in storages.values())
         if self._in_driver(local):
             self._ensure_ray()
             stats.route = "driver"
             stats.bytes_read = plan.bytes_to_read
-            yield from self._driver.run(plan, assembly, storages, max_inflight_bytes=max_inflight_bytes,
-                                        progress=progress)
+            yield from self._driver.run(
+                plan, assembly, storages, max_inflight_bytes=max_inflight_bytes, progress=progress
+            )
             return
         stats.route = "actors"
         if assembly.ready:
@@ -477,16 +513,22 @@ class RayExecutor:
         load = [0] * len(actors)
         waiting: dict = {}  # ObjectRef -> (task, nbytes, actor index): submitted, not yet taken
         placing: dict = {}  # Future -> nbytes: results being copied into place
-        placer = (ThreadPoolExecutor(self.place_threads, thread_name_prefix="distrestore-ray-place")
-                  if self.place_threads > 1 else None)
+        placer = (
+            ThreadPoolExecutor(self.place_threads, thread_name_prefix="distrestore-ray-place")
+            if self.place_threads > 1
+            else None
+        )
         inflight = 0
         try:
             if arena is not None:
                 stats.arena_bytes = arena.size
                 assembly.allocate = lambda kind, index, nbytes: arena.allocate((kind, index), nbytes)
             while tasks or waiting or placing:
-                while tasks and len(waiting) + len(placing) < max_tasks and (
-                        not (waiting or placing) or inflight + _task_bytes(tasks[-1]) <= budget):
+                while (
+                    tasks
+                    and len(waiting) + len(placing) < max_tasks
+                    and (not (waiting or placing) or inflight + _task_bytes(tasks[-1]) <= budget)
+                ):
                     task = tasks.pop()
                     nbytes = _task_bytes(task)
                     a = min(range(len(actors)), key=load.__getitem__)  # the least busy actor
@@ -496,12 +538,10 @@ class RayExecutor:
                     load[a] += 1
                     inflight += nbytes
                     stats.max_inflight_bytes_seen = max(stats.max_inflight_bytes_seen, inflight)
-                    stats.max_tasks_in_flight_seen = max(stats.max_tasks_in_flight_seen,
-                                                         len(waiting) + len(placing))
+                    stats.max_tasks_in_flight_seen = max(stats.max_tasks_in_flight_seen, len(waiting) + len(placing))
                 if waiting and len(placing) < self.place_threads:
                     # completion order; while results are being placed, only look
-                    ready, _ = ray.wait(list(waiting), num_returns=1,
-                                        timeout=0.001 if placing else None)
+                    ready, _ = ray.wait(list(waiting), num_returns=1, timeout=0.001 if placing else None)
                     for ref in ready:
                         task, nbytes, a = waiting.pop(ref)
                         load[a] -= 1
@@ -520,13 +560,11 @@ class RayExecutor:
                             if finished:
                                 yield finished
                         else:
-                            placing[placer.submit(self._place, task, result, assembly, arena,
-                                                  progress, stats)] = nbytes
+                            placing[placer.submit(self._place, task, result, assembly, arena, progress, stats)] = nbytes
                             del result
                 if placing:
                     block = not waiting or len(placing) >= self.place_threads
-                    done, _ = futures_wait(placing, timeout=None if block else 0,
-                                           return_when=FIRST_COMPLETED)
+                    done, _ = futures_wait(placing, timeout=None if block else 0, return_when=FIRST_COMPLETED)
                     for fut in done:
                         inflight -= placing.pop(fut)
                         finished = fut.result()  # re-raises ChecksumMismatchError
@@ -536,7 +574,7 @@ class RayExecutor:
             for ref in waiting:
                 try:
                     ray.cancel(ref)
-                except Exception:  # noqa: BLE001 - best effort; the task may be done already
+                except Exception:
                     pass
             if placer is not None:
                 placer.shutdown(wait=True, cancel_futures=True)
@@ -547,7 +585,7 @@ class RayExecutor:
                 try:
                     closing = [actors[i].close_arena.remote(arena.path) for i in opened]
                     ray.wait(closing, num_returns=len(closing), timeout=10)
-                except Exception:  # noqa: BLE001 - Ray is gone, and the actors with it
+                except Exception:
                     pass
 
     def _open_arena(self, plan: ReadPlan, pool: _Pool) -> tuple[Arena | None, list[int]]:
@@ -562,8 +600,10 @@ class RayExecutor:
         sizes, reserve = _arena_layout(plan)
         arena = Arena.create(sizes)
         if arena is None:
-            log.info("distrestore: too little room in /dev/shm for a %d-byte arena; results go "
-                     "through the object store", sum(sizes.values()))
+            log.info(
+                "distrestore: too little room in /dev/shm for a %d-byte arena; results go through the object store",
+                sum(sizes.values()),
+            )
             return None, []
         try:
             arena.reserve(reserve)
@@ -577,8 +617,7 @@ class RayExecutor:
                 except ray.exceptions.RayError:  # not up or gone: it ships its results
                     pass
         except OSError as e:  # the room went before it was reserved
-            log.info("distrestore: no shared-memory arena (%s); results go through the object "
-                     "store", e)
+            log.info("distrestore: no shared-memory arena (%s); results go through the object store", e)
             return None, []
         finally:
             arena.unlink()  # every writer has it open: from here no crash can leave it behind
@@ -593,8 +632,9 @@ class RayExecutor:
                     del _POOLS[pool.key]
             raise
 
-    def _group(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage],
-               local: bool, budget: float) -> list[_Task]:
+    def _group(
+        self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], local: bool, budget: float
+    ) -> list[_Task]:
         """Requests in plan order, grouped into tasks of about ``target_task_bytes`` (never over
         the budget unless one request alone is)."""
         limit = min(self.target_task_bytes, budget)
@@ -613,7 +653,7 @@ class RayExecutor:
             reqs = []
             for r in cur:
                 st = storages[r.file]
-                for i, s in enumerate(st_list):
+                for i, s in enumerate(st_list):  # noqa: B007 - i is used after the loop
                     if s is st:
                         break
                 else:
@@ -621,11 +661,9 @@ class RayExecutor:
                     st_list.append(st)
                 st_ids.append(i)
                 # actors run in another directory (or on another node): absolute paths
-                reqs.append(r._replace(file=os.path.abspath(r.file))
-                            if st.local and "://" not in r.file else r)
+                reqs.append(r._replace(file=os.path.abspath(r.file)) if st.local and "://" not in r.file else r)
             checks = tuple(tuple(s.entry >= 0 and check[s.entry] for s in r.segments) for r in cur)
-            out.append(_Task(tuple(st_list), tuple(reqs), tuple(st_ids), checks, threads,
-                             self.map_local))
+            out.append(_Task(tuple(st_list), tuple(reqs), tuple(st_ids), checks, threads, self.map_local))
             cur.clear()
 
         for req in plan.requests:
@@ -637,8 +675,9 @@ class RayExecutor:
         flush()
         return out
 
-    def _place(self, task: _Task, result: _Result, assembly: Assembly, arena: Arena | None,
-               progress, stats: RayExecutorStats) -> list[int]:
+    def _place(
+        self, task: _Task, result: _Result, assembly: Assembly, arena: Arena | None, progress, stats: RayExecutorStats
+    ) -> list[int]:
         t0 = time.perf_counter()
         finished: list[int] = []
         shipped = 0
@@ -661,8 +700,7 @@ class RayExecutor:
             stats.bytes_read += nbytes
             stats.bytes_shipped += shipped
             if result.parts is None:
-                stats.bytes_shared += sum(s.length for r in task.requests for s in r.segments
-                                          if s.kind != SKIP)
+                stats.bytes_shared += sum(s.length for r in task.requests for s in r.segments if s.kind != SKIP)
             stats.worker_seconds += result.seconds
             stats.bytes_by_node[result.node_id] = stats.bytes_by_node.get(result.node_id, 0) + nbytes
             stats.tasks_by_node[result.node_id] = stats.tasks_by_node.get(result.node_id, 0) + 1
@@ -681,7 +719,7 @@ def _shipped(req: ReadRequest, parts: Sequence[np.ndarray]) -> Iterator[tuple[in
         if pos == src.nbytes:
             src = memoryview(next(it)).cast("B")
             pos = 0
-        yield k, src[pos:pos + seg.length]
+        yield k, src[pos : pos + seg.length]
         pos += seg.length
 
 
@@ -698,8 +736,7 @@ def _place_parts(assembly: Assembly, req: ReadRequest, parts: Sequence[np.ndarra
     return sum(memoryview(p).nbytes for p in parts)
 
 
-def _write_parts(arena: Arena, req: ReadRequest, parts: Sequence[np.ndarray],
-                 dests: Sequence[int]) -> int:
+def _write_parts(arena: Arena, req: ReadRequest, parts: Sequence[np.ndarray], dests: Sequence[int]) -> int:
     """Write a request's shipped bytes into its buffers in the arena, through the file (see
     ``Arena.reserve`` for why not through the mapping). Returns the bytes shipped."""
     for k, src in _shipped(req, parts):
@@ -713,8 +750,9 @@ def _bind(task: _Task, assembly: Assembly, arena: Arena, shared: bool) -> _Task:
     dests = []
     for req in task.requests:
         assembly.buffers(req)  # allocates them, through ``Assembly.allocate``
-        dests.append(tuple(-1 if s.kind == SKIP else arena.offsets[(s.kind, s.target)] + s.offset
-                           for s in req.segments))
+        dests.append(
+            tuple(-1 if s.kind == SKIP else arena.offsets[(s.kind, s.target)] + s.offset for s in req.segments)
+        )
     return task._replace(arena=arena.path if shared else None, dests=tuple(dests))
 
 
@@ -740,8 +778,7 @@ def _task_bytes(task: _Task) -> int:
 
 def _where(task: _Task, assembly: Assembly, index: int | None) -> str:
     req = task.requests[index if index is not None else 0]
-    more = ("" if index is not None or len(task.requests) == 1
-            else f" and {len(task.requests) - 1} more ranges")
+    more = "" if index is not None or len(task.requests) == 1 else f" and {len(task.requests) - 1} more ranges"
     return f"{req.file} bytes [{req.start}, {req.end}){more} (tensors {assembly.tensor_names(req)})"
 
 
@@ -762,11 +799,12 @@ def _get(ref, task: _Task, assembly: Assembly) -> _Result:
         raise
     except ray.exceptions.RayError as e:  # the actor (or its node) died past its restarts
         raise ReadWorkerLostError(
-            f"a Ray read worker failed while reading {_where(task, assembly, None)}: "
-            f"{type(e).__name__}: {e}") from e
+            f"a Ray read worker failed while reading {_where(task, assembly, None)}: {type(e).__name__}: {e}"
+        ) from e
 
 
 # -- the actor side ----------------------------------------------------------------------------
+
 
 class _WorkerState:
     """What an actor keeps between tasks: filesystems (one per distinct ``Storage``, so
@@ -823,7 +861,7 @@ class _WorkerState:
                         self.storages.insert(0, self.storages.pop(i))
                     return s
             self.storages.insert(0, st)
-            del self.storages[self._MAX_STORAGES:]
+            del self.storages[self._MAX_STORAGES :]
             return st
 
     def executor(self, threads: int) -> ThreadPoolExecutor:
@@ -874,6 +912,7 @@ def _runs(req: ReadRequest) -> list[tuple[int, int]]:
 
 def _map(storage: Storage, req: ReadRequest) -> np.ndarray:
     """The request's bytes as a read-only view of the page cache (a mapping of the file)."""
+
     def do() -> np.ndarray:
         fd = os.open(local_path(req.file), os.O_RDONLY)
         try:
@@ -881,11 +920,11 @@ def _map(storage: Storage, req: ReadRequest) -> np.ndarray:
             if size < req.end:  # touching a mapping past the end would kill the worker (SIGBUS)
                 raise EOFError(f"end of file at byte {size}")
             start = req.start - req.start % mmap.ALLOCATIONGRANULARITY
-            m = mmap.mmap(fd, req.end - start, flags=mmap.MAP_SHARED | _MAP_POPULATE,
-                          prot=mmap.PROT_READ, offset=start)
+            m = mmap.mmap(fd, req.end - start, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ, offset=start)
         finally:
             os.close(fd)
         return np.frombuffer(m, np.uint8, req.end - req.start, req.start - start)
+
     # Storage's error handling: not found, truncated, transient errors retried
     return storage._call(req.file, (req.start, req.end), do)
 
@@ -898,7 +937,7 @@ def _read_one(state: _WorkerState, storage: Storage, req: ReadRequest, checks, o
             whole = _map(storage, req)
             views, pos = [], 0
             for seg in req.segments:
-                views.append(whole[pos:pos + seg.length])
+                views.append(whole[pos : pos + seg.length])
                 pos += seg.length
             parts = [whole[a:b] for a, b in _runs(req)]
         else:
@@ -908,23 +947,23 @@ def _read_one(state: _WorkerState, storage: Storage, req: ReadRequest, checks, o
                 if seg.kind == SKIP:
                     views.append(None)
                 else:
-                    views.append(mv[pos:pos + seg.length])
+                    views.append(mv[pos : pos + seg.length])
                     pos += seg.length
             skip = max((s.length for s in req.segments if s.kind == SKIP), default=0)
             if skip:  # coalesced gaps are read into scratch and never shipped
                 scratch = state.scratch(skip)
-                views = [v if v is not None else scratch[:s.length]
-                         for v, s in zip(views, req.segments)]
+                views = [v if v is not None else scratch[: s.length] for v, s in zip(views, req.segments)]
             storage.readinto(req.file, req.start, views)
             parts = [out]
-    except Exception as e:  # noqa: BLE001 - tagged for the driver, re-raised as is
+    except Exception as e:
         _tag(e, index)
         raise
     return parts, [crc.value(v) if c else None for v, c in zip(views, checks)]
 
 
-def _write_one(state: _WorkerState, storage: Storage, req: ReadRequest, checks, dests, fd: int,
-               map_local: bool, index: int) -> list:
+def _write_one(
+    state: _WorkerState, storage: Storage, req: ReadRequest, checks, dests, fd: int, map_local: bool, index: int
+) -> list:
     """Read one request of a local file and write its needed segments into the arena at
     ``dests``; return the CRC32C per segment (computed from the page cache's copy)."""
     try:
@@ -935,17 +974,18 @@ def _write_one(state: _WorkerState, storage: Storage, req: ReadRequest, checks, 
             storage.readinto(req.file, req.start, src)
         crcs, pos = [], 0
         for seg, check, dest in zip(req.segments, checks, dests):
-            view = src[pos:pos + seg.length]
+            view = src[pos : pos + seg.length]
             if seg.kind != SKIP:
                 try:
                     write_all(fd, view, dest)
                 except OSError as e:
                     raise StorageError(
                         f"writing {req.file} bytes [{req.start + pos}, {req.start + pos + seg.length}) "
-                        f"into shared memory failed ({e}): is /dev/shm full?") from e
+                        f"into shared memory failed ({e}): is /dev/shm full?"
+                    ) from e
             crcs.append(crc.value(view) if check else None)
             pos += seg.length
-    except Exception as e:  # noqa: BLE001 - tagged for the driver, re-raised as is
+    except Exception as e:
         _tag(e, index)
         raise
     return crcs
@@ -973,22 +1013,30 @@ def _read(state: _WorkerState, task: _Task) -> _Result:
     if task.arena is not None:
         fd = state.use_arena(task.arena)
         try:
-            crcs = _run_jobs(state, task.threads, _write_one, [
-                (state, storages[sid], req, checks, dests, fd, task.map_local, i)
-                for i, (req, sid, checks, dests) in enumerate(
-                    zip(task.requests, task.storage_ids, task.checks, task.dests))])
+            crcs = _run_jobs(
+                state,
+                task.threads,
+                _write_one,
+                [
+                    (state, storages[sid], req, checks, dests, fd, task.map_local, i)
+                    for i, (req, sid, checks, dests) in enumerate(
+                        zip(task.requests, task.storage_ids, task.checks, task.dests)
+                    )
+                ],
+            )
         finally:
             state.done_arena(task.arena)
         return _Result(None, crcs, node, time.perf_counter() - t0)
-    mapped = [task.map_local and storages[i].local and r.nbytes >= _MAP_MIN_BYTES
-              for r, i in zip(task.requests, task.storage_ids)]
-    sizes = [0 if m else sum(s.length for s in r.segments if s.kind != SKIP)
-             for r, m in zip(task.requests, mapped)]
+    mapped = [
+        task.map_local and storages[i].local and r.nbytes >= _MAP_MIN_BYTES
+        for r, i in zip(task.requests, task.storage_ids)
+    ]
+    sizes = [0 if m else sum(s.length for s in r.segments if s.kind != SKIP) for r, m in zip(task.requests, mapped)]
     data = state.buffer(sum(sizes))
     jobs = []
     pos = 0
     for i, (req, n) in enumerate(zip(task.requests, sizes)):
-        out = None if mapped[i] else data[pos:pos + n]
+        out = None if mapped[i] else data[pos : pos + n]
         jobs.append((state, storages[task.storage_ids[i]], req, task.checks[i], out, i))
         pos += n
     results = _run_jobs(state, task.threads, _read_one, jobs)

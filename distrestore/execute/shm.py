@@ -21,7 +21,7 @@ import mmap
 import os
 import uuid
 import weakref
-from typing import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 
 import numpy as np
 
@@ -48,15 +48,21 @@ def _c():
     if _libc is None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_int64]
+        libc.mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int64,
+        ]
         libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
         _libc = libc
     return _libc
 
 
-def _release(file: "_File", address: int, offset: int, length: int) -> None:
+def _release(file: _File, address: int, offset: int, length: int) -> None:
     """Unmap a range whose last view died, and give its memory back to the system at once
     (punching it out of the file; the rest of the arena may live on)."""
     _c().munmap(address, length)
@@ -105,7 +111,7 @@ class Arena:
         self._small: np.ndarray | None = None
 
     @classmethod
-    def create(cls, sizes: Mapping[Hashable, int], directory: str = SHM_DIR) -> "Arena | None":
+    def create(cls, sizes: Mapping[Hashable, int], directory: str = SHM_DIR) -> Arena | None:
         """An arena for ``sizes``, or None where ``directory`` is missing or has too little free
         room (containers often give /dev/shm 64 MiB; running it full would fail the writers)."""
         need = sum(sizes.values())
@@ -127,12 +133,11 @@ class Arena:
         if nbytes < _BIG:
             if self._small is None:
                 self._small = self._map(0, self._small_end)
-            return self._small[off:off + nbytes]
+            return self._small[off : off + nbytes]
         return self._map(off, nbytes)
 
     def _map(self, offset: int, length: int) -> np.ndarray:
-        address = _c().mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED,
-                            self._file.fd, offset)
+        address = _c().mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, self._file.fd, offset)
         if address in (None, _MAP_FAILED):
             err = ctypes.get_errno()
             raise OSError(err, f"mmap of {length} bytes of {self.path}: {os.strerror(err)}")

@@ -9,12 +9,12 @@ spend most of a request waiting, so many threads keep many requests in flight.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Iterator, Mapping
 
 from ..assemble import Assembly
-from ..plan import ReadPlan, ReadRequest
 from ..errors import CheckpointNotFoundError, StorageError
+from ..plan import ReadPlan, ReadRequest
 from ..storage import Storage
 
 
@@ -31,8 +31,15 @@ class ThreadExecutor:
             return self.workers or min(16, 2 * (os.cpu_count() or 2))
         return self.remote_workers or self.workers or 32
 
-    def run(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], *,
-            max_inflight_bytes: int | None = None, progress=None) -> Iterator[int]:
+    def run(
+        self,
+        plan: ReadPlan,
+        assembly: Assembly,
+        storages: Mapping[str, Storage],
+        *,
+        max_inflight_bytes: int | None = None,
+        progress=None,
+    ) -> Iterator[int]:
         if assembly.ready:
             yield assembly.ready
         if not plan.requests:
@@ -46,8 +53,7 @@ class ThreadExecutor:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="distrestore-read")
         try:
             while pending or running:
-                while pending and len(running) < workers and (
-                        not running or inflight + pending[-1].nbytes <= budget):
+                while pending and len(running) < workers and (not running or inflight + pending[-1].nbytes <= budget):
                     req = pending.pop()
                     inflight += req.nbytes
                     running[pool.submit(read_request, req, assembly, storages[req.file])] = req

@@ -8,7 +8,7 @@ run in the C kernel (``_readcrc``) where it is built, else in the ``crc32c`` pac
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import crc32c as _crc32c
 
@@ -48,7 +48,7 @@ def _gf2_times(matrix: tuple[int, ...], vec: int) -> int:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _shift_matrix(log2_bytes: int) -> tuple[int, ...]:
     """The GF(2) operator that appends 2**log2_bytes zero bytes to a CRC register."""
     if log2_bytes == 0:
@@ -88,6 +88,6 @@ def first_mismatch(buf, offsets, sizes, masked) -> int:
         return _first_mismatch(buf, offsets, sizes, masked)
     mv = memoryview(buf).cast("B")
     for i, (o, n, m) in enumerate(zip(offsets.tolist(), sizes.tolist(), masked.tolist())):
-        if value(mv[o:o + n]) != unmask(m):
+        if value(mv[o : o + n]) != unmask(m):
             return i
     return -1

@@ -41,17 +41,37 @@ class DType(NamedTuple):
 
 
 _TABLE = [
-    (1, "float32", "<f4"), (2, "float64", "<f8"), (3, "int32", "<i4"), (4, "uint8", "u1"),
-    (5, "int16", "<i2"), (6, "int8", "i1"), (7, "string", object), (8, "complex64", "<c8"),
-    (9, "int64", "<i8"), (10, "bool", "?"), (11, "qint8", "i1"), (12, "quint8", "u1"),
-    (13, "qint32", "<i4"), (14, "bfloat16", ml_dtypes.bfloat16), (15, "qint16", "<i2"),
-    (16, "quint16", "<u2"), (17, "uint16", "<u2"), (18, "complex128", "<c16"),
-    (19, "float16", "<f2"), (21, "variant", object), (22, "uint32", "<u4"), (23, "uint64", "<u8"),
-    (24, "float8_e5m2", ml_dtypes.float8_e5m2), (25, "float8_e4m3fn", ml_dtypes.float8_e4m3fn),
+    (1, "float32", "<f4"),
+    (2, "float64", "<f8"),
+    (3, "int32", "<i4"),
+    (4, "uint8", "u1"),
+    (5, "int16", "<i2"),
+    (6, "int8", "i1"),
+    (7, "string", object),
+    (8, "complex64", "<c8"),
+    (9, "int64", "<i8"),
+    (10, "bool", "?"),
+    (11, "qint8", "i1"),
+    (12, "quint8", "u1"),
+    (13, "qint32", "<i4"),
+    (14, "bfloat16", ml_dtypes.bfloat16),
+    (15, "qint16", "<i2"),
+    (16, "quint16", "<u2"),
+    (17, "uint16", "<u2"),
+    (18, "complex128", "<c16"),
+    (19, "float16", "<f2"),
+    (21, "variant", object),
+    (22, "uint32", "<u4"),
+    (23, "uint64", "<u8"),
+    (24, "float8_e5m2", ml_dtypes.float8_e5m2),
+    (25, "float8_e4m3fn", ml_dtypes.float8_e4m3fn),
     (26, "float8_e4m3fnuz", ml_dtypes.float8_e4m3fnuz),
     (27, "float8_e4m3b11fnuz", ml_dtypes.float8_e4m3b11fnuz),
-    (28, "float8_e5m2fnuz", ml_dtypes.float8_e5m2fnuz), (29, "int4", ml_dtypes.int4),
-    (30, "uint4", ml_dtypes.uint4), (31, "int2", ml_dtypes.int2), (32, "uint2", ml_dtypes.uint2),
+    (28, "float8_e5m2fnuz", ml_dtypes.float8_e5m2fnuz),
+    (29, "int4", ml_dtypes.int4),
+    (30, "uint4", ml_dtypes.uint4),
+    (31, "int2", ml_dtypes.int2),
+    (32, "uint2", ml_dtypes.uint2),
     (33, "float4_e2m1fn", ml_dtypes.float4_e2m1fn),
 ]
 
@@ -66,7 +86,8 @@ def from_enum(enum: int, *, what: str = "tensor") -> DType:
     except KeyError:
         raise UnsupportedCheckpointError(
             f"{what} has TensorFlow dtype enum {enum}, which distrestore does not read "
-            "(not a type TF saves in checkpoints, or one newer than this version knows)") from None
+            "(not a type TF saves in checkpoints, or one newer than this version knows)"
+        ) from None
 
 
 def from_numpy(dtype) -> DType:

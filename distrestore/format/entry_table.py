@@ -11,9 +11,9 @@ of one index: most checkpoints have few, and they are decoded once each.
 from __future__ import annotations
 
 from array import array
-from collections.abc import ItemsView, Mapping, ValuesView
+from collections.abc import ItemsView, Iterator, Mapping, ValuesView
 from itertools import repeat
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -80,12 +80,13 @@ class _Rows:
         self.size.append(e.size)
         self.crc.append(e.crc32c)
 
-    def table(self) -> "EntryTable":
-        return EntryTable.build(self.names, self.kinds, self.shard, self.offset, self.size,
-                                self.crc, self.kind, self.exact)
+    def table(self) -> EntryTable:
+        return EntryTable.build(
+            self.names, self.kinds, self.shard, self.offset, self.size, self.crc, self.kind, self.exact
+        )
 
 
-def decode_table(blocks: list[bytes], path: str) -> tuple[bytes | None, dict[bytes, bytes], "EntryTable"]:
+def decode_table(blocks: list[bytes], path: str) -> tuple[bytes | None, dict[bytes, bytes], EntryTable]:
     """Decode an index's data blocks: (raw header value or None, hidden slice entries by encoded
     key, the table of tensor entries in key order)."""
     if _speedups is None:
@@ -108,7 +109,8 @@ def decode_table(blocks: list[bytes], path: str) -> tuple[bytes | None, dict[byt
     limits = [entries_limit(b, path) for b in blocks]
     try:
         names, header, hidden, shard, offset, size, crc, kind = _speedups.decode_columns(
-            blocks, limits, head_ids, head_id, fallback)
+            blocks, limits, head_ids, head_id, fallback
+        )
     except DistRestoreError:  # ours, raised by the callbacks: already precise
         raise
     except ValueError as e:  # the C loop's own complaints about a block's framing
@@ -137,33 +139,45 @@ class EntryTable(Mapping):
     """``name -> TensorEntry`` over an index's columns, in index (key) order; entries are made
     when asked for, the name -> row map when first needed."""
 
-    def __init__(self, columns: IndexColumns, kind_dtypes: list[dtypes.DType],
-                 exact: dict[int, TensorEntry]):
+    def __init__(self, columns: IndexColumns, kind_dtypes: list[dtypes.DType], exact: dict[int, TensorEntry]):
         self.columns = columns
         self._kind_dtypes = kind_dtypes
         self._exact = exact  # rows the columns cannot rebuild: partitioned entries
         self._position: dict[str, int] | None = None
 
     @classmethod
-    def build(cls, names, kinds: _Kinds, shard, offset, size, crc, kind, exact) -> "EntryTable":
+    def build(cls, names, kinds: _Kinds, shard, offset, size, crc, kind, exact) -> EntryTable:
         n = len(names)
         kind = np.frombuffer(kind, np.int32).astype(np.int64)
         k_enum = np.array([d.enum for d in kinds.dtypes], np.int16)
-        k_expected = np.array([int(np.prod(s, dtype=np.int64)) * d.itemsize if d.fixed_width else -1
-                               for d, s in zip(kinds.dtypes, kinds.shapes)], np.int64)
+        k_expected = np.array(
+            [
+                int(np.prod(s, dtype=np.int64)) * d.itemsize if d.fixed_width else -1
+                for d, s in zip(kinds.dtypes, kinds.shapes)
+            ],
+            np.int64,
+        )
         k_shapes = np.empty(len(kinds.shapes), object)
         for i, shape in enumerate(kinds.shapes):  # one by one: numpy would unpack tuples
             k_shapes[i] = shape
         sliced = np.zeros(n, bool)
         sliced[list(exact)] = True
-        cols = IndexColumns(names, k_enum[kind], np.frombuffer(shard, np.int64),
-                            np.frombuffer(offset, np.int64), np.frombuffer(size, np.int64),
-                            np.frombuffer(crc, np.uint32), sliced, k_expected[kind], kind,
-                            k_shapes[kind])
+        cols = IndexColumns(
+            names,
+            k_enum[kind],
+            np.frombuffer(shard, np.int64),
+            np.frombuffer(offset, np.int64),
+            np.frombuffer(size, np.int64),
+            np.frombuffer(crc, np.uint32),
+            sliced,
+            k_expected[kind],
+            kind,
+            k_shapes[kind],
+        )
         return cls(cols, kinds.dtypes, exact)
 
     @classmethod
-    def from_entries(cls, entries: list[TensorEntry]) -> "EntryTable":
+    def from_entries(cls, entries: list[TensorEntry]) -> EntryTable:
         rows = _Rows(_Kinds())
         for e in entries:
             rows.add(e)
@@ -190,8 +204,15 @@ class EntryTable(Mapping):
         if e is not None:
             return e
         c = self.columns
-        return TensorEntry(c.names[row], self._kind_dtypes[c.kind[row]], c.shapes[row],
-                           int(c.shard[row]), int(c.offset[row]), int(c.size[row]), int(c.crc[row]))
+        return TensorEntry(
+            c.names[row],
+            self._kind_dtypes[c.kind[row]],
+            c.shapes[row],
+            int(c.shard[row]),
+            int(c.offset[row]),
+            int(c.size[row]),
+            int(c.crc[row]),
+        )
 
     def partitioned(self) -> list[TensorEntry]:
         return [self._exact[r] for r in sorted(self._exact)]

@@ -53,6 +53,7 @@ class TensorEntry(NamedTuple):
 
 # -- decoding ------------------------------------------------------------------------------
 
+
 def decode_header(buf: bytes, path: str) -> BundleHeader:
     num_shards = endianness = producer = min_consumer = 0
     bad: list[int] = []
@@ -127,7 +128,7 @@ def decode_entry(name: str, buf: bytes) -> TensorEntry:
                 pos += 1
                 if n >= 0x80:
                     n, pos = read_varint(buf, pos - 1)
-                sub = buf[pos:pos + n]
+                sub = buf[pos : pos + n]
                 pos += n
                 if tag == 0x12:
                     shape = _shape_cache.get(sub)
@@ -169,11 +170,13 @@ def decode_entry(name: str, buf: bytes) -> TensorEntry:
         raise CorruptCheckpointError(f"malformed index entry for tensor {name!r}: {e}") from None
     if pos != end:
         raise CorruptCheckpointError(f"malformed index entry for tensor {name!r}: runs past its end")
-    return TensorEntry(name, dtypes.from_enum(dtype, what=f"tensor {name!r}"), shape, shard,
-                       offset, size, crc, tuple(slices))
+    return TensorEntry(
+        name, dtypes.from_enum(dtype, what=f"tensor {name!r}"), shape, shard, offset, size, crc, tuple(slices)
+    )
 
 
 # -- encoding ------------------------------------------------------------------------------
+
 
 def encode_header(num_shards: int, endianness: int = LITTLE) -> bytes:
     out = b""
@@ -200,8 +203,9 @@ def encode_slice(extents: Extents) -> bytes:
     return out
 
 
-def encode_entry(dtype_enum: int, shape, shard_id: int = 0, offset: int = 0, size: int = 0,
-                 crc32c: int = 0, slices=()) -> bytes:
+def encode_entry(
+    dtype_enum: int, shape, shard_id: int = 0, offset: int = 0, size: int = 0, crc32c: int = 0, slices=()
+) -> bytes:
     out = field(1, VARINT, dtype_enum) + field(2, LENGTH, encode_shape(shape))
     if shard_id:
         out += field(3, VARINT, shard_id)

@@ -9,7 +9,8 @@ objects is ``distrestore.objects``' job.
 from __future__ import annotations
 
 import collections
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 from ..errors import CorruptCheckpointError, TensorNotFoundError
 from .wire import LENGTH, VARINT, field, field_spans, to_signed64
@@ -21,14 +22,24 @@ OPTIMIZER_SLOT_NAME = ".OPTIMIZER_SLOT"
 SERIALIZE_TO_TENSORS_NAME = ".TENSORS"
 
 __all__ = [
-    "OBJECT_GRAPH_PROTO_KEY", "VARIABLE_VALUE_KEY", "ObjectGraph", "ObjectReference",
-    "RegisteredSaver", "SerializedTensor", "SlotVariableReference", "TrackableObject",
-    "escape_local_name", "unescape_local_name", "object_path_to_string", "checkpoint_key",
+    "OBJECT_GRAPH_PROTO_KEY",
+    "VARIABLE_VALUE_KEY",
+    "ObjectGraph",
+    "ObjectReference",
+    "RegisteredSaver",
+    "SerializedTensor",
+    "SlotVariableReference",
+    "TrackableObject",
+    "escape_local_name",
+    "unescape_local_name",
+    "object_path_to_string",
+    "checkpoint_key",
     "parse_object_graph",
 ]
 
 
 # -- names (tensorflow/python/trackable/trackable_utils.py) ---------------------------------
+
 
 def escape_local_name(name: str) -> str:
     """TF's escaping of one edge name inside a key: ``.`` -> ``..`` first, then ``/`` -> ``.S``."""
@@ -61,6 +72,7 @@ def checkpoint_key(path: Iterable[str], attribute: str = VARIABLE_VALUE_KEY) -> 
 
 
 # -- messages ---------------------------------------------------------------------------------
+
 
 class ObjectReference(NamedTuple):
     """An edge: ``local_name`` of the parent leads to node ``node_id``."""
@@ -108,14 +120,12 @@ class TrackableObject(NamedTuple):
         """Whether this subtree holds values (TF's test before deferring a restore)."""
         if self.has_checkpoint_values is not None:
             return self.has_checkpoint_values
-        return bool(self.children or self.attributes or self.slot_variables
-                    or self.registered_saver is not None)
+        return bool(self.children or self.attributes or self.slot_variables or self.registered_saver is not None)
 
     @property
     def is_simple_variable(self) -> bool:
         """Exactly one ``VARIABLE_VALUE`` attribute and no children (TF's restore-on-create test)."""
-        return (len(self.attributes) == 1 and self.attributes[0].name == VARIABLE_VALUE_KEY
-                and not self.children)
+        return len(self.attributes) == 1 and self.attributes[0].name == VARIABLE_VALUE_KEY and not self.children
 
     def attribute(self, name: str) -> SerializedTensor | None:
         for a in self.attributes:
@@ -181,7 +191,7 @@ def _decode_object(buf: bytes, pos: int, end: int) -> TrackableObject:
     return TrackableObject(tuple(children), tuple(attributes), tuple(slots), saver, has_values)
 
 
-def parse_object_graph(data: bytes, *, source: str = "checkpoint") -> "ObjectGraph":
+def parse_object_graph(data: bytes, *, source: str = "checkpoint") -> ObjectGraph:
     """Decode a serialized ``TrackableObjectGraph``; unknown fields are skipped."""
     if isinstance(data, str):
         data = data.encode("latin-1")
@@ -202,12 +212,13 @@ def parse_object_graph(data: bytes, *, source: str = "checkpoint") -> "ObjectGra
         for r in refs:
             if not 0 <= r < n:
                 raise CorruptCheckpointError(
-                    f"{source}: {OBJECT_GRAPH_PROTO_KEY} node {i} refers to node {r}, "
-                    f"but the graph has {n} nodes")
+                    f"{source}: {OBJECT_GRAPH_PROTO_KEY} node {i} refers to node {r}, but the graph has {n} nodes"
+                )
     return graph
 
 
 # -- the graph ---------------------------------------------------------------------------------
+
 
 class ObjectGraph:
     """A decoded ``TrackableObjectGraph``: ``nodes[0]`` is the root.
@@ -259,13 +270,13 @@ class ObjectGraph:
             for s in node.slot_variables:
                 names[s.slot_variable_node_id] = (
                     f"{names.get(nid, f'<node {nid}>')}'s state '{s.slot_name}' for "
-                    f"{names.get(s.original_variable_node_id, f'<node {s.original_variable_node_id}>')}")
+                    f"{names.get(s.original_variable_node_id, f'<node {s.original_variable_node_id}>')}"
+                )
         return names
 
     def slot_owners(self) -> dict[int, tuple[int, SlotVariableReference]]:
         """Slot node id -> (optimizer node id, reference)."""
-        return {s.slot_variable_node_id: (nid, s)
-                for nid, node in enumerate(self.nodes) for s in node.slot_variables}
+        return {s.slot_variable_node_id: (nid, s) for nid, node in enumerate(self.nodes) for s in node.slot_variables}
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -311,7 +322,8 @@ class ObjectGraph:
         if a is None:
             have = [x.name for x in self.nodes[nid].attributes]
             raise TensorNotFoundError(
-                f"object {path!r} has no attribute {attribute!r} in the checkpoint (it has {have})")
+                f"object {path!r} has no attribute {attribute!r} in the checkpoint (it has {have})"
+            )
         return a.checkpoint_key
 
     def value_keys(self) -> dict[str, str]:
@@ -359,19 +371,18 @@ class ObjectGraph:
                 elif kind == "child":
                     cid = item.node_id
                     # a shared node is printed once, under the breadth-first path its keys use
-                    mine = (cid not in printed and nid in paths
-                            and paths.get(cid) == paths[nid] + (item.local_name,))
+                    mine = cid not in printed and nid in paths and paths.get(cid) == paths[nid] + (item.local_name,)
                     if not mine:
-                        lines.append(f"{prefix}{branch}{item.local_name}  "
-                                     f"(same object as {names.get(cid, f'<node {cid}>')})")
+                        lines.append(
+                            f"{prefix}{branch}{item.local_name}  (same object as {names.get(cid, f'<node {cid}>')})"
+                        )
                         continue
                     printed.add(cid)
                     marker = "" if self.nodes[cid].has_values else "  (no values)"
                     lines.append(f"{prefix}{branch}{item.local_name}{marker}")
                     walk_bfs(cid, prefix + cont)
                 else:
-                    target = names.get(item.original_variable_node_id,
-                                       f"<node {item.original_variable_node_id}>")
+                    target = names.get(item.original_variable_node_id, f"<node {item.original_variable_node_id}>")
                     lines.append(f"{prefix}{branch}slot {item.slot_name!r} for {target}")
                     for a in self.nodes[item.slot_variable_node_id].attributes:
                         lines.append(f"{prefix}{cont}    [{describe(a)}]")
@@ -398,21 +409,31 @@ class ObjectGraph:
             body = bytearray()
             for c in node.children:
                 ref = (field(1, VARINT, c.node_id) if c.node_id else b"") + (
-                    field(2, LENGTH, c.local_name.encode("utf-8", "surrogateescape")) if c.local_name else b"")
+                    field(2, LENGTH, c.local_name.encode("utf-8", "surrogateescape")) if c.local_name else b""
+                )
                 body += field(1, LENGTH, ref)
             for a in node.attributes:
-                t = b"".join(field(i, LENGTH, s.encode("utf-8", "surrogateescape"))
-                             for i, s in ((1, a.name), (2, a.full_name), (3, a.checkpoint_key)) if s)
+                t = b"".join(
+                    field(i, LENGTH, s.encode("utf-8", "surrogateescape"))
+                    for i, s in ((1, a.name), (2, a.full_name), (3, a.checkpoint_key))
+                    if s
+                )
                 body += field(2, LENGTH, t)
             for s in node.slot_variables:
-                t = ((field(1, VARINT, s.original_variable_node_id) if s.original_variable_node_id else b"")
-                     + (field(2, LENGTH, s.slot_name.encode()) if s.slot_name else b"")
-                     + (field(3, VARINT, s.slot_variable_node_id) if s.slot_variable_node_id else b""))
+                t = (
+                    (field(1, VARINT, s.original_variable_node_id) if s.original_variable_node_id else b"")
+                    + (field(2, LENGTH, s.slot_name.encode()) if s.slot_name else b"")
+                    + (field(3, VARINT, s.slot_variable_node_id) if s.slot_variable_node_id else b"")
+                )
                 body += field(3, LENGTH, t)
             if node.registered_saver is not None:
                 r = node.registered_saver
-                body += field(4, LENGTH, (field(1, LENGTH, r.name.encode()) if r.name else b"")
-                              + (field(2, LENGTH, r.object_name.encode()) if r.object_name else b""))
+                body += field(
+                    4,
+                    LENGTH,
+                    (field(1, LENGTH, r.name.encode()) if r.name else b"")
+                    + (field(2, LENGTH, r.object_name.encode()) if r.object_name else b""),
+                )
             if node.has_checkpoint_values is not None:
                 body += field(5, LENGTH, field(1, VARINT, 1) if node.has_checkpoint_values else b"")
             out += field(1, LENGTH, bytes(body))

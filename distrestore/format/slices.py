@@ -7,7 +7,7 @@ whole dimension (TF's ``kFullExtent``). A *box* is the same slice made concrete 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import CorruptCheckpointError
 
@@ -16,6 +16,7 @@ Box = tuple[tuple[int, int], ...]
 
 
 # -- ordered code (tensorflow/core/lib/strings/ordered_code.cc) -------------------------------
+
 
 def _num_increasing(v: int) -> bytes:
     body = v.to_bytes((v.bit_length() + 7) // 8, "big") if v else b""
@@ -34,8 +35,18 @@ def _escape(s: bytes) -> bytes:
     return bytes(out)
 
 
-_SIGNED_HEADERS = {1: (0x80, 0), 2: (0xC0, 0), 3: (0xE0, 0), 4: (0xF0, 0), 5: (0xF8, 0),
-                   6: (0xFC, 0), 7: (0xFE, 0), 8: (0xFF, 0), 9: (0xFF, 0x80), 10: (0xFF, 0xC0)}
+_SIGNED_HEADERS = {
+    1: (0x80, 0),
+    2: (0xC0, 0),
+    3: (0xE0, 0),
+    4: (0xF0, 0),
+    5: (0xF8, 0),
+    6: (0xFC, 0),
+    7: (0xFE, 0),
+    8: (0xFF, 0),
+    9: (0xFF, 0x80),
+    10: (0xFF, 0xC0),
+}
 
 
 def _signed_num_increasing(v: int) -> bytes:
@@ -63,6 +74,7 @@ def slice_key(name: str, extents: Extents) -> bytes:
 
 
 # -- specs and boxes -----------------------------------------------------------------------
+
 
 def parse_spec(spec: str) -> tuple[tuple[int, ...], Extents]:
     """Parse ``"10 3 0,4:-"`` (``SaveSliceInfo.spec``) into (full shape, extents)."""

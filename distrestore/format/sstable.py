@@ -30,11 +30,12 @@ def _block(data, offset: int, size: int, path: str) -> bytes:
     if end + TRAILER_LEN > len(data):
         raise CorruptCheckpointError(
             f"{path}: block at bytes [{offset}, {end + TRAILER_LEN}) runs past the end of the "
-            f"file ({len(data)} bytes); the file is truncated")
+            f"file ({len(data)} bytes); the file is truncated"
+        )
     kind = data[end]
     (stored,) = struct.unpack_from("<I", data, end + 1)
     # memoryview slices: a checksum over the block needs no copy
-    if crc.value(memoryview(data)[offset:end + 1]) != crc.unmask(stored):
+    if crc.value(memoryview(data)[offset : end + 1]) != crc.unmask(stored):
         raise CorruptCheckpointError(f"{path}: block checksum mismatch in bytes [{offset}, {end})")
     block = data[offset:end]
     if kind == NO_COMPRESSION:
@@ -44,8 +45,8 @@ def _block(data, offset: int, size: int, path: str) -> bytes:
             import cramjam
         except ImportError:
             raise UnsupportedCheckpointError(
-                f"{path}: the index uses Snappy-compressed blocks; install cramjam "
-                "(pip install cramjam) to read it") from None
+                f"{path}: the index uses Snappy-compressed blocks; install cramjam (pip install cramjam) to read it"
+            ) from None
         return bytes(cramjam.snappy.decompress_raw(bytes(block)))
     raise CorruptCheckpointError(f"{path}: bad block type {kind} at byte {end}")
 
@@ -78,8 +79,7 @@ def iter_block(block: bytes, path: str):
 def read_blocks(data: bytes, path: str):
     """Yield every decoded data block of a table in key order, checksums verified."""
     if len(data) < FOOTER_LEN:
-        raise CorruptCheckpointError(
-            f"{path}: file is too short to be an sstable ({len(data)} bytes < {FOOTER_LEN})")
+        raise CorruptCheckpointError(f"{path}: file is too short to be an sstable ({len(data)} bytes < {FOOTER_LEN})")
     footer = len(data) - FOOTER_LEN
     lo, hi = struct.unpack_from("<II", data, footer + 40)
     if (hi << 32) | lo != MAGIC:

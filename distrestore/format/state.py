@@ -19,7 +19,7 @@ class CheckpointState(NamedTuple):
 _TOKEN = re.compile(r'([A-Za-z_]+)\s*:\s*(?:"((?:[^"\\]|\\.)*)"|\'((?:[^\'\\]|\\.)*)\'|([-+0-9.eEinfINFa]+))')
 # between fields: whitespace, comments and the optional ',' / ';' separators. Comments are skipped
 # here, not stripped beforehand, so a '#' inside a quoted path stays part of the path.
-_SKIP = re.compile(r'(?:\s+|#[^\n]*|[,;])*')
+_SKIP = re.compile(r"(?:\s+|#[^\n]*|[,;])*")
 
 
 def _unescape(s: str) -> str:
@@ -36,7 +36,7 @@ def parse_state(text: str, where: str = "checkpoint") -> CheckpointState:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m:
-            raise CorruptCheckpointError(f"{where}: cannot parse checkpoint state near {text[pos:pos + 40]!r}")
+            raise CorruptCheckpointError(f"{where}: cannot parse checkpoint state near {text[pos : pos + 40]!r}")
         name, dq, sq, num = m.groups()
         value = _unescape(dq if dq is not None else sq) if num is None else num
         if name == "model_checkpoint_path":

@@ -35,8 +35,7 @@ def decode_strings(buf, count: int, shape, *, stored_crc: int | None, where: str
     header_end = pos + 4
     total = sum(lengths)
     if header_end + total != len(buf):
-        raise CorruptCheckpointError(
-            f"{where}: string tensor holds {len(buf)} bytes, lengths say {header_end + total}")
+        raise CorruptCheckpointError(f"{where}: string tensor holds {len(buf)} bytes, lengths say {header_end + total}")
     if stored_crc is not None:
         running = crc.value(b"".join(_length_bytes(n) for n in lengths))
         if crc.mask(running) != len_crc:
@@ -47,7 +46,7 @@ def decode_strings(buf, count: int, shape, *, stored_crc: int | None, where: str
     out = np.empty(count, dtype=object)
     p = header_end
     for i, n in enumerate(lengths):
-        out[i] = buf[p:p + n]
+        out[i] = buf[p : p + n]
         p += n
     return out.reshape(shape)
 
@@ -71,7 +70,7 @@ def decode_variants(buf, count: int, shape, *, stored_crc: int | None, where: st
     try:
         for i in range(count):
             n, pos = read_varint(buf, pos)
-            proto = buf[pos:pos + n]
+            proto = buf[pos : pos + n]
             if len(proto) != n:
                 raise IndexError
             pos += n
@@ -79,7 +78,7 @@ def decode_variants(buf, count: int, shape, *, stored_crc: int | None, where: st
             (elem_crc,) = struct.unpack_from("<I", buf, pos)
             if stored_crc is not None and elem_crc != crc.mask(running):
                 raise ChecksumMismatchError(f"{where}: checksum mismatch in variant element {i}")
-            running = crc.value(buf[pos:pos + 4], running)
+            running = crc.value(buf[pos : pos + 4], running)
             pos += 4
             out[i] = proto
     except (IndexError, struct.error):

@@ -7,7 +7,7 @@ A hand-written decoder keeps protobuf out of the core dependencies and lets the 
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import CorruptCheckpointError
 

@@ -60,11 +60,15 @@ MESSAGE_CATEGORIES = [
 ]
 UNUSED_NODE_RE = re.compile(r"Value in checkpoint could not be found in the restored object: (.*)$")
 UNUSED_ATTR_RE = re.compile(
-    r"An attribute in the restored object could not be found in the checkpoint\. Object: (.*), attribute: (.*)$")
+    r"An attribute in the restored object could not be found in the checkpoint\. Object: (.*), attribute: (.*)$"
+)
 
 
-ASSERTION_METHODS = {"nontrivial": "assert_nontrivial_match",
-                     "existing": "assert_existing_objects_matched", "consumed": "assert_consumed"}
+ASSERTION_METHODS = {
+    "nontrivial": "assert_nontrivial_match",
+    "existing": "assert_existing_objects_matched",
+    "consumed": "assert_consumed",
+}
 
 
 def parse_unused(lines) -> dict:
@@ -137,6 +141,7 @@ def walk_values(top, children_of, is_variable, value_of, slots_of) -> dict:
 
 # -- checkpoints written for the scenarios ---------------------------------------------------
 
+
 def _values(rng, shape, dtype="float32"):
     if np.dtype(dtype).kind in "iu":
         return rng.integers(-50, 50, size=shape).astype(dtype)
@@ -171,14 +176,25 @@ def write_checkpoints(tf) -> None:
     step = tf.Variable(np.int64(7))
     ckpt = tf.train.Checkpoint(model=m, step=step)
     ckpt.save(os.path.join(d, "ckpt"))
-    for v in tf.nest.flatten([m.dense1._kernel, m.dense1.bias, m.dense2._kernel, m.dense2.bias,
-                              m.layers[0], m.layers[1].w, m.table["a/b.c"], m.table["x"]]):
+    for v in tf.nest.flatten(
+        [
+            m.dense1._kernel,
+            m.dense1.bias,
+            m.dense2._kernel,
+            m.dense2.bias,
+            m.layers[0],
+            m.layers[1].w,
+            m.table["a/b.c"],
+            m.table["x"],
+        ]
+    ):
         v.assign(_values(rng, v.shape, v.dtype.name))
     step.assign(8)
     ckpt.save(os.path.join(d, "ckpt"))
     # write(): no save_counter, no dense2 and no containers, other values
-    tf.train.Checkpoint(model=model(np.random.default_rng(12), with_dense2=False),
-                        step=tf.Variable(np.int64(9))).write(os.path.join(d, "partial"))
+    tf.train.Checkpoint(model=model(np.random.default_rng(12), with_dense2=False), step=tf.Variable(np.int64(9))).write(
+        os.path.join(d, "partial")
+    )
     # a checkpoint whose root is the model itself (what save_weights-style writers produce)
     rng = np.random.default_rng(13)
     net = AutoTrackable()
@@ -188,6 +204,7 @@ def write_checkpoints(tf) -> None:
 
 
 # -- scenarios ---------------------------------------------------------------------------------
+
 
 def V(shape, dtype="float32", offset=100.0):
     return pattern(shape, dtype, offset)
@@ -215,180 +232,362 @@ CHECK = {"op": "check", "status": "s"}
 
 
 def full_model(offset=100.0):
-    return N(dense1=dense_spec(1, 4, offset), dense2=dense_spec(4, 5, offset + 10),
-             layers={"list": [V([2], offset=offset + 20), N(w=V([2, 2], offset=offset + 30))]},
-             table={"dict": {"a/b.c": V([3], offset=offset + 40), "x": V([2], "int32", offset + 50)}})
+    return N(
+        dense1=dense_spec(1, 4, offset),
+        dense2=dense_spec(4, 5, offset + 10),
+        layers={"list": [V([2], offset=offset + 20), N(w=V([2, 2], offset=offset + 30))]},
+        table={"dict": {"a/b.c": V([3], offset=offset + 40), "x": V([2], "int32", offset + 50)}},
+    )
 
 
 SCENARIOS = [
-    {"name": "keras_whole_model",
-     "doc": "Keras 3 Sequential + built Adam restored from a model+optimizer checkpoint; layer "
-            "weights are first reached through optimizer/_trainable_variables/N.",
-     "steps": [{"op": "build", "tf_build": "keras_model_and_adam"},
-               {"op": "restore", "path": KERAS, "as": "s"}, CHECK]},
-    {"name": "keras_model_without_optimizer",
-     "doc": "Only the model, from the same model+optimizer checkpoint: the optimizer is deferred.",
-     "steps": [{"op": "build", "tf_build": "keras_model"},
-               {"op": "restore", "path": KERAS, "as": "s"}, CHECK]},
-    {"name": "keras_model_only_checkpoint",
-     "doc": "The model's own checkpoint (written by write()), read() and restore().",
-     "steps": [{"op": "build", "tf_build": "keras_model"},
-               {"op": "read", "path": KERAS_MODEL_ONLY, "as": "s"}, CHECK,
-               {"op": "restore", "path": KERAS_MODEL_ONLY, "as": "s2"}, {"op": "check", "status": "s2"}]},
-    {"name": "fake_structure_keras_bias",
-     "doc": "TF guide: a fake structure that reaches only the first Dense layer's bias.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"model": N(_functional=N(_operations=N(**{
-         "1": N(bias=V([8]))})))}}},
-               {"op": "restore", "path": KERAS, "as": "s"}, CHECK,
-               {"op": "expect_partial", "status": "s"}, {"op": "end"}]},
-    {"name": "fake_structure_bias",
-     "doc": "A fake structure for one bias of a checkpoint written here.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"model": N(dense1=N(bias=V([4])))}}},
-               {"op": "restore", "path": TWO, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "deferred_two_levels",
-     "doc": "Restore before the objects exist, then attach a node, its variables, whole "
-            "subtrees, list items and dict items.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"model": N(), "step": V([], "int64")}}},
-               {"op": "restore", "path": TWO, "as": "s"}, CHECK,
-               {"op": "attach", "parent": ["model"], "name": "dense2", "tree": N()}, CHECK,
-               {"op": "attach", "parent": ["model", "dense2"], "name": "bias", "tree": V([5])}, CHECK,
-               {"op": "attach", "parent": ["model", "dense2"], "name": "_kernel", "tree": V([4, 5])},
-               {"op": "attach", "parent": ["model"], "name": "dense1", "tree": dense_spec(1, 4)}, CHECK,
-               {"op": "attach", "parent": ["model"], "name": "layers", "tree": {"list": [V([2])]}}, CHECK,
-               {"op": "append", "parent": ["model", "layers"], "tree": N(w=V([2, 2]))}, CHECK,
-               {"op": "attach", "parent": ["model"], "name": "table", "tree": {"dict": {}}},
-               {"op": "attach", "parent": ["model", "table"], "name": "a/b.c", "tree": V([3])}, CHECK,
-               {"op": "attach", "parent": ["model", "table"], "name": "x", "tree": V([2], "int32")}, CHECK,
-               {"op": "end"}]},
-    {"name": "deferred_newest_restore_wins",
-     "doc": "Two pending restores of the same object: the newer restore call wins, whichever "
-            "checkpoint is older.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"model": N(), "step": V([], "int64")}}},
-               {"op": "restore", "path": TWO, "as": "s"},
-               {"op": "restore", "path": ONE, "as": "s1"},
-               {"op": "attach", "parent": ["model"], "name": "dense1", "tree": dense_spec(1, 4)},
-               CHECK, {"op": "check", "status": "s1"},
-               {"op": "restore", "path": TWO, "as": "s2"},
-               {"op": "attach", "parent": ["model"], "name": "dense2", "tree": dense_spec(4, 5)},
-               CHECK, {"op": "check", "status": "s1"}, {"op": "check", "status": "s2"},
-               {"op": "expect_partial", "status": "s"}, {"op": "expect_partial", "status": "s1"},
-               {"op": "expect_partial", "status": "s2"}, {"op": "end"}]},
-    {"name": "deferred_older_restore_fills_gaps",
-     "doc": "The newer restore lacks dense2, so attaching dense2 takes the older restore's value.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"model": N(), "step": V([], "int64")}}},
-               {"op": "restore", "path": ONE, "as": "s1"},
-               {"op": "read", "path": PARTIAL, "as": "s"},
-               {"op": "attach", "parent": ["model"], "name": "dense1", "tree": dense_spec(1, 4)},
-               {"op": "attach", "parent": ["model"], "name": "dense2", "tree": dense_spec(4, 5)},
-               CHECK, {"op": "check", "status": "s1"}, {"op": "end"}]},
-    {"name": "new_variable_absent_from_checkpoint",
-     "doc": "A variable the checkpoint does not have.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {
-         "model": N(dense1=dense_spec(1, 4), extra=V([3])), "step": V([], "int64")}}},
-               {"op": "restore", "path": TWO, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "whole_tree_consumed",
-     "doc": "Every object exists before restore().",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"model": full_model(), "step": V([], "int64")}}},
-               {"op": "restore", "path": TWO, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "saved_model_restore",
-     "doc": "restore() of a SavedModel directory: variables consumed, save_counter is not.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {
-         "w": V([3, 2]), "n": V([], "int64"), "label": V([], "string")}}},
-               {"op": "restore", "path": SAVED_MODEL, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "saved_model_read",
-     "doc": "read() of a SavedModel's variables/variables prefix: fully consumed.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {
-         "w": V([3, 2]), "n": V([], "int64"), "label": V([], "string")}}},
-               {"op": "read", "path": SAVED_MODEL_VARS, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "tf1_adam_slots",
-     "doc": "compat.v1 Adam: slot variables are created and restored when the variable and the "
-            "optimizer both exist; non-slot variables are attached later.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {
-         "net": N(w=V([3, 2]), b=V([2])), "opt": {"optimizer": {}}}}},
-               {"op": "restore", "path": TF1_ADAM, "as": "s"}, CHECK,
-               {"op": "attach", "parent": ["opt"], "name": "beta1_power", "tree": V([])}, CHECK,
-               {"op": "attach", "parent": ["opt"], "name": "beta2_power", "tree": V([])}, CHECK,
-               {"op": "end"}]},
-    {"name": "tf1_adam_variables_later",
-     "doc": "compat.v1 Adam: the variables are attached after restore(); their slots follow.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"net": N(), "opt": {"optimizer": {}}}}},
-               {"op": "restore", "path": TF1_ADAM, "as": "s"}, CHECK,
-               {"op": "attach", "parent": ["net"], "name": "w", "tree": V([3, 2])}, CHECK,
-               {"op": "attach", "parent": ["net"], "name": "b", "tree": V([2])}, CHECK,
-               {"op": "end"}]},
-    {"name": "tf1_adam_optimizer_later",
-     "doc": "compat.v1 Adam: the optimizer is attached after restore(); parked slot restores run.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"net": N(w=V([3, 2]), b=V([2]))}}},
-               {"op": "restore", "path": TF1_ADAM, "as": "s"}, CHECK,
-               {"op": "attach", "parent": [], "name": "opt", "tree": {"optimizer": {}}}, CHECK,
-               {"op": "expect_partial", "status": "s"}, {"op": "end"}]},
-    {"name": "tf1_adam_without_optimizer",
-     "doc": "compat.v1 Adam checkpoint into variables only.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"net": N(w=V([3, 2]), b=V([2]))}}},
-               {"op": "restore", "path": TF1_ADAM, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "restore_of_write_checkpoint",
-     "doc": "restore() of a write() checkpoint: save_counter has no value.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {
-         "model": N(dense1=dense_spec(1, 4)), "step": V([], "int64")}}},
-               {"op": "restore", "path": PARTIAL, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "read_of_write_checkpoint",
-     "doc": "read() of a write() checkpoint: consumed.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {
-         "model": N(dense1=dense_spec(1, 4)), "step": V([], "int64")}}},
-               {"op": "read", "path": PARTIAL, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "read_of_save_checkpoint",
-     "doc": "read() of a save() checkpoint: save_counter pending until it is created.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"model": full_model(), "step": V([], "int64")}}},
-               {"op": "read", "path": TWO, "as": "s"}, CHECK,
-               {"op": "save_counter"}, CHECK, {"op": "end"}]},
-    {"name": "root_node_read",
-     "doc": "Checkpoint(root=node).read() of a checkpoint whose root is the model.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {}, "root": N(
-         dense=N(_kernel=V([2, 3]), bias=V([3])), head={"list": [V([3])]})}},
-               {"op": "read", "path": ROOT_WEIGHTS, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "root_node_restore",
-     "doc": "Checkpoint(root=node).restore(): the save_counter is attached and has no value.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {}, "root": N(
-         dense=N(_kernel=V([2, 3]), bias=V([3])), head={"list": [V([3])]})}},
-               {"op": "restore", "path": ROOT_WEIGHTS, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "root_node_attached_dependency",
-     "doc": "Checkpoint(root=node, head=[...]): head is not a child of node but is restored from "
-            "the checkpoint root's child of that name.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"head": {"list": [V([3])]}}, "root": N(
-         dense=N(_kernel=V([2, 3]), bias=V([3])))}},
-               {"op": "read", "path": ROOT_WEIGHTS, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "nothing_matches",
-     "doc": "Objects that share no names with the checkpoint.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"other": N(v=V([2]))}}},
-               {"op": "read", "path": TWO, "as": "s"}, CHECK,
-               {"op": "expect_partial", "status": "s"}, {"op": "end"}]},
-    {"name": "nothing_to_load",
-     "doc": "An empty Checkpoint.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {}}},
-               {"op": "read", "path": TWO, "as": "s"}, CHECK,
-               {"op": "expect_partial", "status": "s"}, {"op": "end"}]},
-    {"name": "node_where_checkpoint_has_variable",
-     "doc": "A node bound to a checkpoint variable: its value is an unused attribute.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"model": N(dense1=N(bias=N()))}}},
-               {"op": "read", "path": PARTIAL, "as": "s"}, CHECK, {"op": "end"}]},
-    {"name": "restore_none",
-     "doc": "restore(None): every assertion fails.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {"v": V([2])}}},
-               {"op": "restore", "path": None, "as": "s"}, CHECK]},
-    {"name": "shape_mismatch",
-     "doc": "A variable whose shape differs from the checkpoint's: restore raises.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {
-         "model": N(dense1=N(_kernel=V([1, 4]), bias=V([7]))), "step": V([], "int64")}}},
-               {"op": "restore", "path": TWO, "as": "s", "expect_error": True}]},
-    {"name": "dtype_mismatch",
-     "doc": "A variable whose dtype differs from the checkpoint's: restore raises.",
-     "steps": [{"op": "build", "tree": {"checkpoint": {
-         "model": N(dense1=dense_spec(1, 4)), "step": V([], "float32")}}},
-               {"op": "restore", "path": TWO, "as": "s", "expect_error": True}]},
+    {
+        "name": "keras_whole_model",
+        "doc": "Keras 3 Sequential + built Adam restored from a model+optimizer checkpoint; layer "
+        "weights are first reached through optimizer/_trainable_variables/N.",
+        "steps": [
+            {"op": "build", "tf_build": "keras_model_and_adam"},
+            {"op": "restore", "path": KERAS, "as": "s"},
+            CHECK,
+        ],
+    },
+    {
+        "name": "keras_model_without_optimizer",
+        "doc": "Only the model, from the same model+optimizer checkpoint: the optimizer is deferred.",
+        "steps": [{"op": "build", "tf_build": "keras_model"}, {"op": "restore", "path": KERAS, "as": "s"}, CHECK],
+    },
+    {
+        "name": "keras_model_only_checkpoint",
+        "doc": "The model's own checkpoint (written by write()), read() and restore().",
+        "steps": [
+            {"op": "build", "tf_build": "keras_model"},
+            {"op": "read", "path": KERAS_MODEL_ONLY, "as": "s"},
+            CHECK,
+            {"op": "restore", "path": KERAS_MODEL_ONLY, "as": "s2"},
+            {"op": "check", "status": "s2"},
+        ],
+    },
+    {
+        "name": "fake_structure_keras_bias",
+        "doc": "TF guide: a fake structure that reaches only the first Dense layer's bias.",
+        "steps": [
+            {
+                "op": "build",
+                "tree": {"checkpoint": {"model": N(_functional=N(_operations=N(**{"1": N(bias=V([8]))})))}},
+            },
+            {"op": "restore", "path": KERAS, "as": "s"},
+            CHECK,
+            {"op": "expect_partial", "status": "s"},
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "fake_structure_bias",
+        "doc": "A fake structure for one bias of a checkpoint written here.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"model": N(dense1=N(bias=V([4])))}}},
+            {"op": "restore", "path": TWO, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "deferred_two_levels",
+        "doc": "Restore before the objects exist, then attach a node, its variables, whole "
+        "subtrees, list items and dict items.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"model": N(), "step": V([], "int64")}}},
+            {"op": "restore", "path": TWO, "as": "s"},
+            CHECK,
+            {"op": "attach", "parent": ["model"], "name": "dense2", "tree": N()},
+            CHECK,
+            {"op": "attach", "parent": ["model", "dense2"], "name": "bias", "tree": V([5])},
+            CHECK,
+            {"op": "attach", "parent": ["model", "dense2"], "name": "_kernel", "tree": V([4, 5])},
+            {"op": "attach", "parent": ["model"], "name": "dense1", "tree": dense_spec(1, 4)},
+            CHECK,
+            {"op": "attach", "parent": ["model"], "name": "layers", "tree": {"list": [V([2])]}},
+            CHECK,
+            {"op": "append", "parent": ["model", "layers"], "tree": N(w=V([2, 2]))},
+            CHECK,
+            {"op": "attach", "parent": ["model"], "name": "table", "tree": {"dict": {}}},
+            {"op": "attach", "parent": ["model", "table"], "name": "a/b.c", "tree": V([3])},
+            CHECK,
+            {"op": "attach", "parent": ["model", "table"], "name": "x", "tree": V([2], "int32")},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "deferred_newest_restore_wins",
+        "doc": "Two pending restores of the same object: the newer restore call wins, whichever checkpoint is older.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"model": N(), "step": V([], "int64")}}},
+            {"op": "restore", "path": TWO, "as": "s"},
+            {"op": "restore", "path": ONE, "as": "s1"},
+            {"op": "attach", "parent": ["model"], "name": "dense1", "tree": dense_spec(1, 4)},
+            CHECK,
+            {"op": "check", "status": "s1"},
+            {"op": "restore", "path": TWO, "as": "s2"},
+            {"op": "attach", "parent": ["model"], "name": "dense2", "tree": dense_spec(4, 5)},
+            CHECK,
+            {"op": "check", "status": "s1"},
+            {"op": "check", "status": "s2"},
+            {"op": "expect_partial", "status": "s"},
+            {"op": "expect_partial", "status": "s1"},
+            {"op": "expect_partial", "status": "s2"},
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "deferred_older_restore_fills_gaps",
+        "doc": "The newer restore lacks dense2, so attaching dense2 takes the older restore's value.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"model": N(), "step": V([], "int64")}}},
+            {"op": "restore", "path": ONE, "as": "s1"},
+            {"op": "read", "path": PARTIAL, "as": "s"},
+            {"op": "attach", "parent": ["model"], "name": "dense1", "tree": dense_spec(1, 4)},
+            {"op": "attach", "parent": ["model"], "name": "dense2", "tree": dense_spec(4, 5)},
+            CHECK,
+            {"op": "check", "status": "s1"},
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "new_variable_absent_from_checkpoint",
+        "doc": "A variable the checkpoint does not have.",
+        "steps": [
+            {
+                "op": "build",
+                "tree": {"checkpoint": {"model": N(dense1=dense_spec(1, 4), extra=V([3])), "step": V([], "int64")}},
+            },
+            {"op": "restore", "path": TWO, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "whole_tree_consumed",
+        "doc": "Every object exists before restore().",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"model": full_model(), "step": V([], "int64")}}},
+            {"op": "restore", "path": TWO, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "saved_model_restore",
+        "doc": "restore() of a SavedModel directory: variables consumed, save_counter is not.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"w": V([3, 2]), "n": V([], "int64"), "label": V([], "string")}}},
+            {"op": "restore", "path": SAVED_MODEL, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "saved_model_read",
+        "doc": "read() of a SavedModel's variables/variables prefix: fully consumed.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"w": V([3, 2]), "n": V([], "int64"), "label": V([], "string")}}},
+            {"op": "read", "path": SAVED_MODEL_VARS, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "tf1_adam_slots",
+        "doc": "compat.v1 Adam: slot variables are created and restored when the variable and the "
+        "optimizer both exist; non-slot variables are attached later.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"net": N(w=V([3, 2]), b=V([2])), "opt": {"optimizer": {}}}}},
+            {"op": "restore", "path": TF1_ADAM, "as": "s"},
+            CHECK,
+            {"op": "attach", "parent": ["opt"], "name": "beta1_power", "tree": V([])},
+            CHECK,
+            {"op": "attach", "parent": ["opt"], "name": "beta2_power", "tree": V([])},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "tf1_adam_variables_later",
+        "doc": "compat.v1 Adam: the variables are attached after restore(); their slots follow.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"net": N(), "opt": {"optimizer": {}}}}},
+            {"op": "restore", "path": TF1_ADAM, "as": "s"},
+            CHECK,
+            {"op": "attach", "parent": ["net"], "name": "w", "tree": V([3, 2])},
+            CHECK,
+            {"op": "attach", "parent": ["net"], "name": "b", "tree": V([2])},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "tf1_adam_optimizer_later",
+        "doc": "compat.v1 Adam: the optimizer is attached after restore(); parked slot restores run.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"net": N(w=V([3, 2]), b=V([2]))}}},
+            {"op": "restore", "path": TF1_ADAM, "as": "s"},
+            CHECK,
+            {"op": "attach", "parent": [], "name": "opt", "tree": {"optimizer": {}}},
+            CHECK,
+            {"op": "expect_partial", "status": "s"},
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "tf1_adam_without_optimizer",
+        "doc": "compat.v1 Adam checkpoint into variables only.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"net": N(w=V([3, 2]), b=V([2]))}}},
+            {"op": "restore", "path": TF1_ADAM, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "restore_of_write_checkpoint",
+        "doc": "restore() of a write() checkpoint: save_counter has no value.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"model": N(dense1=dense_spec(1, 4)), "step": V([], "int64")}}},
+            {"op": "restore", "path": PARTIAL, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "read_of_write_checkpoint",
+        "doc": "read() of a write() checkpoint: consumed.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"model": N(dense1=dense_spec(1, 4)), "step": V([], "int64")}}},
+            {"op": "read", "path": PARTIAL, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "read_of_save_checkpoint",
+        "doc": "read() of a save() checkpoint: save_counter pending until it is created.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"model": full_model(), "step": V([], "int64")}}},
+            {"op": "read", "path": TWO, "as": "s"},
+            CHECK,
+            {"op": "save_counter"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "root_node_read",
+        "doc": "Checkpoint(root=node).read() of a checkpoint whose root is the model.",
+        "steps": [
+            {
+                "op": "build",
+                "tree": {"checkpoint": {}, "root": N(dense=N(_kernel=V([2, 3]), bias=V([3])), head={"list": [V([3])]})},
+            },
+            {"op": "read", "path": ROOT_WEIGHTS, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "root_node_restore",
+        "doc": "Checkpoint(root=node).restore(): the save_counter is attached and has no value.",
+        "steps": [
+            {
+                "op": "build",
+                "tree": {"checkpoint": {}, "root": N(dense=N(_kernel=V([2, 3]), bias=V([3])), head={"list": [V([3])]})},
+            },
+            {"op": "restore", "path": ROOT_WEIGHTS, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "root_node_attached_dependency",
+        "doc": "Checkpoint(root=node, head=[...]): head is not a child of node but is restored from "
+        "the checkpoint root's child of that name.",
+        "steps": [
+            {
+                "op": "build",
+                "tree": {
+                    "checkpoint": {"head": {"list": [V([3])]}},
+                    "root": N(dense=N(_kernel=V([2, 3]), bias=V([3]))),
+                },
+            },
+            {"op": "read", "path": ROOT_WEIGHTS, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "nothing_matches",
+        "doc": "Objects that share no names with the checkpoint.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"other": N(v=V([2]))}}},
+            {"op": "read", "path": TWO, "as": "s"},
+            CHECK,
+            {"op": "expect_partial", "status": "s"},
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "nothing_to_load",
+        "doc": "An empty Checkpoint.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {}}},
+            {"op": "read", "path": TWO, "as": "s"},
+            CHECK,
+            {"op": "expect_partial", "status": "s"},
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "node_where_checkpoint_has_variable",
+        "doc": "A node bound to a checkpoint variable: its value is an unused attribute.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"model": N(dense1=N(bias=N()))}}},
+            {"op": "read", "path": PARTIAL, "as": "s"},
+            CHECK,
+            {"op": "end"},
+        ],
+    },
+    {
+        "name": "restore_none",
+        "doc": "restore(None): every assertion fails.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"v": V([2])}}},
+            {"op": "restore", "path": None, "as": "s"},
+            CHECK,
+        ],
+    },
+    {
+        "name": "shape_mismatch",
+        "doc": "A variable whose shape differs from the checkpoint's: restore raises.",
+        "steps": [
+            {
+                "op": "build",
+                "tree": {"checkpoint": {"model": N(dense1=N(_kernel=V([1, 4]), bias=V([7]))), "step": V([], "int64")}},
+            },
+            {"op": "restore", "path": TWO, "as": "s", "expect_error": True},
+        ],
+    },
+    {
+        "name": "dtype_mismatch",
+        "doc": "A variable whose dtype differs from the checkpoint's: restore raises.",
+        "steps": [
+            {"op": "build", "tree": {"checkpoint": {"model": N(dense1=dense_spec(1, 4)), "step": V([], "float32")}}},
+            {"op": "restore", "path": TWO, "as": "s", "expect_error": True},
+        ],
+    },
 ]
 
 
 # -- the TF interpreter ----------------------------------------------------------------------
+
 
 class TFWorld:
     """Runs steps against real TF objects."""
@@ -397,6 +596,7 @@ class TFWorld:
         self.tf = tf
         from tensorflow.python.trackable import base
         from tensorflow.python.trackable.autotrackable import AutoTrackable
+
         self.base = base
         self.AutoTrackable = AutoTrackable
         self.top = None
@@ -501,6 +701,7 @@ class TFWorld:
 def export_tree(tf, top) -> dict:
     """A tree spec of live TF objects (depth-first; shared objects become refs)."""
     from tensorflow.python.trackable import base
+
     first: dict[int, list] = {}
 
     def spec(obj, path):
@@ -530,8 +731,7 @@ def export_tree(tf, top) -> dict:
 def tf_builders(tf):
     def keras_model():
         keras = tf.keras
-        model = keras.Sequential(
-            [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
         rng = np.random.default_rng(99)
         model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.get_weights()])
         return model
@@ -571,13 +771,16 @@ def _do_step(tf, world: TFWorld, builders, capture, scenario, step: dict) -> Non
         before = world.values()
         try:
             world.statuses[step["as"]] = getattr(world.top, op)(path)
-        except Exception as e:  # noqa: BLE001 - recording TF's behaviour
+        except Exception as e:
             if not step.get("expect_error"):
                 raise
             after = world.values()
-            step["tf_error"] = {"type": type(e).__name__, "message": str(e)[:300],
-                                "is_value_error": isinstance(e, ValueError),
-                                "values_changed": sorted(k for k in after if before.get(k) != after[k])}
+            step["tf_error"] = {
+                "type": type(e).__name__,
+                "message": str(e)[:300],
+                "is_value_error": isinstance(e, ValueError),
+                "values_changed": sorted(k for k in after if before.get(k) != after[k]),
+            }
         else:
             if step.get("expect_error"):
                 raise AssertionError(f"{scenario['name']}: TF did not raise")
@@ -642,6 +845,7 @@ def run_tf(tf, scenario) -> list:
 
 def main() -> None:
     import tensorflow as tf
+
     if os.path.exists(OUT):
         shutil.rmtree(OUT)
     os.makedirs(OUT)
@@ -651,8 +855,10 @@ def main() -> None:
         steps = run_tf(tf, scenario)
         out["scenarios"].append({"name": scenario["name"], "doc": scenario["doc"], "steps": steps})
         checks = [s for s in steps if s["op"] == "check"]
-        print(f"{scenario['name']}: " + "; ".join(
-            ",".join(f"{k}={v}" for k, v in c["assertions"].items() if v) or "all pass" for c in checks))
+        print(
+            f"{scenario['name']}: "
+            + "; ".join(",".join(f"{k}={v}" for k, v in c["assertions"].items() if v) or "all pass" for c in checks)
+        )
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(out, f, indent=1, sort_keys=False)
         f.write("\n")
