@@ -14,6 +14,10 @@ from .errors import (
     ChecksumMismatchError,
     CorruptCheckpointError,
     DistRestoreError,
+    DTypeMismatchError,
+    MergeConflictError,
+    MismatchError,
+    NoCheckpointInDirectoryError,
     RestoreAssertionError,
     ShapeMismatchError,
     StorageError,
@@ -40,7 +44,7 @@ from .reader import CheckpointReader, list_variables, load_checkpoint, load_vari
 from .restore import TensorRequest, fetch, iter_fetch, iter_restore_tensors, plan_requests, restore_tensors
 from .variable import Variable
 from .variable_store import PartitionedVariable, VariableStore, init_from_checkpoint
-from .writer import MergeConflictError, merge_checkpoints, save_tensors
+from .writer import merge_checkpoints, save_tensors
 
 __version__ = "0.1.0"
 
@@ -61,7 +65,10 @@ __all__ = [
     "CheckpointReader",
     "CorruptCheckpointError",
     "DistRestoreError",
+    "DTypeMismatchError",
     "MergeConflictError",
+    "MismatchError",
+    "NoCheckpointInDirectoryError",
     "PlanOptions",
     "RayExecutor",
     "ReadPlan",

@@ -47,8 +47,33 @@ class StorageError(DistRestoreError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
-class ShapeMismatchError(DistRestoreError, ValueError):
-    """A checkpoint value's shape or dtype does not fit the variable it should restore."""
+class ShortReadError(StorageError):
+    """Storage returned fewer bytes than asked for (retried; permanent only past end of file)."""
+
+
+class MismatchError(DistRestoreError, ValueError):
+    """A value does not fit where it should go: the base of shape and dtype mismatches.
+
+    Catch this one to handle both; :class:`ShapeMismatchError` alone no longer covers a dtype
+    mismatch (before 0.2 it did, under that name)."""
+
+
+class ShapeMismatchError(MismatchError):
+    """A checkpoint value's shape does not fit the variable it should restore (or a variable of
+    that name exists with another shape)."""
+
+
+class DTypeMismatchError(MismatchError):
+    """A checkpoint value's dtype does not fit the variable it should restore (or a variable of
+    that name exists with another dtype)."""
+
+
+class NoCheckpointInDirectoryError(CheckpointNotFoundError, ValueError):
+    """A directory without a usable ``checkpoint`` state file (TF raises ValueError here)."""
+
+
+class MergeConflictError(DistRestoreError, ValueError):
+    """The checkpoints to merge disagree: a duplicate key, or different versions or dtypes."""
 
 
 class AssignmentMapError(DistRestoreError, ValueError):

@@ -20,6 +20,7 @@ from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     DistRestoreError,
+    NoCheckpointInDirectoryError,
     StorageError,
     TensorNotFoundError,
     UnsupportedCheckpointError,
@@ -168,10 +169,6 @@ def _check_version(header: BundleHeader, path: str) -> None:
 
 
 # -- resolution ----------------------------------------------------------------------------
-
-
-class NoCheckpointInDirectoryError(CheckpointNotFoundError, ValueError):
-    """A directory without a usable ``checkpoint`` state file (TF raises ValueError here)."""
 
 
 def get_checkpoint_state(

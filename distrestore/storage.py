@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .errors import CheckpointNotFoundError, StorageError
+from .errors import CheckpointNotFoundError, ShortReadError, StorageError
 
 try:
     from .format import _readcrc
@@ -115,10 +115,6 @@ def is_transient(exc: BaseException) -> bool:
     if any(s in text for s in ("NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidRange", "not satisfiable")):
         return False
     return True
-
-
-class ShortReadError(OSError):
-    """Storage returned fewer bytes than asked for (retried; permanent only past end of file)."""
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ShapeMismatchError
+from .errors import DTypeMismatchError, ShapeMismatchError
 from .format import dtypes
 
 
@@ -79,14 +79,15 @@ class Variable:
         return self.numpy()
 
     def check_assignable(self, shape, dtype: dtypes.DType, *, what: str) -> None:
-        """Raise ShapeMismatchError unless a value of ``shape``/``dtype`` fits this variable."""
+        """Raise ShapeMismatchError or DTypeMismatchError unless a value of ``shape``/``dtype``
+        fits this variable."""
         if tuple(shape) != self.shape:
             raise ShapeMismatchError(
                 f"{what}: shape {list(shape)} does not match variable "
                 f"{self.name or '<unnamed>'} of shape {list(self.shape)}"
             )
         if dtype.enum != self._dtype.enum:
-            raise ShapeMismatchError(
+            raise DTypeMismatchError(
                 f"{what}: dtype {dtype.name} does not match variable "
                 f"{self.name or '<unnamed>'} of dtype {self._dtype.name}"
             )

@@ -16,10 +16,10 @@ Semantics (TF 2.21 ``checkpoint_utils._init_from_checkpoint`` unless said otherw
   quirks: ``{'old/': 'new/typo'}`` maps the whole scope ``new``, and names are cut at the first
   ``/part_`` so that every part of a partitioned variable maps to the one full tensor).
 * Validation is eager and happens at the call, with TF's ``ValueError`` messages
-  (``AssignmentMapError``, ``ShapeMismatchError``). Unlike TF, a dtype mismatch and a partitioned
-  variable whose full shape differs from the tensor's are refused at the call too (TF fails only
-  when the initializer runs), and a call that raises records nothing (TF has already replaced the
-  initializers of the pairs before the failing one).
+  (``AssignmentMapError``, ``ShapeMismatchError``, ``DTypeMismatchError``). Unlike TF, a dtype
+  mismatch and a partitioned variable whose full shape differs from the tensor's are refused at
+  the call too (TF fails only when the initializer runs), and a call that raises records nothing
+  (TF has already replaced the initializers of the pairs before the failing one).
 * A later mapping for a variable replaces an earlier one, as TF overwrites the initializer: the
   last call wins, and within one call the pair with the greater checkpoint name wins.
 * Scope mappings are resolved **at the call**, like TF: a variable registered in the target
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AssignmentMapError, ShapeMismatchError
+from .errors import AssignmentMapError, DTypeMismatchError, ShapeMismatchError
 from .format import dtypes
 from .format.slices import Box, box_shape, format_spec
 from .index import CheckpointIndex, open_checkpoint
@@ -318,7 +318,7 @@ class VariableStore:
             )
         if dt.enum != found_dt.enum:
             kind = "share variable" if what == "variable" else f"reuse {what}"
-            raise ShapeMismatchError(
+            raise DTypeMismatchError(
                 f"Trying to {kind} {name}, but specified dtype {dt.name} and found dtype {found_dt.name}."
             )
 

@@ -14,16 +14,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .errors import DistRestoreError
+from .errors import DistRestoreError, MergeConflictError
 from .format import crc, dtypes, sstable
 from .format.messages import decode_entry, encode_entry, encode_header
 from .format.strings import encode_strings
 from .index import CheckpointIndex, open_checkpoint
 from .storage import Storage, dirname
-
-
-class MergeConflictError(DistRestoreError, ValueError):
-    """The checkpoints to merge disagree: a duplicate key, or different versions or dtypes."""
 
 
 def _as_array(name: str, value) -> tuple[np.ndarray, dtypes.DType]:

@@ -29,7 +29,7 @@ def test_get_variable_creates_then_reuses():
     assert "new_scope_1/var1" in store and store.get("new_scope_1/var1") is v
     with pytest.raises(ValueError, match="specified shape"):
         store.get_variable("new_scope_1/var1", [20, 3])
-    with pytest.raises(ValueError, match="specified dtype"):
+    with pytest.raises(errors.DTypeMismatchError, match="specified dtype"):
         store.get_variable("new_scope_1/var1", [20, 2], "float64")
     with pytest.raises(ValueError, match="unpartitioned version"):
         store.get_variable("new_scope_1/var1", [20, 2], partitions=[2, 1])
@@ -189,7 +189,7 @@ def test_failed_call_records_nothing():
         ({"dup/a": 3}, errors.AssignmentMapError, "must be a variable name"),
         ([("dup/a",)], errors.AssignmentMapError, "pairs"),
         ({"dup/a": [Variable(shape=[4])]}, errors.AssignmentMapError, "not a part of a partitioned variable"),
-        ({"old_scope_2/table": Variable(shape=[3, 4])}, errors.ShapeMismatchError, "dtype float64"),
+        ({"old_scope_2/table": Variable(shape=[3, 4])}, errors.DTypeMismatchError, "dtype float64"),
     ],
 )
 def test_bad_targets(mapping, error, match):

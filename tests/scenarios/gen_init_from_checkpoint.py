@@ -404,7 +404,7 @@ SCENARIOS = [
             "InvalidArgumentError",
             "does not equal original dtype",
             phase="init",
-            ours="ShapeMismatchError",
+            ours="DTypeMismatchError",
             ours_fragment="dtype float64 does not match variable new/t",
         ),
     ),
