@@ -4,6 +4,8 @@
 partitioned variables split like TF's ``fixed_size_partitioner``. ``init_from_checkpoint`` resolves
 an assignment map with TF's rules and records *pending restores*; ``VariableStore.initialize``
 reads every pending restore of every call and checkpoint as one parallel plan, then assigns.
+Assignment maps are resolved in ``distrestore.assignment_map``; partitioned variables live in
+``distrestore.partitioned``.
 
 Semantics (TF 2.21 ``checkpoint_utils._init_from_checkpoint`` unless said otherwise):
 
@@ -37,16 +39,16 @@ Semantics (TF 2.21 ``checkpoint_utils._init_from_checkpoint`` unless said otherw
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from types import MappingProxyType
 
 import numpy as np
 
-from .errors import AssignmentMapError, DTypeMismatchError, ShapeMismatchError
+from .assignment_map import PendingRestore, resolve_assignment_map
+from .errors import DTypeMismatchError, ShapeMismatchError
 from .format import dtypes
-from .format.slices import Box, box_shape, format_spec
 from .index import CheckpointIndex, open_checkpoint
+from .partitioned import PartitionedVariable, SaveSliceInfo, VariablePart
 from .storage import Storage
 from .variable import Variable
 
@@ -58,189 +60,6 @@ __all__ = [
     "PendingRestore",
     "init_from_checkpoint",
 ]
-
-
-# -- variables --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SaveSliceInfo:
-    """Where one part lies in its partitioned variable (TF's ``Variable.SaveSliceInfo``)."""
-
-    full_name: str
-    full_shape: tuple[int, ...]
-    var_offset: tuple[int, ...]
-    var_shape: tuple[int, ...]
-
-    @property
-    def spec(self) -> str:
-        """TF's slice spec, e.g. ``"100 100 0,20:0,100"`` (every dimension written out)."""
-        return format_spec(self.full_shape, self.box)
-
-    @property
-    def box(self) -> Box:
-        return tuple((o, o + n) for o, n in zip(self.var_offset, self.var_shape))
-
-
-class VariablePart(Variable):
-    """One part of a :class:`PartitionedVariable`: a ``Variable`` that knows its slice."""
-
-    def __init__(self, initial_value, *, dtype: dtypes.DType, info: SaveSliceInfo, index: int):
-        super().__init__(initial_value, shape=info.var_shape, dtype=dtype, name=f"{info.full_name}/part_{index}")
-        self.save_slice_info = info
-
-    @property
-    def offset(self) -> tuple[int, ...]:
-        return self.save_slice_info.var_offset
-
-    @property
-    def full_name(self) -> str:
-        return self.save_slice_info.full_name
-
-    @property
-    def full_shape(self) -> tuple[int, ...]:
-        return self.save_slice_info.full_shape
-
-    @property
-    def spec(self) -> str:
-        return self.save_slice_info.spec
-
-    @property
-    def region(self) -> tuple[slice, ...]:
-        """This part's region of the full tensor, as numpy slices."""
-        return tuple(slice(a, b) for a, b in self.save_slice_info.box)
-
-
-def _slice_layout(shape: tuple[int, ...], partitions: Sequence[int]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """TF's ``_call_partitioner`` checks and ``_iter_slices``: [(offset, part shape), ...]."""
-    if len(shape) < 1:
-        raise ValueError(f"A partitioned Variable must have rank at least 1, shape: {list(shape)}")
-    partitions = [int(p) for p in partitions]
-    if len(partitions) != len(shape):
-        raise ValueError(
-            "Partitioner returned a partition list that does not match the "
-            f"Variable's rank: {partitions} vs. {list(shape)}"
-        )
-    if any(p < 1 for p in partitions):
-        raise ValueError(f"Partitioner returned zero partitions for some axes: {partitions}")
-    if sum(p > 1 for p in partitions) > 1:
-        raise ValueError(
-            f"Can only slice a variable along one dimension: shape: {list(shape)}, partitioning: {partitions}"
-        )
-    dim = next((d for d, p in enumerate(partitions) if p > 1), 0)
-    num = partitions[dim]
-    if num > shape[dim]:
-        # TF's _PartitionInfo rejects the empty parts this would make
-        raise ValueError(f"cannot split dimension {dim} of size {shape[dim]} into {num} parts")
-    excess, base = shape[dim] % num, shape[dim] // num
-    out, offset = [], [0] * len(shape)
-    for i in range(num):
-        part = list(shape)
-        part[dim] = base + (i < excess)
-        out.append((tuple(offset), tuple(part)))
-        offset[dim] += part[dim]
-    return out
-
-
-class PartitionedVariable:
-    """A variable stored as parts ``<name>/part_<i>`` split along one dimension, like TF's.
-
-    ``parts`` are :class:`VariablePart` objects (``Variable`` subclasses with ``offset``,
-    ``spec`` and ``region``); ``numpy()`` assembles the whole value.
-    """
-
-    def __init__(
-        self, name: str, shape: tuple[int, ...], dtype: dtypes.DType, partitions: Sequence[int], initializer=None
-    ):
-        self.name = name
-        self._shape = tuple(int(d) for d in shape)
-        self._dtype = dtype
-        self.partitions = [int(p) for p in partitions]
-        layout = _slice_layout(self._shape, self.partitions)
-        full_init = None
-        if initializer is not None and not callable(initializer):
-            full_init = np.asarray(initializer) if dtype.fixed_width else np.asarray(initializer, dtype=object)
-            if full_init.ndim and full_init.shape != self._shape:
-                raise ShapeMismatchError(
-                    f"initializer of shape {list(full_init.shape)} does not match partitioned "
-                    f"variable {name} of shape {list(self._shape)}"
-                )
-        self.parts: list[VariablePart] = []
-        for i, (offset, part_shape) in enumerate(layout):
-            info = SaveSliceInfo(name, self._shape, offset, part_shape)
-            if full_init is None:
-                init = initializer  # None (zeros) or a callable, called with the part's shape
-            elif full_init.ndim == 0:
-                init = full_init
-            else:
-                init = full_init[tuple(slice(a, b) for a, b in info.box)]
-            self.parts.append(VariablePart(init, dtype=dtype, info=info, index=i))
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype.numpy
-
-    @property
-    def tf_dtype(self) -> dtypes.DType:
-        return self._dtype
-
-    def numpy(self) -> np.ndarray:
-        """The whole value, assembled from the parts (a new array)."""
-        out = np.empty(self._shape, dtype=self._dtype.numpy)
-        for part in self.parts:
-            out[part.region] = part.numpy()
-        return out
-
-    def assign(self, value) -> PartitionedVariable:
-        arr = np.asarray(value, dtype=self._dtype.numpy)
-        if arr.shape != self._shape:
-            raise ShapeMismatchError(
-                f"cannot assign a value of shape {list(arr.shape)} to partitioned "
-                f"variable {self.name} of shape {list(self._shape)}"
-            )
-        for part in self.parts:
-            part.assign(arr[part.region])
-        return self
-
-    def __iter__(self):
-        return iter(self.parts)
-
-    def __len__(self) -> int:
-        return len(self.parts)
-
-    def __repr__(self) -> str:
-        return (
-            f"<dr.PartitionedVariable {self.name} shape={list(self._shape)} "
-            f"dtype={self._dtype.name} partitions={self.partitions}>"
-        )
-
-
-# -- pending restores -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PendingRestore:
-    """One variable (or part) waiting for ``region`` of ``tensor`` in ``checkpoint``."""
-
-    variable: Variable
-    checkpoint: CheckpointIndex
-    tensor: str
-    box: Box | None  # in the checkpoint tensor's coordinates; None = the whole tensor
-
-    @property
-    def region(self) -> tuple[slice, ...] | None:
-        return None if self.box is None else tuple(slice(a, b) for a, b in self.box)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.checkpoint.entry(self.tensor).shape if self.box is None else box_shape(self.box)
-
-
-# -- the store --------------------------------------------------------------------------------
 
 
 class VariableStore:
@@ -363,7 +182,8 @@ class VariableStore:
         """The restores ``initialize`` would run, in registration order."""
         return list(self._pending.values())
 
-    def _record(self, restores: Iterable[PendingRestore]) -> None:
+    def record(self, restores: Iterable[PendingRestore]) -> None:
+        """Add pending restores; a later one for a variable replaces an earlier one."""
         for r in restores:
             # a later mapping replaces an earlier one; keep the dict ordered by latest mapping
             self._pending.pop(id(r.variable), None)
@@ -421,90 +241,6 @@ class VariableStore:
         )
 
 
-# -- init_from_checkpoint -------------------------------------------------------------------
-
-
-def _pairs(assignment_map) -> list[tuple[str, Any]]:
-    items = assignment_map.items() if isinstance(assignment_map, Mapping) else assignment_map
-    pairs = []
-    for item in items:
-        try:
-            ckpt_name, target = item
-        except (TypeError, ValueError):
-            raise AssignmentMapError(
-                f"assignment_map items must be (checkpoint name, variable or name) pairs, got {item!r}"
-            ) from None
-        if not isinstance(ckpt_name, str):
-            raise AssignmentMapError(f"checkpoint names in an assignment_map are strings, got {ckpt_name!r}")
-        pairs.append((ckpt_name, target))
-    return sorted(pairs, key=lambda p: p[0])  # TF sorts by checkpoint name only (stable)
-
-
-def _collect_partitioned(name: str, all_vars: dict[str, Variable]) -> list[Variable] | None:
-    """TF's ``_collect_partitioned_variable``: ``name/part_0, name/part_1, ...`` while they exist."""
-    if f"{name}/part_0" not in all_vars:
-        return None
-    out, i = [], 0
-    while f"{name}/part_{i}" in all_vars:
-        out.append(all_vars[f"{name}/part_{i}"])
-        i += 1
-    return out
-
-
-def _not_found(
-    tensor: str, where: str, ckpt: str, index: CheckpointIndex, scoped: str | None = None
-) -> AssignmentMapError:
-    head = (
-        f"Tensor {tensor} is not found in {ckpt} checkpoint"
-        if scoped is None
-        else f"Tensor {tensor} ({scoped} in {where}) is not found in {ckpt} checkpoint"
-    )
-    names = list(index.entries)
-    near = [n for n in names if n.rsplit("/", 1)[-1] == tensor.rsplit("/", 1)[-1].split(":")[0]][:5]
-    hint = f"; tensors with that base name: {near}" if near else ""
-    return AssignmentMapError(f"{head} ({len(names)} tensors at {index.prefix}{hint})")
-
-
-def _restores_for(target, tensor: str, index: CheckpointIndex, ckpt: str) -> list[PendingRestore]:
-    """Check ``target`` against the checkpoint's ``tensor`` and make its pending restores."""
-    entry = index.entry(tensor)
-    what = f"tensor {tensor} from checkpoint {ckpt}"
-    if isinstance(target, Variable):
-        # like TF: a single variable (a part included) takes the whole tensor
-        if tuple(target.shape) != tuple(entry.shape):
-            raise ShapeMismatchError(
-                f"Shape of variable {target.name or '<unnamed>'} ({tuple(target.shape)}) doesn't match "
-                f"with shape of tensor {tensor} ({list(entry.shape)}) from checkpoint reader."
-            )
-        target.check_assignable(entry.shape, entry.dtype, what=what)
-        return [PendingRestore(target, index, tensor, None)]
-    out, full_name = [], None
-    for part in target:
-        info = getattr(part, "save_slice_info", None)
-        if not isinstance(part, Variable) or info is None:
-            raise AssignmentMapError(
-                f"{getattr(part, 'name', part)!r} is not a part of a partitioned variable; a list in an "
-                "assignment_map must hold the parts of one partitioned variable"
-            )
-        if full_name is None:
-            full_name = info.full_name
-        elif info.full_name != full_name:
-            raise AssignmentMapError(f"Slices must all be from the same tensor: {full_name} != {info.full_name}")
-        if tuple(info.full_shape) != tuple(entry.shape):
-            # TF finds this only when the initializer runs (RestoreV2 with the part's slice spec)
-            raise ShapeMismatchError(
-                f"Shape of partitioned variable {full_name} ({tuple(info.full_shape)}) doesn't match "
-                f"with shape of tensor {tensor} ({list(entry.shape)}) from checkpoint reader."
-            )
-        part.check_assignable(info.var_shape, entry.dtype, what=what)
-        out.append(PendingRestore(part, index, tensor, info.box))
-    return out
-
-
-def _is_parts_list(x) -> bool:
-    return isinstance(x, (list, tuple)) and all(isinstance(v, Variable) for v in x)
-
-
 def init_from_checkpoint(
     ckpt_dir_or_file,
     assignment_map,
@@ -522,61 +258,4 @@ def init_from_checkpoint(
         raise TypeError(f"store must be a VariableStore, got {type(store).__name__}")
     index = store.checkpoint(ckpt_dir_or_file, storage_options=storage_options, storage=storage)
     ckpt = index.prefix if isinstance(ckpt_dir_or_file, CheckpointIndex) else os.fspath(ckpt_dir_or_file)
-    variable_map = index.entries
-    restores: list[PendingRestore] = []
-    store_vars = store._vars
-    for tensor_name, current in _pairs(assignment_map):
-        if isinstance(current, PartitionedVariable):
-            var = list(current.parts)  # an extension: TF raises TypeError for a PartitionedVariable
-        elif isinstance(current, Variable) or (isinstance(current, list) and _is_parts_list(current)):
-            var = current
-        elif isinstance(current, tuple) and _is_parts_list(current):
-            var = list(current)
-        elif isinstance(current, str):
-            var = store_vars.get(current)
-            if var is None:
-                var = _collect_partitioned(current, store_vars)
-        else:
-            raise AssignmentMapError(
-                f"assignment_map value for {tensor_name!r} must be a variable name, a Variable, a list of "
-                f"parts or a PartitionedVariable, got {type(current).__name__}"
-            )
-        if var is not None:
-            if tensor_name not in variable_map:
-                raise _not_found(tensor_name, "", ckpt, index)
-            restores += _restores_for(var, tensor_name, index, ckpt)
-            continue
-        # a scope mapping, with TF's string arithmetic
-        scopes = current[: current.rindex("/")] if "/" in current else ""
-        if not tensor_name.endswith("/"):
-            raise AssignmentMapError(
-                f"Assignment map with scope only name {scopes} should map to scope only "
-                f"{tensor_name}. Should be 'scope/': 'other_scope/'."
-            )
-        scope_variables = set()
-        for var_name in store_vars:
-            if not scopes or var_name.startswith(scopes + "/"):
-                if "/part_" in var_name:  # every part maps to the one full tensor
-                    var_name = var_name[: var_name.index("/part_")]
-                scope_variables.add(var_name)
-        for var_name in sorted(scope_variables):
-            full_tensor_name = var_name[len(scopes) :]
-            if current != "/":
-                full_tensor_name = full_tensor_name[1:]
-            if tensor_name != "/":
-                full_tensor_name = tensor_name + full_tensor_name
-            if full_tensor_name.endswith("/"):
-                full_tensor_name = full_tensor_name[:-1]
-            if full_tensor_name not in variable_map:
-                raise _not_found(full_tensor_name, tensor_name, ckpt, index, scoped=var_name[len(scopes) + 1 :])
-            var = store_vars.get(var_name)
-            if var is None:
-                var = _collect_partitioned(var_name, store_vars)
-            if var is None:
-                # TF crashes here (AttributeError on None): a '/part_' name that is no partition
-                raise AssignmentMapError(
-                    f"variable names under {scopes or 'the root'} contain '/part_' but {var_name} is not a "
-                    f"partitioned variable, so no variable maps to tensor {full_tensor_name}"
-                )
-            restores += _restores_for(var, full_tensor_name, index, ckpt)
-    store._record(restores)
+    store.record(resolve_assignment_map(assignment_map, index, ckpt, MappingProxyType(store._vars)))
