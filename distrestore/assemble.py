@@ -22,7 +22,8 @@ from .errors import ChecksumMismatchError
 from .format import crc, dtypes
 from .format.slices import box_shape, relative
 from .format.strings import decode_strings
-from .plan import DIRECT, PACKED, SKIP, STAGED, ReadPlan, ReadRequest, _strides
+from .plan import strides
+from .readplan import DIRECT, PACKED, SKIP, STAGED, ReadPlan, ReadRequest
 
 _SKIP_CHUNK = 1 << 20
 
@@ -229,10 +230,10 @@ class Assembly:
         by_enum = dtypes.BY_ENUM
         outs = p.outputs.tolist()
         offsets = p.offsets.tolist()
-        kinds, offs, sizes = p.kinds, p.offsets, p.sizes
+        layouts, offs, sizes = p.layouts, p.offsets, p.sizes
         # runs of back-to-back tensors of one dtype and shape become one stacked view whose
         # rows numpy hands out in C: far cheaper than an ndarray() call (and buffer export) each
-        cut = np.flatnonzero((kinds[1:] != kinds[:-1]) | (offs[1:] != offs[:-1] + sizes[:-1])) + 1
+        cut = np.flatnonzero((layouts[1:] != layouts[:-1]) | (offs[1:] != offs[:-1] + sizes[:-1])) + 1
         bounds = [0, *cut.tolist(), len(outs)]
         for a, b in zip(bounds[:-1], bounds[1:]):
             shape = p.shapes[a]
@@ -264,11 +265,11 @@ class Assembly:
             return
         npdt = dt.numpy.newbyteorder(">") if e.big_endian else dt.numpy
         item = dt.itemsize
-        strides = tuple(s * item for s in _strides(box_shape(e.box)))
+        steps = tuple(s * item for s in strides(box_shape(e.box)))
         for c in st.copies:
             out = self.plan.outputs[c.output]
-            first = sum((a - o) * s for (a, _), (o, _), s in zip(c.box, e.box, strides))
-            src = np.ndarray(box_shape(c.box), dtype=npdt, buffer=buf, offset=first - st.start, strides=strides)
+            first = sum((a - o) * s for (a, _), (o, _), s in zip(c.box, e.box, steps))
+            src = np.ndarray(box_shape(c.box), dtype=npdt, buffer=buf, offset=first - st.start, strides=steps)
             with self._lock:
                 arr = self._array(c.output)
             arr[relative(c.box, out.box)] = src

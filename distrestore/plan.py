@@ -7,13 +7,13 @@ foreign byte order, bytes two outputs share) is read once into a *staging* buffe
 out; small whole tensors are read in packed groups and handed out as views. Byte ranges are then
 split so every worker stays busy and joined when adjacent (or across gaps up to
 ``max_gap_bytes``, 0 by default so that subset restores read only needed bytes), so small
-tensors do not cost a request each. Everything here is plain, frozen, picklable data.
+tensors do not cost a request each. The plan is plain, frozen, picklable data, defined in
+``distrestore.readplan`` (and importable from here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import NamedTuple, Protocol
 
@@ -24,210 +24,43 @@ from .format import dtypes
 from .format.messages import TensorEntry
 from .format.slices import Box, box_from_region, box_shape, box_size, intersect, to_box
 from .index import CheckpointIndex
+from .readplan import (
+    DIRECT,
+    PACKED,
+    SKIP,
+    STAGED,
+    Copy,
+    Output,
+    Packed,
+    PlanOptions,
+    ReadPlan,
+    ReadRequest,
+    Segment,
+    SegmentKind,
+    Staging,
+    StoredEntry,
+)
 
-DIRECT, STAGED, SKIP, PACKED = 0, 1, 2, 3
-
-
-class Output(NamedTuple):
-    """One array the plan fills: region ``box`` of tensor ``name``."""
-
-    name: str
-    checkpoint: str
-    dtype: str  # TF dtype name
-    box: Box  # in the full tensor's coordinates
-    shape: tuple[int, ...]  # of the box
-
-
-class StoredEntry(NamedTuple):
-    """A stored tensor or slice whose bytes the plan reads (all of them, when ``verify``)."""
-
-    name: str
-    file: str
-    offset: int
-    size: int
-    crc32c: int  # masked, as stored
-    dtype: str
-    box: Box  # what it holds, in the full tensor's coordinates
-    big_endian: bool
-    verify: bool  # every byte is read, so its CRC32C is checked
-
-
-class Copy(NamedTuple):
-    """Copy region ``box`` (full-tensor coordinates) from a staging buffer into an output."""
-
-    output: int
-    box: Box
-
-
-class Staging(NamedTuple):
-    """A buffer holding bytes [start, start + size) of one stored entry until they are placed."""
-
-    entry: int
-    start: int  # byte offset inside the entry
-    size: int
-    copies: tuple[Copy, ...]
-
-
-class Packed(NamedTuple):
-    """Small whole tensors stored back to back: read once into one buffer, handed out as views.
-
-    Bytes [start, start + size) of ``file``; output ``outputs[i]`` (dtype enum ``dtypes[i]``,
-    shape ``shapes[i]``) sits at ``offsets[i]`` in the buffer, ``sizes[i]`` bytes, with stored
-    masked CRC32C ``crcs[i]``. One request and one object per group, numpy columns inside,
-    instead of Python objects per tensor: what makes checkpoints with 10^5 tensors cheap.
-    """
-
-    file: str
-    start: int
-    size: int
-    outputs: np.ndarray  # int64
-    offsets: np.ndarray  # int64, relative to start
-    sizes: np.ndarray  # int64
-    crcs: np.ndarray  # uint32
-    dtypes: np.ndarray  # int16 enum
-    shapes: np.ndarray  # object: shape tuples
-    kinds: np.ndarray  # int64: equal for tensors of equal dtype and shape
-
-    def __eq__(self, other):  # numpy fields: compare by value
-        return isinstance(other, Packed) and all(
-            np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b for a, b in zip(self, other)
-        )
-
-    __hash__ = None
-
-
-class Segment(NamedTuple):
-    """A run of a request's bytes and where it goes."""
-
-    length: int
-    kind: int  # DIRECT (into an output), STAGED/PACKED (into a staging/packed buffer), SKIP (a gap)
-    target: int  # output, staging or packed index
-    offset: int  # byte offset in the target
-    entry: int  # stored entry whose bytes these are (-1 for SKIP)
-    entry_offset: int  # byte offset of this run inside that entry
-
-
-class ReadRequest(NamedTuple):
-    """Read bytes [start, end) of ``file``; ``segments`` tile the range in order."""
-
-    file: str
-    start: int
-    end: int
-    segments: tuple[Segment, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.start
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """How ranges are cut and joined. Defaults depend on the storage (see ``for_storage``)."""
-
-    max_gap_bytes: int = 0
-    """Join neighbouring ranges of one file when at most this many unneeded bytes separate them."""
-    max_request_bytes: int = 16 * 2**20
-    """No request is larger than this (big ranges are split; joins stop here)."""
-    min_request_bytes: int = 2**20
-    """Splitting for balance never cuts ranges smaller than this."""
-    workers: int = 8
-    """Aim for at least a few requests per worker so all of them stay busy."""
-    pack_bytes: int = 256 * 1024
-    """Whole tensors up to this size are read in packed groups and returned as views."""
-
-    @classmethod
-    def for_storage(cls, local: bool, workers: int, max_inflight_bytes: int | None = None) -> PlanOptions:
-        # max_gap_bytes stays 0: a subset or partition restore reads exactly the bytes it needs
-        # (neighbouring ranges still join); latency is hidden by concurrency instead
-        if local:
-            opts = cls(max_gap_bytes=0, max_request_bytes=16 * 2**20, workers=workers)
-        else:  # object stores: a request costs tens of ms and CPU per request, so fewer, bigger
-            # requests (8 MiB at 20-50 ms first-byte latency was the best raw ceiling measured)
-            opts = cls(max_gap_bytes=0, max_request_bytes=32 * 2**20, min_request_bytes=8 * 2**20, workers=workers)
-        if max_inflight_bytes:
-            # one request alone must fit in the budget
-            cap = max(1, max_inflight_bytes)
-            opts = cls(
-                opts.max_gap_bytes,
-                min(opts.max_request_bytes, cap),
-                min(opts.min_request_bytes, cap),
-                workers,
-                min(opts.pack_bytes, cap),
-            )
-        return opts
-
-
-@dataclass(frozen=True)
-class ReadPlan:
-    outputs: tuple[Output | None, ...]  # None: served by a packed group (see ``packed``)
-    entries: tuple[StoredEntry, ...]
-    staging: tuple[Staging, ...]
-    requests: tuple[ReadRequest, ...]
-    options: PlanOptions = field(default_factory=PlanOptions)
-    packed: tuple[Packed, ...] = ()
-
-    def __eq__(self, other):
-        return (
-            isinstance(other, ReadPlan)
-            and (self.outputs, self.entries, self.staging, self.requests, self.options)
-            == (other.outputs, other.entries, other.staging, other.requests, other.options)
-            and (len(self.packed) == len(other.packed) and all(a == b for a, b in zip(self.packed, other.packed)))
-        )
-
-    @property
-    def bytes_to_read(self) -> int:
-        return sum(r.nbytes for r in self.requests)
-
-    @property
-    def bytes_needed(self) -> int:
-        return sum(s.length for r in self.requests for s in r.segments if s.kind != SKIP)
-
-    def assign(self, workers: int) -> list[list[int]]:
-        """Requests per worker, balanced by bytes (largest first to the least loaded)."""
-        loads = [(0, w) for w in range(workers)]
-        out: list[list[int]] = [[] for _ in range(workers)]
-        import heapq
-
-        heapq.heapify(loads)
-        for i in sorted(range(len(self.requests)), key=lambda i: -self.requests[i].nbytes):
-            load, w = heapq.heappop(loads)
-            out[w].append(i)
-            heapq.heappush(loads, (load + self.requests[i].nbytes, w))
-        return out
-
-    def summary(self, workers: int | None = None) -> str:
-        workers = workers or self.options.workers
-        files: dict[str, list[int]] = {}
-        for r in self.requests:
-            f = files.setdefault(r.file, [0, 0])
-            f[0] += 1
-            f[1] += r.nbytes
-        packed = sum(len(p.outputs) for p in self.packed)
-        lines = [
-            f"ReadPlan: {len(self.outputs)} outputs from {len(self.entries) + packed} stored "
-            f"entries, {len(self.requests)} requests, {_fmt(self.bytes_to_read)} to read "
-            f"({_fmt(self.bytes_needed)} needed), {len(self.staging)} staging buffers, "
-            f"{packed} small tensors in {len(self.packed)} packed groups"
-        ]
-        for path, (n, b) in files.items():
-            lines.append(f"  {path}: {n} requests, {_fmt(b)}")
-        if self.requests:
-            per = [sum(self.requests[i].nbytes for i in idx) for idx in self.assign(workers)]
-            lines.append(f"  per worker ({workers}): " + ", ".join(_fmt(b) for b in per))
-        return "\n".join(lines)
-
-    __str__ = summary
-
-
-def _fmt(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-# -- planning ----------------------------------------------------------------------------------
+__all__ = [
+    "DIRECT",
+    "PACKED",
+    "SKIP",
+    "STAGED",
+    "Copy",
+    "Output",
+    "Packed",
+    "PlanOptions",
+    "ReadPlan",
+    "ReadRequest",
+    "Segment",
+    "SegmentKind",
+    "Staging",
+    "StoredEntry",
+    "Want",
+    "Wants",
+    "build_plan",
+    "strides",
+]
 
 
 class Want(Protocol):
@@ -268,22 +101,23 @@ class Wants(NamedTuple):
         return self.regions.count(None) == len(self.regions)
 
 
-def _strides(shape: Sequence[int]) -> list[int]:
+def strides(shape: Sequence[int]) -> list[int]:
+    """Row-major element strides of ``shape`` (the last dimension's is 1)."""
     out = [1] * len(shape)
     for i in range(len(shape) - 2, -1, -1):
         out[i] = out[i + 1] * shape[i + 1]
     return out
 
 
-def _flat(point: Sequence[int], origin: Box, strides: Sequence[int]) -> int:
-    return sum((p - o) * s for p, (o, _), s in zip(point, origin, strides))
+def _flat(point: Sequence[int], origin: Box, steps: Sequence[int]) -> int:
+    return sum((p - o) * s for p, (o, _), s in zip(point, origin, steps))
 
 
 def _span(inner: Box, outer: Box) -> tuple[int, int]:
     """First and one-past-last flat element index of ``inner`` inside a row-major ``outer``."""
-    strides = _strides(box_shape(outer))
-    first = _flat([a for a, _ in inner], outer, strides)
-    last = _flat([b - 1 for _, b in inner], outer, strides)
+    steps = strides(box_shape(outer))
+    first = _flat([a for a, _ in inner], outer, steps)
+    last = _flat([b - 1 for _, b in inner], outer, steps)
     return first, last + 1
 
 
@@ -336,7 +170,7 @@ class _Range(NamedTuple):
     file: str
     start: int
     end: int
-    kind: int
+    kind: SegmentKind
     target: int
     offset: int
     entry: int
@@ -475,7 +309,7 @@ def _pack(
                 cols.crc[rows[a:b]],
                 cols.dtype[rows[a:b]],
                 shapes[a:b],
-                cols.kind[rows[a:b]],
+                cols.kind[rows[a:b]],  # the index's (dtype, shape) class ids
             )
         )
     return groups

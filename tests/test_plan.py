@@ -12,7 +12,18 @@ from distrestore.format import crc, sstable
 from distrestore.format.messages import encode_entry, encode_header
 from distrestore.format.slices import parse_spec, slice_key
 from distrestore.index import CheckpointIndex
-from distrestore.plan import DIRECT, PACKED, SKIP, STAGED, Copy, PlanOptions, ReadPlan, Segment, build_plan
+from distrestore.plan import (
+    DIRECT,
+    PACKED,
+    SKIP,
+    STAGED,
+    Copy,
+    PlanOptions,
+    ReadPlan,
+    Segment,
+    SegmentKind,
+    build_plan,
+)
 from distrestore.restore import TensorRequest
 
 F32, I64, STR = 1, 9, 7
@@ -201,8 +212,15 @@ def test_request_size_never_exceeds_limit_and_plan_pickles():
         assert sum(s.length for s in r.segments) == r.nbytes
     again = pickle.loads(pickle.dumps(p))
     assert again == p
+    kinds = {s.kind for r in again.requests for s in r.segments}
+    assert kinds == {DIRECT, PACKED} and all(type(k) is SegmentKind for k in kinds)
     text = p.summary(workers=2)
     assert "ReadPlan: 51 outputs" in text and D0 in text and "per worker (2)" in text
+
+
+def test_segment_kinds_are_one_enum():
+    assert [DIRECT, STAGED, SKIP, PACKED] == list(SegmentKind) == [0, 1, 2, 3]
+    assert SegmentKind.PACKED.name == "PACKED"
 
 
 def test_budget_caps_request_size():
