@@ -1,11 +1,11 @@
 """Assembly: destination buffers for a plan's requests, checksums, and placing staged bytes.
 
-An :class:`Assembly` owns the output arrays (allocated once, lazily, when the first request that
-writes them is issued) and the staging buffers. Executors ask it for the buffers a request reads
-into, then report the request done; it verifies each stored entry's CRC32C (per segment, in the
-reading thread while the bytes are in cache, combined per entry), decodes strings, copies staged
-bytes into outputs (slices into full tensors or into any new partitioning) and tells the
-executor which outputs are complete.
+An :class:`Assembly` is the library's read sink (``distrestore.execute.sink.ReadSink``): it owns
+the output arrays (allocated once, lazily, when the first request that writes them is issued) and
+the staging buffers. Executors ask it for the buffers a request reads into, then report the
+request done; it verifies each stored entry's CRC32C (per segment, in the reading thread while the
+bytes are in cache, combined per entry), decodes strings, copies staged bytes into outputs (slices
+into full tensors or into any new partitioning) and tells the executor which outputs are complete.
 """
 
 from __future__ import annotations
@@ -19,23 +19,38 @@ from operator import is_
 import numpy as np
 
 from .errors import ChecksumMismatchError
+from .execute.sink import Allocator
 from .format import crc, dtypes
 from .format.slices import box_shape, relative
 from .format.strings import decode_strings
 from .plan import strides
-from .readplan import DIRECT, PACKED, SKIP, STAGED, ReadPlan, ReadRequest
+from .readplan import DIRECT, PACKED, SKIP, STAGED, ReadPlan, ReadRequest, SegmentKind
 
 _SKIP_CHUNK = 1 << 20
 
 
 class Assembly:
-    def __init__(self, plan: ReadPlan, *, verify: bool = True, names: Sequence[str] | None = None):
+    """The read sink of one plan. ``verify``: check every CRC32C; ``names``: output names (the
+    plan carries none for packed outputs), for messages; ``allocate``: where buffers that reads
+    land in live (see ``distrestore.execute.sink.Allocator``), None for numpy memory.
+
+    ``allocate`` is also an attribute: an executor that learns where buffers go only once it
+    runs (the Ray executor's shared-memory arena, until it supplies ``Executor.allocator``) may
+    set it before its first ``buffers`` call and reset it to None when done.
+    """
+
+    def __init__(
+        self,
+        plan: ReadPlan,
+        *,
+        verify: bool = True,
+        names: Sequence[str] | None = None,
+        allocate: Allocator | None = None,
+    ):
         self.plan = plan
         self.names = names  # output names, for messages about packed outputs
         self.verify = verify
-        # an executor's hook: (kind, index, nbytes) -> writable uint8 array, or None for numpy's; for
-        # the output (DIRECT), staging (STAGED) and packed (PACKED) buffers that reads land in
-        self.allocate = None
+        self.allocate = allocate
         self._lock = threading.Lock()
         n = len(plan.outputs)
         self._arrays: list[np.ndarray | None] = [None] * n
@@ -98,7 +113,7 @@ class Assembly:
             buf = self._stage[sid] = np.empty(n, dtype=np.uint8) if buf is None else buf
         return buf
 
-    def _alloc(self, kind: int, index: int, nbytes: int) -> np.ndarray | None:
+    def _alloc(self, kind: SegmentKind, index: int, nbytes: int) -> np.ndarray | None:
         return self.allocate(kind, index, nbytes) if self.allocate is not None else None
 
     def _skip_buf(self, n: int) -> memoryview:
@@ -130,31 +145,18 @@ class Assembly:
 
     # -- completion --------------------------------------------------------------------------
 
+    def segment_checks(self, req: ReadRequest) -> tuple[bool, ...]:
+        """Per segment: whether its CRC32C is taken (its stored entry is verified)."""
+        check = self._check
+        return tuple(seg.entry >= 0 and check[seg.entry] for seg in req.segments)
+
     def checksums(self, req: ReadRequest, views: Sequence, known: Sequence[int] | None = None) -> list[int | None]:
         """CRC32C of every segment whose entry is verified (call in the reading thread);
         ``known``: the CRC32C of every view, when the read computed them."""
+        checks = self.segment_checks(req)
         if known is not None:
-            return [c if seg.entry >= 0 and self._check[seg.entry] else None for seg, c in zip(req.segments, known)]
-        return [
-            crc.value(v) if seg.entry >= 0 and self._check[seg.entry] else None for seg, v in zip(req.segments, views)
-        ]
-
-    def place(
-        self, req: ReadRequest, data, views: Sequence | None = None, *, gaps_included: bool = True
-    ) -> list[memoryview]:
-        """Copy a request's bytes (from a remote read or a Ray worker) into its buffers.
-        ``data`` holds the whole range, or only the needed segments when ``gaps_included`` is
-        False (what a remote worker ships back)."""
-        views = self.buffers(req) if views is None else views
-        mv = memoryview(data).cast("B")
-        pos = 0
-        for seg, v in zip(req.segments, views):
-            if seg.kind != SKIP:
-                v[:] = mv[pos : pos + seg.length]
-                pos += seg.length
-            elif gaps_included:
-                pos += seg.length
-        return views
+            return [c if ok else None for ok, c in zip(checks, known)]
+        return [crc.value(v) if ok else None for ok, v in zip(checks, views)]
 
     def complete(self, req: ReadRequest, crcs: Sequence[int | None]) -> list[int]:
         """Record a finished request; return the outputs it completed. Raises on bad checksums."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 
@@ -130,6 +132,11 @@ class CheckpointIndex:
         if entry.dtype != self.entries[name].dtype:
             raise CorruptCheckpointError(f"{self.prefix}.index: slice of {name!r} has a different dtype")
         return entry
+
+    def raw_slice_entries(self) -> Mapping[bytes, bytes]:
+        """The hidden slice entries of partitioned tensors, undecoded: encoded slice key ->
+        raw ``BundleEntryProto`` bytes (read-only; what a merge copies across)."""
+        return MappingProxyType(self._slice_values)
 
     def rows_of(self, names: list[str]) -> np.ndarray:
         """Row of each name in ``columns()`` (-1 where absent)."""

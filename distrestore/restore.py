@@ -36,7 +36,10 @@ def plan_requests(
     executor: Executor | str = "threads",
     max_inflight_bytes: int | None = None,
 ) -> ReadPlan:
-    """The ``ReadPlan`` a fetch of these requests would run (for inspection: ``print(plan)``)."""
+    """The ``ReadPlan`` a fetch of these requests would run (for inspection: ``print(plan)``).
+
+    Side-effect free: the executor is asked only how many requests it runs at once
+    (``workers_for``), which starts nothing."""
     executor = get_executor(executor)
     wants = Wants.of(requests)
     local = all(c.storage.local for c in wants.distinct_checkpoints())
@@ -50,9 +53,11 @@ class _Run:
 
     def __init__(self, wants: Wants, executor, verify: bool, max_inflight_bytes, progress):
         self.executor = get_executor(executor)
-        self.plan = plan_requests(wants, self.executor, max_inflight_bytes)
         self.storages = {f: index.storage for index in wants.distinct_checkpoints() for f in index.data_files()}
-        self.assembly = Assembly(self.plan, verify=verify, names=wants.names)
+        self.plan = plan_requests(wants, self.executor, max_inflight_bytes)
+        allocator = getattr(self.executor, "allocator", None)  # optional: see Executor
+        allocate = allocator(self.plan, self.storages) if allocator is not None else None
+        self.assembly = Assembly(self.plan, verify=verify, names=wants.names, allocate=allocate)
         self.max_inflight_bytes = max_inflight_bytes
         self.progress = progress
 

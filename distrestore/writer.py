@@ -146,7 +146,7 @@ def merge_checkpoints(sources: Sequence[str], destination: str, *, storage_optio
             merged[key] = relocate(
                 idx, key, encode_entry(e.dtype.enum, e.shape, e.shard_id, e.offset, e.size, e.crc32c)
             )
-        for key, raw in idx._slice_values.items():
+        for key, raw in idx.raw_slice_entries().items():
             if key in merged:
                 raise MergeConflictError(f"Duplicate slice entry in {idx.prefix}")
             merged[key] = relocate(idx, key, raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -136,3 +137,53 @@ def test_plan_requests_is_printable(ckpt):
     index = open_checkpoint(prefix)
     text = str(dr.plan_requests([dr.TensorRequest(index, n) for n in tensors]))
     assert text.startswith(f"ReadPlan: {len(tensors)} outputs") and ".data-00002-of-00003" in text
+
+
+class RecordingExecutor:
+    """A thread executor that records what it was asked, the collector's state while it reads,
+    and (when ``arena``) supplies the buffers reads land in through ``allocator``."""
+
+    def __init__(self, arena: bool = False):
+        self.inner = ThreadExecutor(2)
+        self.calls: list[str] = []
+        self.buffers: dict = {}
+        self.gc_during_run: list[bool] = []
+        if arena:
+            self.allocator = self._allocator
+
+    def workers_for(self, local):
+        self.calls.append("workers_for")
+        return self.inner.workers_for(local)
+
+    def _allocator(self, plan, storages):
+        self.calls.append("allocator")
+
+        def allocate(kind, target, nbytes):
+            buf = self.buffers[(kind, target)] = np.empty(nbytes, np.uint8)
+            return buf
+
+        return allocate
+
+    def run(self, plan, sink, storages, **kw):
+        self.calls.append("run")
+        for batch in self.inner.run(plan, sink, storages, **kw):
+            self.gc_during_run.append(gc.isenabled())
+            yield batch
+
+
+def test_planning_asks_the_executor_only_how_wide_it_is(ckpt):
+    prefix, tensors = ckpt
+    index = open_checkpoint(prefix)
+    ex = RecordingExecutor(arena=True)
+    dr.plan_requests([dr.TensorRequest(index, n) for n in tensors], ex)
+    assert ex.calls == ["workers_for"]
+
+
+def test_an_executors_allocator_holds_the_outputs(ckpt):
+    prefix, tensors = ckpt
+    ex = RecordingExecutor(arena=True)
+    out = dr.restore_tensors(prefix, ["big/1", "small/003"], executor=ex)
+    assert ex.calls == ["workers_for", "allocator", "run"]
+    assert same(out["big/1"], tensors["big/1"]) and same(out["small/003"], tensors["small/003"])
+    assert any(np.shares_memory(out["big/1"], b) for b in ex.buffers.values())
+    assert any(np.shares_memory(out["small/003"], b) for b in ex.buffers.values())

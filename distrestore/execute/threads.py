@@ -12,10 +12,10 @@ import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from ..assemble import Assembly
 from ..errors import CheckpointNotFoundError, StorageError
-from ..plan import ReadPlan, ReadRequest
+from ..readplan import ReadPlan, ReadRequest
 from ..storage import Storage
+from .sink import ReadSink
 
 
 class ThreadExecutor:
@@ -34,14 +34,14 @@ class ThreadExecutor:
     def run(
         self,
         plan: ReadPlan,
-        assembly: Assembly,
+        sink: ReadSink,
         storages: Mapping[str, Storage],
         *,
         max_inflight_bytes: int | None = None,
         progress=None,
     ) -> Iterator[int]:
-        if assembly.ready:
-            yield assembly.ready
+        if sink.ready:
+            yield sink.ready
         if not plan.requests:
             return
         local = all(s.local for s in storages.values())
@@ -56,7 +56,7 @@ class ThreadExecutor:
                 while pending and len(running) < workers and (not running or inflight + pending[-1].nbytes <= budget):
                     req = pending.pop()
                     inflight += req.nbytes
-                    running[pool.submit(read_request, req, assembly, storages[req.file])] = req
+                    running[pool.submit(read_request, req, sink, storages[req.file])] = req
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     req = running.pop(fut)
@@ -72,12 +72,12 @@ class ThreadExecutor:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def read_request(req: ReadRequest, assembly: Assembly, storage: Storage) -> list[int]:
+def read_request(req: ReadRequest, sink: ReadSink, storage: Storage) -> list[int]:
     """Read one request into its buffers, checksum it (local reads do so while copying, others
     right after, while the bytes are hot), and report it done."""
-    views = assembly.buffers(req)
+    views = sink.buffers(req)
     try:
         crcs = storage.readinto(req.file, req.start, views)
     except (StorageError, CheckpointNotFoundError) as e:
-        raise type(e)(f"{e} (reading tensors {assembly.tensor_names(req)})") from e
-    return assembly.complete(req, assembly.checksums(req, views, crcs))
+        raise type(e)(f"{e} (reading tensors {sink.tensor_names(req)})") from e
+    return sink.complete(req, sink.checksums(req, views, crcs))
