@@ -54,10 +54,11 @@ class _Run:
     def __init__(self, wants: Wants, executor, verify: bool, max_inflight_bytes, progress):
         self.executor = get_executor(executor)
         self.storages = {f: index.storage for index in wants.distinct_checkpoints() for f in index.data_files()}
-        self.plan = plan_requests(wants, self.executor, max_inflight_bytes)
-        allocator = getattr(self.executor, "allocator", None)  # optional: see Executor
-        allocate = allocator(self.plan, self.storages) if allocator is not None else None
-        self.assembly = Assembly(self.plan, verify=verify, names=wants.names, allocate=allocate)
+        with gc_paused():  # the plan and the assembly's bookkeeping: 10^5 objects at once (see _gc)
+            self.plan = plan_requests(wants, self.executor, max_inflight_bytes)
+            allocator = getattr(self.executor, "allocator", None)  # optional: see Executor
+            allocate = allocator(self.plan, self.storages) if allocator is not None else None
+            self.assembly = Assembly(self.plan, verify=verify, names=wants.names, allocate=allocate)
         self.max_inflight_bytes = max_inflight_bytes
         self.progress = progress
 
@@ -96,11 +97,10 @@ def iter_fetch(
 
 def _fetch_all(wants: Wants, executor, verify, max_inflight_bytes, progress) -> list[np.ndarray]:
     """Run one plan to completion and hand over every output (no per-tensor bookkeeping)."""
-    with gc_paused():  # 10^5 arrays at once: see _gc
-        run = _Run(wants, executor, verify, max_inflight_bytes, progress)
-        for _ in run.batches():
-            pass
-        return run.assembly.take_all()
+    run = _Run(wants, executor, verify, max_inflight_bytes, progress)
+    for _ in run.batches():
+        pass
+    return run.assembly.take_all()
 
 
 def fetch(

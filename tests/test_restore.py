@@ -187,3 +187,13 @@ def test_an_executors_allocator_holds_the_outputs(ckpt):
     assert same(out["big/1"], tensors["big/1"]) and same(out["small/003"], tensors["small/003"])
     assert any(np.shares_memory(out["big/1"], b) for b in ex.buffers.values())
     assert any(np.shares_memory(out["small/003"], b) for b in ex.buffers.values())
+
+
+def test_the_collector_runs_while_reading(ckpt):
+    prefix, tensors = ckpt
+    assert gc.isenabled()
+    ex = RecordingExecutor()
+    out = dr.restore_tensors(prefix, executor=ex)
+    assert len(out) == len(tensors)
+    assert ex.gc_during_run and all(ex.gc_during_run)  # paused only while planning, not around I/O
+    assert gc.isenabled()

@@ -107,6 +107,7 @@ def _decode_slice(buf: bytes) -> Extents:
 
 
 _shape_cache: dict[bytes, tuple[int, ...]] = {}
+_SHAPE_CACHE_MAX = 4096  # distinct encoded shapes kept: a module cache stays bounded whatever the input
 _unpack_u32 = struct.Struct("<I").unpack_from
 
 
@@ -133,7 +134,9 @@ def decode_entry(name: str, buf: bytes) -> TensorEntry:
                 if tag == 0x12:
                     shape = _shape_cache.get(sub)
                     if shape is None:
-                        shape = _shape_cache.setdefault(sub, _decode_shape(sub))
+                        shape = _decode_shape(sub)
+                        if len(_shape_cache) < _SHAPE_CACHE_MAX:
+                            _shape_cache[sub] = shape
                 else:
                     slices.append(_decode_slice(sub))
                 continue
