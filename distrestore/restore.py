@@ -31,6 +31,17 @@ class TensorRequest(NamedTuple):
     region: tuple | None = None
 
 
+def time_limits(timeout: float | None, deadline: float | None) -> dict:
+    """The ``timeout=``/``deadline=`` keywords that were given, for passing on to a fetch
+    function (one that predates them is called without them when they are not used)."""
+    limits = {}
+    if timeout is not None:
+        limits["timeout"] = timeout
+    if deadline is not None:
+        limits["deadline"] = deadline
+    return limits
+
+
 def plan_requests(
     requests: Sequence[TensorRequest] | Wants,
     executor: Executor | str = "threads",

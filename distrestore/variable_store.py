@@ -44,11 +44,13 @@ from types import MappingProxyType
 
 import numpy as np
 
+from . import restore as engine
 from .assignment_map import PendingRestore, resolve_assignment_map
 from .errors import DTypeMismatchError, ShapeMismatchError
 from .format import dtypes
 from .index import CheckpointIndex, open_checkpoint
 from .partitioned import PartitionedVariable, SaveSliceInfo, VariablePart
+from .restore import TensorRequest, time_limits
 from .storage import Storage
 from .variable import Variable
 
@@ -190,18 +192,26 @@ class VariableStore:
             self._pending[id(r.variable)] = r
 
     def initialize(
-        self, *, executor="threads", verify: bool = True, max_inflight_bytes=None, progress=None, fetch=None
+        self,
+        *,
+        executor="threads",
+        verify: bool = True,
+        max_inflight_bytes=None,
+        progress=None,
+        fetch=None,
+        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> None:
         """Run every pending restore as one parallel plan, then assign; atomic.
 
         ``fetch`` replaces ``distrestore.restore.fetch`` (same signature), e.g. a service's.
+        ``timeout``: seconds per storage request; ``deadline``: seconds for the whole call (a
+        ``StorageError`` when either runs out); each is passed to ``fetch`` only when given.
         On any error nothing is assigned and the restores stay pending.
         """
         pending = list(self._pending.values())
         if not pending:
             return
-        from . import restore as _restore  # the engine; imported late (a lower layer's module)
-
         slots: dict[tuple, int] = {}
         requests = []
         where = []
@@ -209,12 +219,12 @@ class VariableStore:
             key = (id(r.checkpoint), r.tensor, r.box)
             if key not in slots:
                 slots[key] = len(requests)
-                requests.append(_restore.TensorRequest(r.checkpoint, r.tensor, r.region))
+                requests.append(TensorRequest(r.checkpoint, r.tensor, r.region))
             where.append(slots[key])
-        run = fetch if fetch is not None else _restore.fetch
-        arrays = run(
-            requests, executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes, progress=progress
-        )
+        run = fetch if fetch is not None else engine.fetch  # looked up now: tests patch it
+        kwargs = dict(executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes, progress=progress)
+        kwargs.update(time_limits(timeout, deadline))
+        arrays = run(requests, **kwargs)
         if len(arrays) != len(requests):
             raise ValueError(f"fetch returned {len(arrays)} arrays for {len(requests)} requests")
         for r, i in zip(pending, where):

@@ -604,3 +604,34 @@ def test_restore_none_creates_the_save_counter_and_fails_every_assertion():
     for check in (status.assert_consumed, status.assert_existing_objects_matched, status.assert_nontrivial_match):
         with pytest.raises(RestoreAssertionError, match="No checkpoint specified"):
             check()
+
+
+class KwargsFetch:
+    """Records the keywords of every fetch call."""
+
+    def __init__(self):
+        self.kwargs: list[dict] = []
+
+    def __call__(self, requests, **kwargs):
+        from distrestore.restore import fetch
+
+        self.kwargs.append(dict(kwargs))
+        kwargs.pop("timeout", None), kwargs.pop("deadline", None)  # what the engine takes is F's
+        return fetch(requests, **kwargs)
+
+
+def test_timeout_and_deadline_reach_fetch_and_deferred_restores():
+    f = KwargsFetch()
+    root = Checkpoint()
+    status = root.restore(TWO, fetch=f, timeout=3.0, deadline=30.0)
+    assert f.kwargs and all(k["timeout"] == 3.0 and k["deadline"] == 30.0 for k in f.kwargs)
+    n = len(f.kwargs)
+    root.model = Node(dense1=dense(1, 4))  # a deferred restore: the same keywords
+    assert len(f.kwargs) > n and f.kwargs[-1]["timeout"] == 3.0 and f.kwargs[-1]["deadline"] == 30.0
+    status.expect_partial()
+
+
+def test_no_timeout_keywords_unless_given():
+    f = KwargsFetch()
+    Checkpoint().read(TWO, fetch=f).expect_partial()
+    assert f.kwargs and not any("timeout" in k or "deadline" in k for k in f.kwargs)

@@ -200,3 +200,22 @@ def test_bad_targets(mapping, error, match):
 def test_store_is_required():
     with pytest.raises(TypeError):
         init_from_checkpoint(CKPT_A, {}, store=None)
+
+
+def test_initialize_passes_timeout_and_deadline_only_when_given():
+    from distrestore.restore import fetch
+
+    seen = []
+
+    def recording(requests, **kwargs):
+        seen.append(dict(kwargs))
+        kwargs.pop("timeout", None), kwargs.pop("deadline", None)  # what the engine takes is F's
+        return fetch(requests, **kwargs)
+
+    for limits in ({}, {"timeout": 2.0, "deadline": 20.0}, {"deadline": 5.0}):
+        store = VariableStore()
+        store.get_variable("v", [20, 2])
+        init_from_checkpoint(CKPT_A, {"old_scope_1/var1": "v"}, store=store)
+        store.initialize(fetch=recording, **limits)
+        assert {k: seen[-1][k] for k in ("timeout", "deadline") if k in seen[-1]} == limits
+        assert store.pending_restores() == []

@@ -8,17 +8,22 @@ from typing import Any
 
 import numpy as np
 
+from .. import restore as engine
 from ..errors import UnsupportedCheckpointError
 from ..format.object_graph import OBJECT_GRAPH_PROTO_KEY, ObjectGraph, parse_object_graph
 from ..index import CheckpointIndex, open_checkpoint
-from ..restore import TensorRequest
-from ..restore import fetch as engine_fetch
+from ..restore import TensorRequest, time_limits
 from ..variable import Variable
 from .status import CheckpointLoadStatus, GraphView, InitializationOnlyStatus
 from .tree import Node, children_of, is_data_descriptor, wrap
 from .walk import Batch, FetchFn, Position, Restore
 
 __all__ = ["Checkpoint", "read_object_graph"]
+
+
+def _engine_fetch(requests, **kwargs):
+    """``distrestore.restore.fetch``, looked up at each call (tests patch it)."""
+    return engine.fetch(requests, **kwargs)
 
 
 def _read_graph(index: CheckpointIndex, fetch: FetchFn, fetch_kwargs: dict) -> ObjectGraph:
@@ -37,7 +42,7 @@ def read_object_graph(ckpt_dir_or_file, *, storage_options: dict | None = None) 
     """The decoded object graph of a TF2 checkpoint: ``print(graph)`` shows the tree,
     ``graph.checkpoint_key("model/dense1/_kernel")`` finds a value's key."""
     index = open_checkpoint(ckpt_dir_or_file, storage_options=storage_options)
-    return _read_graph(index, engine_fetch, {})
+    return _read_graph(index, _engine_fetch, {})
 
 
 class Checkpoint(Node):
@@ -119,6 +124,8 @@ class Checkpoint(Node):
         max_inflight_bytes: int | None = None,
         progress=None,
         fetch: FetchFn | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> CheckpointLoadStatus:
         """Restore what the checkpoint has for the objects that exist, defer the rest; no
         ``save_counter`` is expected (TF's ``read``, for checkpoints written by ``write``).
@@ -126,10 +133,15 @@ class Checkpoint(Node):
         ``save_path``: a prefix, a directory with a ``checkpoint`` file, a SavedModel directory
         or an opened ``CheckpointIndex``. All matched values are read as one plan through
         ``fetch`` (default ``distrestore.restore.fetch``, same signature; a service's for
-        example) with the given ``executor``/``verify``/``max_inflight_bytes``/``progress``;
-        deferred restores of this checkpoint later use the same.
+        example) with the given ``executor``/``verify``/``max_inflight_bytes``/``progress``
+        and, when given, ``timeout`` (seconds per storage request) and ``deadline`` (seconds
+        for the call; a ``StorageError`` when either runs out); deferred restores of this
+        checkpoint later use the same, each attach with its own ``deadline``.
         """
-        restore = self._dr_open(save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch)
+        limits = time_limits(timeout, deadline)
+        restore = self._dr_open(
+            save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch, limits
+        )
         return self._dr_walk(restore)
 
     def restore(
@@ -142,14 +154,20 @@ class Checkpoint(Node):
         max_inflight_bytes: int | None = None,
         progress=None,
         fetch: FetchFn | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
     ):
         """``read``, and the ``save_counter`` is created (and restored with the rest): a
         checkpoint without one (written by ``write``) fails ``assert_existing_objects_matched``.
-        ``save_path=None`` returns a status whose assertions all fail, like TF."""
+        ``save_path=None`` returns a status whose assertions all fail, like TF. The keywords are
+        ``read``'s (``timeout``/``deadline`` included)."""
         if save_path is None:
             self._dr_maybe_create_save_counter()
             return InitializationOnlyStatus(self._dr_view.root)
-        restore = self._dr_open(save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch)
+        limits = time_limits(timeout, deadline)
+        restore = self._dr_open(
+            save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch, limits
+        )
         created = self._dr_save_counter is None
         self._dr_maybe_create_save_counter()
         try:
@@ -174,10 +192,13 @@ class Checkpoint(Node):
             del self._dr_children["save_counter"]
         self._dr_attached[:] = [(n, o) for n, o in self._dr_attached if o is not counter]
 
-    def _dr_open(self, save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch) -> Restore:
+    def _dr_open(
+        self, save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch, limits
+    ) -> Restore:
         index = open_checkpoint(save_path, storage_options=storage_options)
         kwargs = dict(executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes, progress=progress)
-        fetch_fn = fetch if fetch is not None else engine_fetch
+        kwargs.update(limits)
+        fetch_fn = fetch if fetch is not None else _engine_fetch
         graph = _read_graph(index, fetch_fn, kwargs)
         return Restore(index, graph, fetch_fn, kwargs)
 
