@@ -262,11 +262,19 @@ def test_the_allowlist_only_shrinks():
     assert sorted(ALLOWED - found) == [], "fixed: remove these from ALLOWED"
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+MAX_LINES = 520  # "no module over ~500 lines"
+# E splits the Ray executor into a package (issue E item 1)
+TOO_BIG_FOR_NOW = {"distrestore.execute.ray"}
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - TOO_BIG_FOR_NOW))
 def test_modules_are_small(name):
-    if name == "distrestore.execute.ray":
-        pytest.skip("E splits the Ray executor into a package (issue E item 1)")
-    assert MODULES[name].lines <= 520, f"{name} has {MODULES[name].lines} lines"
+    assert MODULES[name].lines <= MAX_LINES, f"{name} has {MODULES[name].lines} lines"
+
+
+def test_the_big_ones_are_still_there():
+    """Split: remove it from TOO_BIG_FOR_NOW."""
+    assert all(n in MODULES and MODULES[n].lines > MAX_LINES for n in TOO_BIG_FOR_NOW)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
