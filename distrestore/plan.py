@@ -19,6 +19,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from . import readplan
 from .errors import CorruptCheckpointError, UnsupportedCheckpointError
 from .format import dtypes
 from .format.messages import TensorEntry
@@ -41,26 +42,7 @@ from .readplan import (
     StoredEntry,
 )
 
-__all__ = [
-    "DIRECT",
-    "PACKED",
-    "SKIP",
-    "STAGED",
-    "Copy",
-    "Output",
-    "Packed",
-    "PlanOptions",
-    "ReadPlan",
-    "ReadRequest",
-    "Segment",
-    "SegmentKind",
-    "Staging",
-    "StoredEntry",
-    "Want",
-    "Wants",
-    "build_plan",
-    "strides",
-]
+__all__ = [*readplan.__all__, "Want", "Wants", "build_plan", "strides"]
 
 
 class Want(Protocol):
