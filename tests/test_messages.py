@@ -2,7 +2,6 @@
 
 Known values come from the bundle format notes (observed bytes of real TF output) and from the
 committed TF fixtures; where TF is importable, encoders are also compared with TF's own classes.
-(Split from the former ``test_format.py``, one file per format module.)
 """
 
 from __future__ import annotations
