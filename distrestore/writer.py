@@ -1,25 +1,28 @@
 """Writing bundles TF reads: ``save_tensors`` and ``merge_checkpoints`` (TF's MergeV2Checkpoints).
 
 ``save_tensors`` writes what ``tf.raw_ops.SaveV2`` would: dense data files (no padding), one
-uncompressed index with per-tensor masked CRC32C. ``merge_checkpoints`` follows TF's merge:
-data files are renamed (copied only across filesystems), duplicate keys are rejected, slices of
-one tensor from several inputs are joined; unlike TF it never deletes a directory.
+uncompressed index with per-tensor masked CRC32C. ``merge_checkpoints`` follows TF's merge
+(duplicate keys rejected, slices of one tensor from several inputs joined, the same shard
+numbering) but links or copies data files instead of moving them, deletes sources only when asked
+and never a directory. Both publish through :mod:`distrestore.durable`: data first, index last,
+each file under a temporary name, fsynced, then renamed.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .durable import BundlePublisher, delete_bundle
 from .errors import DistRestoreError, MergeConflictError
 from .format import crc, dtypes, sstable
-from .format.messages import decode_entry, encode_entry, encode_header
+from .format.messages import TensorEntry, encode_entry, encode_header
+from .format.slices import slice_key
 from .format.strings import encode_strings
 from .index import CheckpointIndex, open_checkpoint
-from .storage import Storage, dirname
+from .storage import Storage, is_local, local_path
 
 
 def _as_array(name: str, value) -> tuple[np.ndarray, dtypes.DType]:
@@ -60,7 +63,12 @@ def save_tensors(
 ) -> str:
     """Write ``tensors`` ({name: array-like}) as a V2 bundle at ``prefix`` over ``num_shards``
     data files (balanced by bytes); returns ``prefix``. Strings: str/bytes or object arrays of
-    them; bfloat16/float8/int4 via ml_dtypes arrays."""
+    them; bfloat16/float8/int4 via ml_dtypes arrays.
+
+    Atomic: a kill or failure at any point leaves ``prefix`` as it was or holding the new bundle
+    in full, or, when an existing bundle with the same shard count is being replaced, without an
+    index (``CheckpointNotFoundError`` on read) — never an index over other data. See
+    ``docs/writes.md``."""
     if num_shards < 1:
         raise ValueError("num_shards must be at least 1")
     prefix = os.fspath(prefix)  # a str or a path-like, as TF's savers accept
@@ -75,35 +83,46 @@ def save_tensors(
         s = loads.index(min(loads))
         shard_of[n] = s
         loads[s] += arr.nbytes
-    d = dirname(prefix)
-    if d:
-        storage.makedirs(d)
-    tmp = f".tempstate{uuid.uuid4().int & (2**63 - 1)}"
-    index_items = [(b"", encode_header(num_shards))]
     entries = {}
-    for shard in range(num_shards):
-        path = f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
-        with storage.open_write(path + tmp) as f:
-            offset = 0
-            for name, arr, dt in items:
-                if shard_of[name] != shard:
-                    continue
-                data, checksum = _encode(arr, dt)
-                f.write(data)
-                size = len(data) if isinstance(data, bytes) else data.nbytes
-                entries[name] = encode_entry(dt.enum, arr.shape, shard, offset, size, checksum)
-                offset += size
-        storage.rename(path + tmp, path)
-    index_items += [(n.encode(), entries[n]) for n, _, _ in items]
-    storage.write_bytes(prefix + ".index" + tmp, sstable.build_table(index_items))
-    storage.rename(prefix + ".index" + tmp, prefix + ".index")
+    with BundlePublisher(prefix, num_shards, storage) as publisher:
+        for shard in range(num_shards):
+            with publisher.open_data(shard) as f:
+                offset = 0
+                for name, arr, dt in items:
+                    if shard_of[name] != shard:
+                        continue
+                    data, checksum = _encode(arr, dt)
+                    f.write(data)
+                    size = len(data) if isinstance(data, bytes) else data.nbytes
+                    entries[name] = encode_entry(dt.enum, arr.shape, shard, offset, size, checksum)
+                    offset += size
+        index_items = [(b"", encode_header(num_shards))] + [(n.encode(), entries[n]) for n, _, _ in items]
+        publisher.commit(sstable.build_table(index_items))
     return prefix
 
 
-def merge_checkpoints(sources: Sequence[str], destination: str, *, storage_options: dict | None = None) -> str:
+def _same_prefix(a: str, b: str) -> bool:
+    if is_local(a) and is_local(b):
+        return os.path.realpath(local_path(a)) == os.path.realpath(local_path(b))
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def merge_checkpoints(
+    sources: Sequence[str],
+    destination: str,
+    *,
+    delete_sources: bool = False,
+    storage_options: dict | None = None,
+) -> str:
     """Merge bundles into one at ``destination`` (TF's ``merge_v2_checkpoints``): the merged
-    index lists every tensor, source data files are renamed into place (copied if they live on
-    another filesystem), source ``.index`` files are removed. No directory is ever deleted."""
+    index lists every tensor; each source data file an entry refers to becomes a destination data
+    file by a hard link (a copy across filesystems or object stores), so sources stay intact.
+
+    ``delete_sources=True`` removes the source bundles (index first, then data files) once the
+    destination is complete and durable; unlike TF's ``delete_old_dirs`` no directory is ever
+    deleted. The destination may be one of the sources (as TF allows). A kill or failure at any
+    point leaves every source readable and the destination absent or complete; see
+    ``docs/writes.md``."""
     if not sources:
         raise ValueError("merge_checkpoints needs at least one source")
     destination = os.fspath(destination)
@@ -123,16 +142,24 @@ def merge_checkpoints(sources: Sequence[str], destination: str, *, storage_optio
             )
     total = sum(idx.header.num_shards for idx in indexes)
     shard_ids: dict[str, int] = {}  # source data file -> new shard id, in order of first reference
+    storage_of: dict[str, Storage] = {}
     merged: dict[bytes, bytes] = {}
     full: dict[str, tuple] = {}  # sliced tensors: name -> (dtype, shape, slices)
 
-    def relocate(idx: CheckpointIndex, key: bytes, raw: bytes) -> bytes:
-        e = decode_entry(key.decode("utf-8", "surrogateescape"), raw)
+    def relocate(idx: CheckpointIndex, e: TensorEntry) -> bytes:
         src = idx.data_file(e.shard_id)
         new = shard_ids.setdefault(src, len(shard_ids))
+        storage_of[src] = idx.storage
         return encode_entry(e.dtype.enum, e.shape, new, e.offset, e.size, e.crc32c)
 
     for idx in indexes:
+        # TF walks each index in key order, where every slice key (it starts with a 0 byte) sorts
+        # before every name: that order numbers the merged shards
+        stored_slices = sorted((slice_key(e.name, x), e.name, x) for e in idx.entries.partitioned() for x in e.slices)
+        for key, name, extents in stored_slices:
+            if key in merged:
+                raise MergeConflictError(f"Duplicate slice entry in {idx.prefix}")
+            merged[key] = relocate(idx, idx.slice_entry(name, extents))
         for name, e in idx.entries.items():
             if e.slices:
                 prev = full.get(name)
@@ -143,39 +170,26 @@ def merge_checkpoints(sources: Sequence[str], destination: str, *, storage_optio
             key = name.encode("utf-8", "surrogateescape")
             if key in merged or name in full:
                 raise MergeConflictError(f"Duplicate tensor keyed by {name} in {idx.prefix}")
-            merged[key] = relocate(
-                idx, key, encode_entry(e.dtype.enum, e.shape, e.shard_id, e.offset, e.size, e.crc32c)
-            )
-        for key, raw in idx.raw_slice_entries().items():
-            if key in merged:
-                raise MergeConflictError(f"Duplicate slice entry in {idx.prefix}")
-            merged[key] = relocate(idx, key, raw)
+            merged[key] = relocate(idx, e)
     for name, (dt, shape, slices) in full.items():
         key = name.encode("utf-8", "surrogateescape")
         if key in merged:
             raise MergeConflictError(f"Duplicate tensor keyed by {name}")
         merged[key] = encode_entry(dt, shape, slices=slices)
 
-    d = dirname(destination)
-    if d:
-        dest_storage.makedirs(d)
-    by_storage = {idx.prefix: idx.storage for idx in indexes}
-    for src, new in shard_ids.items():
-        dst = f"{destination}.data-{new:05d}-of-{total:05d}"
-        src_storage = next(s for p, s in by_storage.items() if src.startswith(p + ".data-"))
-        if src_storage.protocol == dest_storage.protocol:
-            dest_storage.rename(src, dst)
-        else:
-            dest_storage.write_bytes(dst, src_storage.read(src))
-            src_storage.remove(src)
+    in_place = [idx for idx in indexes if _same_prefix(idx.prefix, destination)]
+    if in_place and in_place[0].header.num_shards == total:
+        if len(indexes) == 1:
+            return destination  # merging a bundle into itself: it already is the result
+        # the merged data files would take the names the destination's own index names
+        raise MergeConflictError(f"cannot merge into {destination}: it is a source and the others have no data files")
     index_bytes = sstable.build_table([(b"", encode_header(total, first.endianness))] + sorted(merged.items()))
-    tmp = destination + ".index.tempstate" + uuid.uuid4().hex
-    dest_storage.write_bytes(tmp, index_bytes)
-    dest_storage.rename(tmp, destination + ".index")
-    for idx in indexes:
-        if idx.prefix != destination:
-            try:
-                idx.storage.remove(idx.prefix + ".index")
-            except (OSError, DistRestoreError):
-                pass  # best effort, like TF
+    with BundlePublisher(destination, total, dest_storage) as publisher:
+        for src, new in shard_ids.items():
+            publisher.place_data(new, storage_of[src], src)
+        publisher.commit(index_bytes)
+    if delete_sources:
+        for idx in indexes:
+            if not _same_prefix(idx.prefix, destination):  # its data files went with the commit
+                delete_bundle(idx.prefix, idx.data_files(), idx.storage)
     return destination

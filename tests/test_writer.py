@@ -1,7 +1,8 @@
 """Tests of the writer: ``dr.save_tensors`` (every dtype, strings, scalars, empty tensors, several
 shards) read back by distrestore and by live TF bit-exactly, and ``dr.merge_checkpoints`` with
-TF's merge semantics (renamed data files, removed source indexes, duplicate keys refused, slices
-joined) except that no directory is ever deleted.
+TF's merge semantics (shard numbering, duplicate keys refused, slices joined) except that data
+files are linked, not moved, sources are removed only with ``delete_sources=True``, and no
+directory is ever deleted. Kills and failures midway: ``test_writes_atomic.py``.
 """
 
 from __future__ import annotations
@@ -243,14 +244,15 @@ def _three_sources(root: Path):
     return srcs
 
 
-def test_merge_semantics(tmp_path):
+@pytest.mark.parametrize("delete_sources", [False, True])
+def test_merge_semantics(tmp_path, delete_sources):
     srcs = _three_sources(tmp_path)
     data_inodes = {}
     for p in srcs:
         for f in sorted(p.parent.glob(p.name + ".data-*")):
             data_inodes[f] = f.stat().st_ino
     dest = tmp_path / "out" / "merged"
-    assert dr.merge_checkpoints([str(p) for p in srcs], str(dest)) == str(dest)
+    assert dr.merge_checkpoints([str(p) for p in srcs], str(dest), delete_sources=delete_sources) == str(dest)
 
     union = {k: v for t in srcs.values() for k, v in t.items()}
     assert dr.list_variables(str(dest)) == sorted((k, list(np.shape(v))) for k, v in union.items())
@@ -260,16 +262,23 @@ def test_merge_semantics(tmp_path):
             reader.get_tensor(k), v if isinstance(v, bytes) else np.asarray(v)[()] if np.ndim(v) == 0 else v, k
         )
 
-    # data files renamed (same inodes, sources gone), never copied; 1 + 1 + 2 shards
+    # data files hard-linked (same inodes), never copied on one filesystem; 1 + 1 + 2 shards
     merged_files = sorted(dest.parent.glob("merged.data-*"))
     assert [f.name for f in merged_files] == [f"merged.data-{i:05d}-of-00004" for i in range(4)]
     assert sorted(f.stat().st_ino for f in merged_files) == sorted(data_inodes.values())
+    assert not list(tmp_path.rglob("*tempstate*"))
+    if not delete_sources:  # the sources are untouched and still read
+        assert all(f.exists() for f in data_inodes)
+        for p, tensors in srcs.items():
+            assert dr.list_variables(str(p)) == sorted((k, list(np.shape(v))) for k, v in tensors.items())
+        return
+    # sources removed (indexes and data files); source directories kept even when now empty
     assert not any(f.exists() for f in data_inodes)
-    # source indexes removed; source directories kept even when now empty (unlike TF)
     for p in srcs:
         assert not Path(str(p) + ".index").exists()
         assert p.parent.is_dir()
     assert os.listdir(tmp_path / "src1") == [] and os.listdir(tmp_path / "src2") == []
+    assert os.listdir(tmp_path / "src3") == ["keep.txt"]
     assert (tmp_path / "src3" / "keep.txt").read_text() == "user data"
 
 
@@ -277,8 +286,15 @@ def test_merge_into_a_source_directory(tmp_path):
     dr.save_tensors(str(tmp_path / "part-0"), {"x": np.arange(3)})
     dr.save_tensors(str(tmp_path / "part-1"), {"y": np.arange(4)})
     dest = str(tmp_path / "model")
-    dr.merge_checkpoints([str(tmp_path / "part-0"), str(tmp_path / "part-1")], dest)
-    assert sorted(os.listdir(tmp_path)) == ["model.data-00000-of-00002", "model.data-00001-of-00002", "model.index"]
+    parts = [str(tmp_path / "part-0"), str(tmp_path / "part-1")]
+    dr.merge_checkpoints(parts, dest)
+    merged = ["model.data-00000-of-00002", "model.data-00001-of-00002", "model.index"]
+    sources = [f"part-{i}.{ext}" for i in range(2) for ext in ("data-00000-of-00001", "index")]
+    assert sorted(os.listdir(tmp_path)) == sorted(merged + sources)
+    np.testing.assert_array_equal(dr.load_variable(dest, "y"), np.arange(4))
+    np.testing.assert_array_equal(dr.load_variable(parts[0], "x"), np.arange(3))
+    dr.merge_checkpoints(parts, dest, delete_sources=True)  # over the first merge, then the sources go
+    assert sorted(os.listdir(tmp_path)) == merged
     np.testing.assert_array_equal(dr.load_variable(dest, "y"), np.arange(4))
 
 
@@ -386,7 +402,7 @@ def test_merge_matches_tf_merge(tf, tmp_path):
     shutil.copytree(base, ours_root)
     shutil.copytree(base, theirs_root)
     rel = ["a/a", "b/b", "c/c", "c/c_t"]
-    dr.merge_checkpoints([str(ours_root / r) for r in rel], str(ours_root / "m"))
+    dr.merge_checkpoints([str(ours_root / r) for r in rel], str(ours_root / "m"), delete_sources=True)
     gen_io_ops.merge_v2_checkpoints([str(theirs_root / r) for r in rel], str(theirs_root / "m"), delete_old_dirs=False)
     ours, theirs = str(ours_root / "m"), str(theirs_root / "m")
     assert _tree(ours_root) == _tree(theirs_root)
