@@ -459,3 +459,27 @@ def test_merge_with_an_unused_source_shard_stays_readable(tf, tmp_path):
     np.testing.assert_array_equal(tf.train.load_checkpoint(dest).get_tensor("w"), np.arange(3.0))
     assert tf.train.load_checkpoint(dest).get_tensor("z") == b"zz"
     np.testing.assert_array_equal(dr.load_variable(dest, "t2"), np.ones((2, 2)))
+
+
+def test_merge_numbers_shards_in_tf_key_order(tf, tmp_path):
+    """TF numbers merged shards in index-key order, where stored-slice keys sort before every
+    name: a source whose slice lives in its second data file puts that file first."""
+    from tensorflow.python.ops import gen_io_ops
+
+    for root in ("ours", "theirs"):
+        d = tmp_path / root
+        d.mkdir()
+        tf.raw_ops.SaveV2(prefix=str(d / "x"), tensor_names=["a"], shape_and_slices=[""], tensors=[tf.constant([1.0])])
+        _save_slices(tf, str(d / "y"), "t", "4 0,2", np.array([1.0, 2.0], np.float32))
+        tf.raw_ops.SaveV2(prefix=str(d / "z"), tensor_names=["b"], shape_and_slices=[""], tensors=[tf.constant([3.0])])
+        gen_io_ops.merge_v2_checkpoints([str(d / "x"), str(d / "y")], str(d / "m"), delete_old_dirs=False)
+    dr.merge_checkpoints([str(tmp_path / "ours" / p) for p in ("m", "z")], str(tmp_path / "ours" / "f"))
+    gen_io_ops.merge_v2_checkpoints(
+        [str(tmp_path / "theirs" / p) for p in ("m", "z")], str(tmp_path / "theirs" / "f"), delete_old_dirs=False
+    )
+    ours, theirs = (dr.open_checkpoint(str(tmp_path / r / "f")) for r in ("ours", "theirs"))
+    assert ours.slice_entry("t", ((0, 2),)).shard_id == theirs.slice_entry("t", ((0, 2),)).shard_id == 0
+    assert {n: e.shard_id for n, e in ours.entries.items()} == {n: e.shard_id for n, e in theirs.entries.items()}
+    for i in range(3):
+        name = f"f.data-{i:05d}-of-00003"
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes()
