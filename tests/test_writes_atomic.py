@@ -12,12 +12,8 @@ protocol these tests hold it to.
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import shutil
-import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -25,11 +21,9 @@ from pathlib import Path
 import killpoints as kp
 import numpy as np
 import pytest
+from killcheck import MergeCase, assert_in_order, debris, kill_at_every_step, read_state, start_child
 
 import distrestore as dr
-from distrestore.storage import Storage
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -41,103 +35,7 @@ def tf():
 @pytest.fixture(scope="module")
 def child():
     """``child(**job) -> report``: runs one job of ``killpoints.py`` (see its docstring)."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(kp.__file__))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
-
-    def run(**job) -> dict:
-        proc.stdin.write(json.dumps(job) + "\n")
-        proc.stdin.flush()
-        ready, _, _ = select.select([proc.stdout], [], [], 120)
-        assert ready, f"the kill-point child did not answer {job}"
-        line = proc.stdout.readline()
-        assert line, f"the kill-point child exited (code {proc.poll()})"
-        return json.loads(line)
-
-    try:
-        yield run
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-# -- what a reader finds -----------------------------------------------------------------------
-
-
-def _same(got: dict, want: dict) -> bool:
-    if set(got) != set(want):
-        return False
-    for name, value in want.items():
-        a, b = np.asarray(got[name]), np.asarray(value)
-        if a.dtype != b.dtype or a.shape != b.shape:
-            return False
-        if b.dtype == object:
-            if [bytes(x) for x in a.ravel()] != [bytes(x) for x in b.ravel()]:
-                return False
-        elif a.tobytes() != b.tobytes():
-            return False
-    return True
-
-
-def read_state(prefix: str, versions: dict[str, dict], *, tf=None, storage_options=None) -> str:
-    """``"absent"`` when ``prefix`` has no index, else the key of the one entry of ``versions``
-    ({key: tensors}) that it holds in full; fails the test on anything else."""
-    try:
-        verified = dr.restore_tensors(prefix, storage_options=storage_options)
-    except dr.CheckpointNotFoundError as e:
-        assert not Storage.for_url(prefix, storage_options).exists(prefix + ".index"), (
-            f"an index names a missing file: {e}"
-        )
-        if tf is not None:
-            with pytest.raises(tf.errors.NotFoundError):
-                tf.train.load_checkpoint(prefix)
-        return "absent"
-    unverified = dr.restore_tensors(prefix, verify=False, storage_options=storage_options)
-    for key, want in versions.items():
-        if _same(verified, want):
-            assert _same(unverified, want), f"{prefix}: unverified read differs from verified one"
-            if tf is not None:
-                reader = tf.train.load_checkpoint(prefix)
-                assert _same({name: reader.get_tensor(name) for name in want}, want), f"TF reads {prefix} otherwise"
-            return key
-    pytest.fail(f"{prefix} holds none of {sorted(versions)}: {sorted(verified)}")
-
-
-def _assert_in_order(outcomes: list[str], order: list[str]) -> None:
-    """Outcomes only move forward through ``order`` (never back to an earlier state)."""
-    ranks = [order.index(o) for o in outcomes]
-    assert ranks == sorted(ranks), outcomes
-
-
-def kill_at_every_step(child, job: dict, setup, check) -> tuple[list, list]:
-    """Run ``job`` once to count its steps; then for every step k, ``setup()``, a SIGKILL before
-    step k, and ``check()`` (returns an outcome). Returns the full run's steps and the outcomes,
-    the last one after a run that completes."""
-    setup()
-    full = child(**job, at=None)
-    assert full["status"] == "done", full
-    kinds = [kind for kind, _ in full["steps"]]
-    outcomes = []
-    for k in range(1, len(kinds) + 1):
-        setup()
-        report = child(**job, at=k, mode="kill")
-        assert report["status"] == "killed", (k, report)
-        assert [kind for kind, _ in report["steps"]] == kinds[:k], "the steps are not deterministic"
-        outcomes.append(check())
-    setup()
-    assert child(**job, at=None)["status"] == "done"
-    outcomes.append(check())
-    return full["steps"], outcomes
-
-
-def _debris(directory: Path, keep: set[str]) -> list[str]:
-    return sorted(f for f in os.listdir(directory) if f not in keep)
+    yield from start_child()
 
 
 # -- save_tensors --------------------------------------------------------------------------------
@@ -162,7 +60,7 @@ def test_save_into_a_new_prefix_killed_at_every_step(child, tf, tmp_path, num_sh
     steps, outcomes = kill_at_every_step(child, job, setup, check)
     assert len(steps) >= 2 * num_shards + 4
     assert outcomes[0] == "absent" and outcomes[-1] == "new"
-    _assert_in_order(outcomes, ["absent", "new"])
+    assert_in_order(outcomes, ["absent", "new"])
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
         ["ckpt.index"] + [f"ckpt.data-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
     )
@@ -186,10 +84,10 @@ def test_save_over_an_existing_prefix_killed_at_every_step(child, tf, tmp_path, 
     assert outcomes[0] == "old" and outcomes[-1] == "new"
     if old_shards == new_shards:
         assert "absent" in outcomes
-        _assert_in_order(outcomes, ["old", "absent", "new"])
+        assert_in_order(outcomes, ["old", "absent", "new"])
     else:
         assert "absent" not in outcomes
-        _assert_in_order(outcomes, ["old", "new"])
+        assert_in_order(outcomes, ["old", "new"])
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["ckpt.index"] + [f"ckpt.data-{i:05d}-of-{new_shards:05d}" for i in range(new_shards)]
     )
@@ -241,34 +139,13 @@ def test_save_fails_at_every_step_and_cleans_up(child, tf, tmp_path):
         kind, message, named = report["error"]
         assert kind == "StorageError" and named and "No space left" in message, report["error"]
         state = read_state(prefix, {"old": old, "new": kp.tensors(2)}, tf=tf)
-        assert _debris(tmp_path, {"ckpt.index", "ckpt.data-00000-of-00002", "ckpt.data-00001-of-00002"}) == []
+        assert debris(tmp_path, {"ckpt.index", "ckpt.data-00000-of-00002", "ckpt.data-00001-of-00002"}) == []
         outcomes.append(state)
-    _assert_in_order(outcomes, ["old", "absent", "new"])
+    assert_in_order(outcomes, ["old", "absent", "new"])
     assert outcomes[-1] == "new"  # the last step is the directory's fsync after the commit
 
 
 # -- merge_checkpoints -----------------------------------------------------------------------------
-
-
-class MergeCase:
-    """Three sources (2, 1 and 1 data files) in directories of their own under ``root``."""
-
-    SHARDS = (2, 1, 1)
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.sources = [str(root / f"s{i}" / f"part{i}") for i in range(len(self.SHARDS))]
-        self.merged = {k: v for i in range(len(self.SHARDS)) for k, v in kp.source_tensors(i).items()}
-
-    def setup(self, dest_shards: int | None = None, dest: str | None = None) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-        for i, (src, n) in enumerate(zip(self.sources, self.SHARDS)):
-            dr.save_tensors(src, kp.source_tensors(i), num_shards=n)
-        if dest_shards is not None:
-            dr.save_tensors(dest, kp.tensors(1), num_shards=dest_shards)
-
-    def source_states(self, tf) -> list[str]:
-        return [read_state(s, {"src": kp.source_tensors(i)}, tf=tf) for i, s in enumerate(self.sources)]
 
 
 @pytest.mark.parametrize("delete_sources", [False, True])
@@ -287,7 +164,7 @@ def test_merge_killed_at_every_step(child, tf, tmp_path, delete_sources):
     steps, outcomes = kill_at_every_step(child, job, case.setup, check)
     states = [s for s, _ in outcomes]
     assert states[0] == "absent" and states[-1] == "merged"
-    _assert_in_order(states, ["absent", "merged"])
+    assert_in_order(states, ["absent", "merged"])
     assert sum(kind == "link" for kind, _ in steps) == 4  # hard links, not moves
     assert not any(
         kind in ("replace", "remove") and "part" in detail for kind, detail in steps[: states.index("merged")]
@@ -314,7 +191,7 @@ def test_merge_over_an_existing_bundle_killed_at_every_step(child, tf, tmp_path,
     job = {"op": "merge", "sources": case.sources, "dest": dest}
     _, outcomes = kill_at_every_step(child, job, lambda: case.setup(dest_shards, dest), check)
     assert outcomes[0] == "old" and outcomes[-1] == "merged"
-    _assert_in_order(outcomes, ["old", "absent", "merged"])
+    assert_in_order(outcomes, ["old", "absent", "merged"])
     assert ("absent" in outcomes) == (dest_shards == 4)
     assert sorted(f for f in os.listdir(tmp_path / "m") if f.startswith("dest")) == [
         *(f"dest.data-{i:05d}-of-00004" for i in range(4)),
@@ -336,7 +213,7 @@ def test_merge_into_one_of_its_sources_killed_at_every_step(child, tf, tmp_path)
     job = {"op": "merge", "sources": case.sources, "dest": case.sources[0]}
     _, outcomes = kill_at_every_step(child, job, case.setup, check)
     assert outcomes[0] == "itself" and outcomes[-1] == "merged"
-    _assert_in_order(outcomes, ["itself", "merged"])
+    assert_in_order(outcomes, ["itself", "merged"])
     assert sorted(os.listdir(tmp_path / "m" / "s0")) == [
         *(f"part0.data-{i:05d}-of-00004" for i in range(4)),
         "part0.index",
@@ -362,7 +239,7 @@ def test_merge_fails_at_every_step_and_leaves_sources(child, tf, tmp_path):
             out = tmp_path / "m" / "out"
             assert not out.exists() or os.listdir(out) == [], k
         states.append(state)
-    _assert_in_order(states, ["absent", "merged"])
+    assert_in_order(states, ["absent", "merged"])
     assert "merged" in states
 
 
@@ -495,7 +372,7 @@ def test_save_on_s3_killed_at_every_request(child, s3_server, old_shards):
     )
     assert outcomes[-1] == "new"
     assert outcomes[0] == ("old" if old_shards else "absent")
-    _assert_in_order(outcomes, ["old", "absent", "new"])
+    assert_in_order(outcomes, ["old", "absent", "new"])
     assert ("absent" in outcomes) == (old_shards in (None, 2))
     _s3_rm(s3_server, base)
 
@@ -530,7 +407,7 @@ def test_merge_on_s3_killed_at_every_request(child, s3_server):
     steps, outcomes = kill_at_every_step(child, job, setup, check)
     states = [s for s, _ in outcomes]
     assert states[0] == "absent" and states[-1] == "merged"
-    _assert_in_order(states, ["absent", "merged"])
+    assert_in_order(states, ["absent", "merged"])
     assert outcomes[-1][1] == ["absent"] * 3
     # server-side copies (the sources stay), the index, and only then the sources' deletion
     assert steps[:5] == [["PUT", f"merged.data-{i:05d}-of-00004"] for i in range(4)] + [["PUT", "merged.index"]]
