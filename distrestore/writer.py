@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .durable import BundlePublisher, delete_bundle
-from .errors import DistRestoreError, MergeConflictError
+from .errors import MergeConflictError
 from .format import crc, dtypes, sstable
 from .format.messages import TensorEntry, encode_entry, encode_header
 from .format.slices import slice_key

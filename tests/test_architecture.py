@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "distrestore.objects",
             "distrestore.objects.*",
             "distrestore.writer",
+            "distrestore.durable",
         ],
     ),
     ("service", ["distrestore.ray", "distrestore.ray.*", "distrestore.cli", "distrestore.__main__", "distrestore"]),
