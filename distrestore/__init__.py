@@ -3,9 +3,10 @@
 Reader API with TensorFlow's names (``load_checkpoint``, ``list_variables``, ``load_variable``,
 ``latest_checkpoint``), parallel restore (``restore_tensors``, ``fetch``), writing
 (``save_tensors``, ``merge_checkpoints``), name-based restore (``VariableStore``,
-``init_from_checkpoint``) and object-based restore (``Checkpoint``, ``Node``). Every function
-that takes a path accepts local paths and fsspec URLs (s3://, gs://, ...) with
-``storage_options=``.
+``init_from_checkpoint``, TF's partitioners), object-based restore (``Checkpoint``, ``Node``, or
+``load_object_tree`` without the model's code) and export (``save_npz``/``load_npz``,
+``convert_to_safetensors``). Every function that takes a path accepts local paths and fsspec
+URLs (s3://, gs://, ...) with ``storage_options=``.
 """
 
 from .errors import (
@@ -25,8 +26,11 @@ from .errors import (
     UnsupportedCheckpointError,
 )
 from .execute.threads import ThreadExecutor
+from .export.npz import load_npz, save_npz
+from .export.to_safetensors import convert_to_safetensors
 from .format.object_graph import ObjectGraph, escape_local_name
 from .index import CheckpointIndex, get_checkpoint_state, latest_checkpoint, open_checkpoint
+from .object_tree import load_object_tree
 from .objects import (
     Checkpoint,
     CheckpointLoadStatus,
@@ -39,6 +43,7 @@ from .objects import (
     read_object_graph,
     tracked_children,
 )
+from .partitioners import fixed_size_partitioner, min_max_variable_partitioner, variable_axis_size_partitioner
 from .plan import PlanOptions, ReadPlan, ReadRequest
 from .reader import CheckpointReader, list_variables, load_checkpoint, load_variable
 from .restore import TensorRequest, fetch, iter_fetch, iter_restore_tensors, plan_requests, restore_tensors
@@ -109,4 +114,11 @@ __all__ = [
     "escape_local_name",
     "read_object_graph",
     "tracked_children",
+    "load_object_tree",
+    "fixed_size_partitioner",
+    "min_max_variable_partitioner",
+    "variable_axis_size_partitioner",
+    "load_npz",
+    "save_npz",
+    "convert_to_safetensors",
 ]

@@ -50,6 +50,7 @@ from .errors import DTypeMismatchError, ShapeMismatchError
 from .format import dtypes
 from .index import CheckpointIndex, open_checkpoint
 from .partitioned import PartitionedVariable, SaveSliceInfo, VariablePart
+from .partitioners import call_partitioner
 from .restore import TensorRequest, time_limits
 from .storage import Storage
 from .variable import Variable
@@ -79,16 +80,21 @@ class VariableStore:
 
     # -- registry ------------------------------------------------------------------------
 
-    def get_variable(self, name: str, shape, dtype="float32", partitions=None, initializer=None):
+    def get_variable(self, name: str, shape, dtype="float32", partitions=None, initializer=None, partitioner=None):
         """Create ``name`` or return the existing one (shape, dtype and partitions must match).
 
         Returns a :class:`Variable`, or a :class:`PartitionedVariable` when ``partitions`` (a part
-        count per dimension, exactly one > 1 like ``fixed_size_partitioner``) is given.
+        count per dimension, at most one > 1) or a TF-style ``partitioner`` (see
+        ``distrestore.partitioners``: ``partitioner(shape, dtype) -> partitions``) is given.
         """
         if not isinstance(name, str) or not name or ":" in name:
             raise ValueError(f"invalid variable name {name!r} (names have no ':0' suffix)")
         shape = tuple(int(d) for d in shape)
         dt = dtypes.resolve(dtype)
+        if partitioner is not None:
+            if partitions is not None:
+                raise ValueError("pass partitions or a partitioner, not both")
+            partitions = call_partitioner(partitioner, shape, dt)
         if name in self._partitioned:
             existing = self._partitioned[name]
             if partitions is None:
