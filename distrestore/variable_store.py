@@ -94,7 +94,8 @@ class VariableStore:
         if partitioner is not None:
             if partitions is not None:
                 raise ValueError("pass partitions or a partitioner, not both")
-            partitions = call_partitioner(partitioner, shape, dt)
+            if shape:  # TF ignores the partitioner of a scalar
+                partitions = call_partitioner(partitioner, shape, dt)
         if name in self._partitioned:
             existing = self._partitioned[name]
             if partitions is None:

@@ -1,15 +1,94 @@
-"""The command line, run in-process through ``distrestore.cli.main``."""
+"""The command line end to end: every command, every exit code, one-line errors, ``--json``, the
+``.npz``/``.safetensors`` round trips of every dtype of the all-dtypes fixture, storage options,
+the progress bar and summary, and ``python -m distrestore`` as a process.
+
+Most tests run ``distrestore.cli.main`` in-process (capsys); the ones about the process itself
+(exit status, stderr, a terminal) run ``python -m distrestore``."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
+from checks import assert_bit_exact
+from digest import value_digest
 
 import distrestore as dr
-from distrestore.cli import main
+from distrestore.cli import COMMANDS, main
+from distrestore.cli.common import key_value, reliability_kwargs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.update(kw.pop("env", {}))
+    if "stdout" not in kw and "stderr" not in kw:
+        kw["capture_output"] = True
+    return subprocess.run([sys.executable, "-m", "distrestore", *map(str, args)], text=True, env=env, **kw)
+
+
+def one_line_error(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def sharded(fixtures_dir):
+    return str(fixtures_dir / "tf1_sharded" / "model.ckpt-7")
+
+
+@pytest.fixture
+def all_dtypes(fixtures_dir):
+    return str(fixtures_dir / "all_dtypes" / "all")
+
+
+@pytest.fixture
+def safe_open(monkeypatch):
+    """``safetensors.safe_open``. Its numpy loader looks float8 types up as numpy attributes
+    (``np.float8_e5m2``), which numpy does not have; ml_dtypes' are the same types."""
+    safetensors = pytest.importorskip("safetensors")
+    import ml_dtypes
+
+    for name in ("float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2fnuz"):
+        monkeypatch.setattr(np, name, getattr(ml_dtypes, name), raising=False)
+    return safetensors.safe_open
+
+
+@pytest.fixture(scope="module")
+def expected_all(fixtures_dir):
+    return json.loads((fixtures_dir / "all_dtypes" / "expected.json").read_text())["tensors"]
+
+
+# -- help and the command table -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_is_plain_text(command, capsys):
+    assert main([command, "--help"] if command else ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: distrestore")
+    assert "``" not in out and ":func:" not in out and ":class:" not in out
+    if command is None:
+        assert all(name in out for name in COMMANDS) and "Exit codes" in out
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert main([]) == 2
+    one_line_error(capsys.readouterr().err, "distrestore: error:")
+
+
+# -- demo ---------------------------------------------------------------------------------------
 
 
 def test_demo_restores_and_checks(capsys):
@@ -23,33 +102,412 @@ def test_demo_with_the_ray_executor(ray_local, capsys):
     assert "executor=ray; every value bit-exact" in capsys.readouterr().out
 
 
-def test_ls_tree_plan_restore(fixtures_dir, tmp_path, capsys):
-    prefix = str(fixtures_dir / "tf1_sharded" / "model.ckpt-7")
-    assert main(["ls", prefix]) == 0
+# -- ls -----------------------------------------------------------------------------------------
+
+
+def test_ls_lines(sharded, capsys):
+    assert main(["ls", sharded]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[0] for line in lines] == [n for n, _ in dr.list_variables(prefix)]
-    assert "part_rows\tfloat32\t[10, 3]" in lines
+    assert [line.split("\t")[0] for line in lines] == [n for n, _ in dr.list_variables(sharded)]
+    row = next(line.split("\t") for line in lines if line.startswith("part_rows\t"))
+    assert row[1:3] == ["float32", "[10, 3]"] and int(row[3]) == 10 * 3 * 4
 
+
+def test_ls_json(sharded, capsys):
+    assert main(["ls", sharded, "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    index = dr.open_checkpoint(sharded)
+    assert set(rows) == set(index.entries)
+    for name, r in rows.items():
+        e = index.entries[name]
+        assert (r["dtype"], r["shape"]) == (e.dtype.name, list(e.shape))
+        assert set(r) == {"name", "dtype", "shape", "bytes", "data_files", "slices"}
+        assert all(f.startswith("model.ckpt-7.data-") and (Path(sharded).parent / f).is_file() for f in r["data_files"])
+    part = rows["big/part5"]
+    assert part["slices"] == 5 and part["bytes"] == 100 * 8 * 4
+    plain = rows["scope1/w"]
+    assert plain["slices"] == 0 and len(plain["data_files"]) == 1
+    assert plain["bytes"] == index.entries["scope1/w"].size
+
+
+# -- tree ---------------------------------------------------------------------------------------
+
+
+def test_tree_tf2_paths_follow_load_object_tree(fixtures_dir, capsys):
+    ckpt = str(fixtures_dir / "tf2_keras" / "model_only")
+    assert main(["tree", ckpt]) == 0
+    out = capsys.readouterr().out
+    assert "            ├── [1]  sequential/dense\n" in out
+    tree = dr.load_object_tree(ckpt)
+    line = next(x for x in out.splitlines() if "._kernel  float32[4, 8]" in x)
+    assert line.endswith("sequential/dense/kernel")
+    assert tree.model._functional._operations[1]._kernel.shape == (4, 8)
+
+
+def test_tree_tf1_adam_slots_and_tf1_scopes(fixtures_dir, sharded, capsys):
     assert main(["tree", str(fixtures_dir / "tf1_adam")]) == 0
-    assert "slot 'm' for (root).net.w" in capsys.readouterr().out
-
-    assert main(["plan", prefix, "--names", "part_rows", "part_cols"]) == 0
-    assert capsys.readouterr().out.startswith("ReadPlan: 2 outputs")
-
-    out_file = tmp_path / "t.npz"
-    assert main(["restore", prefix, "--output", str(out_file)]) == 0
-    saved = np.load(out_file)
-    np.testing.assert_array_equal(saved["part_rows"], dr.load_variable(prefix, "part_rows"))
+    assert "slot 'm' of .net.w  float32[3, 2]  w/Adam" in capsys.readouterr().out
+    assert main(["tree", sharded]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("(no object graph") and "scope2/\n  nested/\n" in out and "    flag  bool[3]" in out
 
 
-def test_storage_options_are_json(fixtures_dir, capsys):
-    prefix = str(fixtures_dir / "manager")
-    assert main(["ls", prefix, "--storage-options", json.dumps({})]) == 0
-    assert capsys.readouterr().out
+# -- plan ---------------------------------------------------------------------------------------
 
 
-def test_module_entry_point_fails_cleanly_on_missing_checkpoint(tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "distrestore", "ls", str(tmp_path / "nope")], capture_output=True, text=True
+def test_plan_defaults_and_workers(sharded, capsys):
+    assert main(["plan", sharded, "--names", "part_rows", "part_cols"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("plan for ") and "threads executor's default for local files" in out[0]
+    assert out[1].startswith("ReadPlan: 2 outputs")
+    assert main(["plan", sharded, "--executor", "ray", "--workers", "3", "--regex", "^part_"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "plan for 3 concurrent reads (--workers 3), executor=ray"
+    assert "per worker (3)" in "\n".join(out)
+
+
+def test_plan_never_needs_ray(sharded, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # importing ray fails: nothing may need it
+    assert main(["plan", sharded, "--executor", "ray", "--workers", "16"]) == 0
+    capsys.readouterr()
+    assert main(["plan", sharded, "--executor", "ray"]) == 2  # its size is the cluster's: say so
+    one_line_error(capsys.readouterr().err, "pass --workers N")
+
+
+# -- restore ------------------------------------------------------------------------------------
+
+
+def test_restore_summary_line(sharded, capsys):
+    assert main(["restore", sharded, "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert re.fullmatch(
+        r"restored 13 tensors, [\d.]+ k?B in [\d.]+ s \([\d.]+ [kMG]?B/s\), executor=threads, every CRC32C checked",
+        out,
+    ), out
+
+
+def test_verify_only_checks_every_crc_including_variants(fixtures_dir, capsys):
+    assert main(["restore", str(fixtures_dir / "variant"), "--verify-only", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("verified 3 tensors") and "checked 1 variant tensors" in captured.err
+
+
+def test_verify_only_fails_on_a_flipped_byte(fixtures_dir, tmp_path, capsys):
+    src = fixtures_dir / "tf1_sharded"
+    shutil.copytree(src, tmp_path / "c")
+    data = tmp_path / "c" / "model.ckpt-7.data-00003-of-00004"  # big/part5's slices
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 0x01
+    data.write_bytes(bytes(raw))
+    assert main(["restore", str(tmp_path / "c"), "--verify-only", "--no-progress"]) == 1
+    one_line_error(capsys.readouterr().err, "distrestore restore: ChecksumMismatchError", "big/part5", "data-00003")
+    # verify=False reads the same bytes without checking them
+    assert main(["restore", str(tmp_path / "c"), "--no-verify", "--no-progress"]) == 0
+
+
+def test_verify_only_refuses_output(sharded, tmp_path, capsys):
+    assert main(["restore", sharded, "--verify-only", "--output", str(tmp_path / "x.npz")]) == 2
+    one_line_error(capsys.readouterr().err, "--verify-only")
+
+
+def test_npz_round_trips_every_dtype(all_dtypes, expected_all, tmp_path, capsys):
+    out = tmp_path / "all.npz"
+    assert main(["restore", all_dtypes, "--output", str(out), "--no-progress"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    back = dr.load_npz(out)
+    index = dr.open_checkpoint(all_dtypes)
+    assert set(back) == {n for n, e in index.entries.items() if not e.dtype.is_variant}
+    dtypes_seen = set()
+    for name, value in back.items():
+        want = expected_all[name]
+        assert value_digest(value) == want["sha256"], name
+        assert list(value.shape) == want["shape"], name
+        assert value.dtype == index.entries[name].dtype.numpy, name
+        dtypes_seen.add(want["dtype"])
+    assert len(dtypes_seen) == 31  # 30 saveable dtypes and string
+    # no pickle anywhere: numpy can read every member with allow_pickle=False
+    with np.load(out, allow_pickle=False) as z:
+        assert len(z.files) == len(back) + 1
+
+
+def test_npz_names_that_would_collide(tmp_path, capsys):
+    prefix = dr.save_tensors(str(tmp_path / "c"), {"a/b": np.float32(1), "a__b": np.float32(2), "x": [b"\0", b""]})
+    assert main(["restore", prefix, "--output", str(tmp_path / "o.npz"), "--no-progress"]) == 0
+    back = dr.load_npz(tmp_path / "o.npz")
+    assert back["a/b"] == 1 and back["a__b"] == 2 and back["x"].tolist() == [b"\0", b""]
+
+
+def test_safetensors_output_round_trips(all_dtypes, expected_all, tmp_path, capsys, safe_open):
+    from distrestore.export.to_safetensors import SAFETENSORS_DTYPES
+
+    index = dr.open_checkpoint(all_dtypes)
+    names = [n for n, e in index.entries.items() if e.dtype.name in SAFETENSORS_DTYPES]
+    out = tmp_path / "all.safetensors"
+    assert main(["restore", all_dtypes, "--names", *names, "--output", str(out), "--no-progress"]) == 0
+    with safe_open(str(out), "numpy") as f:
+        assert sorted(f.keys()) == sorted(names)
+        for name in names:
+            value = f.get_tensor(name)
+            assert value_digest(value) == expected_all[name]["sha256"], name
+            assert list(value.shape) == expected_all[name]["shape"]
+        assert json.loads(f.metadata()["tf_dtypes"])["dtype/qint8"] == "qint8"
+    kinds = {index.entries[n].dtype.name for n in names}
+    assert {"bfloat16", "float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2fnuz", "bool"} <= kinds
+
+
+def test_convert_refuses_what_safetensors_cannot_hold(all_dtypes, tmp_path, capsys):
+    out = tmp_path / "x.safetensors"
+    assert main(["convert", all_dtypes, str(out), "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "UnsupportedCheckpointError", "'dtype/complex128' is complex128")
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing half written
+    assert main(["convert", all_dtypes, str(out), "--regex", "^special/", "--no-progress"]) == 0
+
+
+def test_convert_shards_with_an_index(fixtures_dir, tmp_path, capsys, safe_open):
+    src = str(fixtures_dir / "tf1_sharded" / "model.ckpt-7")
+    out = tmp_path / "model.safetensors"
+    assert main(["convert", src, str(out), "--max-shard-bytes", "200", "--regex", "^(big|part|scope1)"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 1 and all(re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", f) for f in files)
+    assert files == sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
+    total = 0
+    for name, file in index["weight_map"].items():
+        with safe_open(str(tmp_path / file), "numpy") as f:
+            value = f.get_tensor(name)
+        assert_bit_exact(value, dr.load_variable(src, name), name)
+        total += value.nbytes
+    assert index["metadata"]["total_size"] == total
+
+
+def test_convert_a_bucket_checkpoint(remote, tmp_path, capsys, safe_open):
+    url, options = remote("tf1_sharded")
+    out = tmp_path / "m.safetensors"
+    argv = ["convert", url + "/model.ckpt-7", str(out), "--regex", "^(big|part)", "--no-progress"]
+    for key, value in options.items():
+        argv += ["--storage-option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    assert main(argv) == 0
+    with safe_open(str(out), "numpy") as f:
+        for name in f.keys():
+            assert_bit_exact(f.get_tensor(name), dr.load_variable(url, name, storage_options=options), name)
+
+
+def test_convert_streams_under_a_byte_budget(gcs_server, tmp_path):
+    """A 64 MiB checkpoint in a bucket converted with --max-inflight-bytes 4MiB: the process's
+    resident memory grows by well under half the checkpoint (its RSS sampled every 2 ms; measured
+    here: about 4 x the budget, the same for 64 to 256 MiB checkpoints)."""
+    pytest.importorskip("psutil")
+    rng = np.random.default_rng(7)
+    tensors = {f"layer_{i:02d}/w": rng.standard_normal(1 << 20).astype(np.float32) for i in range(16)}  # 4 MiB each
+    local = dr.save_tensors(str(tmp_path / "src" / "model"), tensors, num_shards=4)
+    url = gcs_server.upload(tmp_path / "src") + "/model"
+    out = tmp_path / "out.safetensors"
+    script = f"""
+import json, os, threading, time
+import psutil
+import distrestore as dr
+from distrestore.cli import main
+opts = json.loads({json.dumps(json.dumps(gcs_server.storage_options))})
+dr.list_variables({url!r}, storage_options=opts)  # imports and the filesystem made before measuring
+proc, peak, done = psutil.Process(), [0], threading.Event()
+base = proc.memory_info().rss
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        time.sleep(0.002)
+t = threading.Thread(target=sample); t.start()
+rc = main(["convert", {url!r}, {str(out)!r}, "--storage-options", json.dumps(opts),
+           "--max-inflight-bytes", "4MiB", "--no-progress"])
+done.set(); t.join()
+print(json.dumps({{"rc": rc, "growth": max(peak[0] - base, 0)}}))
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    size = sum(a.nbytes for a in tensors.values())
+    assert result["rc"] == 0
+    assert result["growth"] < size / 2, (
+        f"RSS grew by {result['growth'] / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB checkpoint"
     )
-    assert run.returncode != 0 and "CheckpointNotFoundError" in run.stderr
+    from safetensors.numpy import load_file
+
+    back = load_file(str(out))
+    assert set(back) == set(tensors) and all(back[n].tobytes() == tensors[n].tobytes() for n in tensors)
+    assert dr.list_variables(local)  # the source is untouched
+
+
+# -- merge --------------------------------------------------------------------------------------
+
+
+def test_merge(tmp_path, capsys):
+    a = dr.save_tensors(str(tmp_path / "a" / "a"), {"x": np.arange(3, dtype=np.int32)})
+    b = dr.save_tensors(str(tmp_path / "b" / "b"), {"y": np.float64(2.5)})
+    dest = str(tmp_path / "m" / "merged")
+    assert main(["merge", a, b, dest]) == 0
+    assert f"into {dest}" in capsys.readouterr().out
+    assert dr.restore_tensors(dest)["x"].tolist() == [0, 1, 2]
+    c = dr.save_tensors(str(tmp_path / "c" / "c"), {"x": np.float32(1)})
+    d = dr.save_tensors(str(tmp_path / "d" / "d"), {"x": np.float32(2)})
+    assert main(["merge", c, d, str(tmp_path / "m2" / "m")]) == 1  # the same name twice
+    one_line_error(capsys.readouterr().err, "MergeConflictError", "x")
+
+
+# -- exit codes and one-line errors ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv,code,fragments",
+    [
+        (["ls", "{tmp}/nope"], 2, ["CheckpointNotFoundError", "nope"]),
+        (["restore", "{sharded}", "--names", "nope"], 2, ["TensorNotFoundError", "'nope'"]),
+        (["restore", "{sharded}", "--regex", "("], 2, ["bad regular expression"]),
+        (["restore", "{sharded}", "--regex", "^zzz"], 2, ["no tensor name matches"]),
+        (["ls", "{sharded}", "--storage-options", "{{bad"], 2, ["not valid JSON"]),
+        (["ls", "{sharded}", "--storage-options", "[1]"], 2, ["expected a JSON object"]),
+        (["ls", "{sharded}", "--storage-option", "novalue"], 2, ["expected key=value"]),
+        (["restore", "{sharded}", "--output", "{tmp}/x.csv"], 2, ["must end in .npz or .safetensors"]),
+        (["restore", "{sharded}", "--max-inflight-bytes", "lots"], 2, ["byte count"]),
+        (["restore", "{sharded}", "--executor", "dask"], 2, ["invalid choice"]),
+        (["restore", "{v1}"], 2, ["UnsupportedCheckpointError", "V1"]),
+        (["merge", "{tmp}/nope", "{tmp}/out"], 2, ["nope"]),
+    ],
+)
+def test_exit_codes_and_one_line_errors(argv, code, fragments, sharded, fixtures_dir, tmp_path, capsys):
+    subs = {"tmp": tmp_path, "sharded": sharded, "v1": fixtures_dir / "v1_format"}
+    assert main([a.format(**subs) for a in argv]) == code
+    one_line_error(capsys.readouterr().err, f"distrestore {argv[0]}", *fragments)
+
+
+def test_process_exit_codes_and_debug(tmp_path):
+    run = run_cli("ls", tmp_path / "nope")
+    assert run.returncode == 2 and run.stdout == ""
+    one_line_error(run.stderr, "distrestore ls: CheckpointNotFoundError")
+    run = run_cli("--debug", "ls", tmp_path / "nope")
+    assert (
+        run.returncode == 2
+        and "Traceback" in run.stderr
+        and run.stderr.rstrip().endswith(str(tmp_path / "nope.index)"))
+    )
+
+
+def test_bad_s3_credentials_are_a_storage_failure(tmp_path, fixtures_dir):
+    """A moto server that checks credentials (its own process, INITIAL_NO_AUTH_ACTION_COUNT=0):
+    a restore with keys it does not know fails with exit code 1 and one line."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    from conftest import _free_port
+
+    port = _free_port()
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto did not start"
+                time.sleep(0.1)
+        run = run_cli(
+            "restore",
+            "s3://bucket/model.ckpt-7",
+            "--storage-option",
+            f"endpoint_url={endpoint}",
+            "--storage-option",
+            "key=AKIAWRONGWRONGWRONG",
+            "--storage-option",
+            "secret=not-the-secret",
+            "--no-progress",
+            timeout=180,
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert run.returncode == 1, run.stderr
+    one_line_error(run.stderr, "distrestore restore:")
+    assert "not-the-secret" not in run.stderr
+
+
+def test_storage_option_values():
+    assert key_value("anon=true") == ("anon", True)
+    assert key_value("endpoint_url=http://h:1") == ("endpoint_url", "http://h:1")
+    assert key_value('client_kwargs={"region_name": "x"}') == ("client_kwargs", {"region_name": "x"})
+    assert key_value("n=3") == ("n", 3) and key_value("a=b=c") == ("a", "b=c")
+
+
+def test_storage_option_overrides_storage_options(remote, capsys):
+    url, options = remote("many_small")
+    url += "/many"
+    wrong = dict(options, endpoint_url="http://127.0.0.1:9") if remote.name != "memory" else {"nothing": 1}
+    argv = ["ls", url, "--storage-options", json.dumps(wrong), "--json"]
+    for key, value in options.items():
+        argv += ["--storage-option", f"{key}={json.dumps(value)}"]
+    if remote.name == "memory":
+        argv = ["ls", url, "--json"]
+    assert main(argv) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2000
+
+
+def test_timeout_and_deadline_reach_the_library_when_it_takes_them(sharded, capsys):
+    def takes(path, *, timeout=None, deadline=None):
+        pass
+
+    def old(path):
+        pass
+
+    class Args:
+        timeout, deadline = 5.0, 60.0
+
+    assert reliability_kwargs(takes, Args) == {"timeout": 5.0, "deadline": 60.0}
+    assert reliability_kwargs(old, Args) == {}
+    assert "not supported" in capsys.readouterr().err
+    assert main(["restore", sharded, "--timeout", "30", "--deadline", "120", "--no-progress"]) == 0
+
+
+def test_progress_bar_on_a_terminal(sharded):
+    """On a terminal (stderr is a pty) restore shows tqdm's bar; piped, it does not."""
+    pytest.importorskip("tqdm")
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 x 0
+    try:
+        run = run_cli("restore", sharded, stderr=slave, stdout=subprocess.PIPE, timeout=120)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    err = b"".join(chunks).decode(errors="replace")
+    assert run.returncode == 0
+    assert "restore" in err and "100%" in err, err
+    assert run.stdout.startswith("restored 13 tensors")
+    piped = run_cli("restore", sharded)
+    assert piped.returncode == 0 and "100%" not in piped.stderr
+
+
+def test_module_entry_point_runs_the_same_main(fixtures_dir):
+    run = run_cli("ls", fixtures_dir / "manager", "--json")
+    assert run.returncode == 0 and {r["name"] for r in json.loads(run.stdout)} >= {"v/.ATTRIBUTES/VARIABLE_VALUE"}
