@@ -4,7 +4,7 @@
     python benchmarks/run.py [--quick] [--workloads few_large,many_small,partitioned,remote,memory]
                              [--out benchmarks/RESULTS.md] [--work benchmarks/_work] [--keep]
 
-Protocol (``shared/docs/benchmarks.md``): each workload is built once under the work dir (with
+Protocol (``docs/benchmarks.md``): each workload is built once under the work dir (with
 TensorFlow's ``SaveV2`` when TF imports, else ``distrestore.save_tensors``), with the SHA-1 of
 every tensor's bytes. Every measurement runs in a FRESH subprocess
 (``run.py --contender NAME --workload W --params JSON``) that times only the restore with

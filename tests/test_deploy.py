@@ -187,7 +187,7 @@ def test_broken_rayjob_top_level_fails_validation():
         assert any(key in e for e in errors), (key, errors)
 
 
-# -- conventions (docs/testing.md, "Deploy conventions") ----------------------------------------
+# -- conventions (deploy/README.md) -----------------------------------------------------------
 
 
 def _pod_specs(name: str, doc: dict):
