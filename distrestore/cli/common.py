@@ -185,18 +185,17 @@ def _warn_once(message: str) -> None:
     print(f"distrestore: warning: {message}", file=sys.stderr)
 
 
-def connect_ray(executor: str) -> None:
-    """As a Ray job's driver (``ray job submit``, a RayJob) the CLI joins the cluster itself:
-    ``ray.init()`` connects to ``RAY_ADDRESS`` when it is set and starts a local Ray otherwise."""
-    if executor != "ray":
-        return
-    import ray
+def executor(name: str):
+    """``"threads"``, or a Ray executor that joins Ray as a Ray job's driver must (the library
+    never calls ``ray.init`` unasked): the cluster ``RAY_ADDRESS`` names when it is set, else a
+    new local Ray."""
+    if name != "ray":
+        return name
+    from .. import RayExecutor  # imports ray, on demand
 
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=False)
-        else:
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    if os.environ.get("RAY_ADDRESS"):
+        return RayExecutor(init_kwargs={"log_to_driver": False})
+    return RayExecutor(init_kwargs={"address": "local", "include_dashboard": False, "log_to_driver": False})
 
 
 def progress(args) -> bool:

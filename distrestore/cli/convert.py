@@ -40,13 +40,12 @@ def convert(args, index, names, output: str, max_shard_bytes) -> int:
     from ..export.to_safetensors import convert_to_safetensors
     from ..restore import iter_restore_tensors
 
-    common.connect_ray(args.executor)
     timer = common.Timer()
     files = convert_to_safetensors(
         index,
         output,
         names,
-        executor=args.executor,
+        executor=common.executor(args.executor),
         verify=not args.no_verify,
         max_inflight_bytes=args.max_inflight_bytes,
         max_shard_bytes=max_shard_bytes,

@@ -43,11 +43,11 @@ def run(args) -> int:
         prefix = save_tensors(os.path.join(d, "model.ckpt"), tensors, num_shards=4)
         print(f"wrote {len(tensors)} tensors to {prefix} (4 data files)")
         print(f"list_variables: {len(list_variables(prefix))} entries, e.g. {list_variables(prefix)[0]}")
-        common.connect_ray(args.executor)  # before planning: the Ray executor sizes the plan from the cluster
+        executor = common.executor(args.executor)  # Ray joins before planning: it sizes the plan
         index = open_checkpoint(prefix)
-        print(plan_requests([TensorRequest(index, n) for n in index.entries], args.executor).summary())
+        print(plan_requests([TensorRequest(index, n) for n in index.entries], executor).summary())
         timer = common.Timer()
-        out = restore_tensors(prefix, executor=args.executor)
+        out = restore_tensors(prefix, executor=executor)
         seconds = timer.seconds
         for name, value in tensors.items():
             if not _same(out[name], np.asarray(value)):

@@ -57,14 +57,13 @@ def run(args) -> int:
         from .convert import convert
 
         return convert(args, index, names, args.output, max_shard_bytes=None)
-    common.connect_ray(args.executor)
     budget = args.max_inflight_bytes or (VERIFY_BUDGET if args.verify_only else None)
     timer = common.Timer()
     count = nbytes = 0
     stream = iter_restore_tensors(
         index,
         names,
-        executor=args.executor,
+        executor=common.executor(args.executor),
         verify=not args.no_verify,
         max_inflight_bytes=budget,
         progress=common.progress(args),

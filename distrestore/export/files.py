@@ -4,7 +4,8 @@ final ones, synced, then renamed (and the directory synced); removed if anything
 from __future__ import annotations
 
 import os
-import uuid
+
+from ..durable import fsync_dir, temp_name
 
 
 class AtomicFiles:
@@ -18,8 +19,7 @@ class AtomicFiles:
     def open(self, final_path: str) -> int:
         """A new file's descriptor (write-only), to become ``final_path`` on success."""
         final_path = os.path.abspath(final_path)
-        directory, base = os.path.split(final_path)
-        temp = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+        temp = temp_name(final_path)  # TF's debris mark, as the checkpoint writer uses
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._files.append((fd, temp, final_path))
         return fd
@@ -51,7 +51,7 @@ class AtomicFiles:
             directories.add(os.path.dirname(final))
         self._files = []
         for d in directories:
-            _fsync_dir(d)
+            fsync_dir(d)
 
     def abort(self) -> None:
         for fd, temp, _ in self._files:
@@ -73,16 +73,3 @@ def write_at(fd: int, data, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems do not open directories; the rename is done regardless
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
