@@ -16,3 +16,12 @@ def assert_bit_exact(ours, want, what=""):
         assert [bytes(x) for x in a.ravel()] == [bytes(x) for x in b.ravel()], what
     else:
         assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes(), what
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    """``err`` (a command's stderr) is one line, holds every fragment, and has no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    assert "Traceback" not in err

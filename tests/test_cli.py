@@ -1,6 +1,6 @@
-"""The command line end to end: every command, every exit code, one-line errors, ``--json``, the
-``.npz``/``.safetensors`` round trips of every dtype of the all-dtypes fixture, storage options,
-the progress bar and summary, and ``python -m distrestore`` as a process.
+"""The command line end to end: every command, every exit code, one-line errors, ``--json``,
+storage options, the progress bar and summary, and ``python -m distrestore`` as a process
+(``.npz``/``.safetensors`` output and ``convert``: ``test_export.py``).
 
 Most tests run ``distrestore.cli.main`` in-process (capsys); the ones about the process itself
 (exit status, stderr, a terminal) run ``python -m distrestore``."""
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from checks import assert_bit_exact
-from digest import value_digest
+from checks import assert_one_line_error
 
 import distrestore as dr
 from distrestore.cli import COMMANDS, main
@@ -35,39 +34,9 @@ def run_cli(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "distrestore", *map(str, args)], text=True, env=env, **kw)
 
 
-def one_line_error(err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    assert "Traceback" not in err
-
-
 @pytest.fixture
 def sharded(fixtures_dir):
     return str(fixtures_dir / "tf1_sharded" / "model.ckpt-7")
-
-
-@pytest.fixture
-def all_dtypes(fixtures_dir):
-    return str(fixtures_dir / "all_dtypes" / "all")
-
-
-@pytest.fixture
-def safe_open(monkeypatch):
-    """``safetensors.safe_open``. Its numpy loader looks float8 types up as numpy attributes
-    (``np.float8_e5m2``), which numpy does not have; ml_dtypes' are the same types."""
-    safetensors = pytest.importorskip("safetensors")
-    import ml_dtypes
-
-    for name in ("float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2fnuz"):
-        monkeypatch.setattr(np, name, getattr(ml_dtypes, name), raising=False)
-    return safetensors.safe_open
-
-
-@pytest.fixture(scope="module")
-def expected_all(fixtures_dir):
-    return json.loads((fixtures_dir / "all_dtypes" / "expected.json").read_text())["tensors"]
 
 
 # -- help and the command table -----------------------------------------------------------------
@@ -85,7 +54,7 @@ def test_help_is_plain_text(command, capsys):
 
 def test_no_command_is_a_usage_error(capsys):
     assert main([]) == 2
-    one_line_error(capsys.readouterr().err, "distrestore: error:")
+    assert_one_line_error(capsys.readouterr().err, "distrestore: error:")
 
 
 # -- demo ---------------------------------------------------------------------------------------
@@ -171,7 +140,7 @@ def test_plan_never_needs_ray(sharded, capsys, monkeypatch):
     assert main(["plan", sharded, "--executor", "ray", "--workers", "16"]) == 0
     capsys.readouterr()
     assert main(["plan", sharded, "--executor", "ray"]) == 2  # its size is the cluster's: say so
-    one_line_error(capsys.readouterr().err, "pass --workers N")
+    assert_one_line_error(capsys.readouterr().err, "pass --workers N")
 
 
 # -- restore ------------------------------------------------------------------------------------
@@ -200,142 +169,16 @@ def test_verify_only_fails_on_a_flipped_byte(fixtures_dir, tmp_path, capsys):
     raw[100] ^= 0x01
     data.write_bytes(bytes(raw))
     assert main(["restore", str(tmp_path / "c"), "--verify-only", "--no-progress"]) == 1
-    one_line_error(capsys.readouterr().err, "distrestore restore: ChecksumMismatchError", "big/part5", "data-00003")
+    assert_one_line_error(
+        capsys.readouterr().err, "distrestore restore: ChecksumMismatchError", "big/part5", "data-00003"
+    )
     # verify=False reads the same bytes without checking them
     assert main(["restore", str(tmp_path / "c"), "--no-verify", "--no-progress"]) == 0
 
 
 def test_verify_only_refuses_output(sharded, tmp_path, capsys):
     assert main(["restore", sharded, "--verify-only", "--output", str(tmp_path / "x.npz")]) == 2
-    one_line_error(capsys.readouterr().err, "--verify-only")
-
-
-def test_npz_round_trips_every_dtype(all_dtypes, expected_all, tmp_path, capsys):
-    out = tmp_path / "all.npz"
-    assert main(["restore", all_dtypes, "--output", str(out), "--no-progress"]) == 0
-    assert f"wrote {out}" in capsys.readouterr().out
-    back = dr.load_npz(out)
-    index = dr.open_checkpoint(all_dtypes)
-    assert set(back) == {n for n, e in index.entries.items() if not e.dtype.is_variant}
-    dtypes_seen = set()
-    for name, value in back.items():
-        want = expected_all[name]
-        assert value_digest(value) == want["sha256"], name
-        assert list(value.shape) == want["shape"], name
-        assert value.dtype == index.entries[name].dtype.numpy, name
-        dtypes_seen.add(want["dtype"])
-    assert len(dtypes_seen) == 31  # 30 saveable dtypes and string
-    # no pickle anywhere: numpy can read every member with allow_pickle=False
-    with np.load(out, allow_pickle=False) as z:
-        assert len(z.files) == len(back) + 1
-
-
-def test_npz_names_that_would_collide(tmp_path, capsys):
-    prefix = dr.save_tensors(str(tmp_path / "c"), {"a/b": np.float32(1), "a__b": np.float32(2), "x": [b"\0", b""]})
-    assert main(["restore", prefix, "--output", str(tmp_path / "o.npz"), "--no-progress"]) == 0
-    back = dr.load_npz(tmp_path / "o.npz")
-    assert back["a/b"] == 1 and back["a__b"] == 2 and back["x"].tolist() == [b"\0", b""]
-
-
-def test_safetensors_output_round_trips(all_dtypes, expected_all, tmp_path, capsys, safe_open):
-    from distrestore.export.to_safetensors import SAFETENSORS_DTYPES
-
-    index = dr.open_checkpoint(all_dtypes)
-    names = [n for n, e in index.entries.items() if e.dtype.name in SAFETENSORS_DTYPES]
-    out = tmp_path / "all.safetensors"
-    assert main(["restore", all_dtypes, "--names", *names, "--output", str(out), "--no-progress"]) == 0
-    with safe_open(str(out), "numpy") as f:
-        assert sorted(f.keys()) == sorted(names)
-        for name in names:
-            value = f.get_tensor(name)
-            assert value_digest(value) == expected_all[name]["sha256"], name
-            assert list(value.shape) == expected_all[name]["shape"]
-        assert json.loads(f.metadata()["tf_dtypes"])["dtype/qint8"] == "qint8"
-    kinds = {index.entries[n].dtype.name for n in names}
-    assert {"bfloat16", "float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2fnuz", "bool"} <= kinds
-
-
-def test_convert_refuses_what_safetensors_cannot_hold(all_dtypes, tmp_path, capsys):
-    out = tmp_path / "x.safetensors"
-    assert main(["convert", all_dtypes, str(out), "--no-progress"]) == 2
-    one_line_error(capsys.readouterr().err, "UnsupportedCheckpointError", "'dtype/complex128' is complex128")
-    assert not out.exists() and not list(tmp_path.iterdir())  # nothing half written
-    assert main(["convert", all_dtypes, str(out), "--regex", "^special/", "--no-progress"]) == 0
-
-
-def test_convert_shards_with_an_index(fixtures_dir, tmp_path, capsys, safe_open):
-    src = str(fixtures_dir / "tf1_sharded" / "model.ckpt-7")
-    out = tmp_path / "model.safetensors"
-    assert main(["convert", src, str(out), "--max-shard-bytes", "200", "--regex", "^(big|part|scope1)"]) == 0
-    assert "wrote" in capsys.readouterr().out
-    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
-    files = sorted(set(index["weight_map"].values()))
-    assert len(files) > 1 and all(re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", f) for f in files)
-    assert files == sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
-    total = 0
-    for name, file in index["weight_map"].items():
-        with safe_open(str(tmp_path / file), "numpy") as f:
-            value = f.get_tensor(name)
-        assert_bit_exact(value, dr.load_variable(src, name), name)
-        total += value.nbytes
-    assert index["metadata"]["total_size"] == total
-
-
-def test_convert_a_bucket_checkpoint(remote, tmp_path, capsys, safe_open):
-    url, options = remote("tf1_sharded")
-    out = tmp_path / "m.safetensors"
-    argv = ["convert", url + "/model.ckpt-7", str(out), "--regex", "^(big|part)", "--no-progress"]
-    for key, value in options.items():
-        argv += ["--storage-option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
-    assert main(argv) == 0
-    with safe_open(str(out), "numpy") as f:
-        for name in f.keys():
-            assert_bit_exact(f.get_tensor(name), dr.load_variable(url, name, storage_options=options), name)
-
-
-def test_convert_streams_under_a_byte_budget(gcs_server, tmp_path):
-    """A 64 MiB checkpoint in a bucket converted with --max-inflight-bytes 4MiB: the process's
-    resident memory grows by well under half the checkpoint (its RSS sampled every 2 ms; measured
-    here: about 4 x the budget, the same for 64 to 256 MiB checkpoints)."""
-    pytest.importorskip("psutil")
-    rng = np.random.default_rng(7)
-    tensors = {f"layer_{i:02d}/w": rng.standard_normal(1 << 20).astype(np.float32) for i in range(16)}  # 4 MiB each
-    local = dr.save_tensors(str(tmp_path / "src" / "model"), tensors, num_shards=4)
-    url = gcs_server.upload(tmp_path / "src") + "/model"
-    out = tmp_path / "out.safetensors"
-    script = f"""
-import json, os, threading, time
-import psutil
-import distrestore as dr
-from distrestore.cli import main
-opts = json.loads({json.dumps(json.dumps(gcs_server.storage_options))})
-dr.list_variables({url!r}, storage_options=opts)  # imports and the filesystem made before measuring
-proc, peak, done = psutil.Process(), [0], threading.Event()
-base = proc.memory_info().rss
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], proc.memory_info().rss)
-        time.sleep(0.002)
-t = threading.Thread(target=sample); t.start()
-rc = main(["convert", {url!r}, {str(out)!r}, "--storage-options", json.dumps(opts),
-           "--max-inflight-bytes", "4MiB", "--no-progress"])
-done.set(); t.join()
-print(json.dumps({{"rc": rc, "growth": max(peak[0] - base, 0)}}))
-"""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    size = sum(a.nbytes for a in tensors.values())
-    assert result["rc"] == 0
-    assert result["growth"] < size / 2, (
-        f"RSS grew by {result['growth'] / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB checkpoint"
-    )
-    from safetensors.numpy import load_file
-
-    back = load_file(str(out))
-    assert set(back) == set(tensors) and all(back[n].tobytes() == tensors[n].tobytes() for n in tensors)
-    assert dr.list_variables(local)  # the source is untouched
+    assert_one_line_error(capsys.readouterr().err, "--verify-only")
 
 
 # -- merge --------------------------------------------------------------------------------------
@@ -351,7 +194,7 @@ def test_merge(tmp_path, capsys):
     c = dr.save_tensors(str(tmp_path / "c" / "c"), {"x": np.float32(1)})
     d = dr.save_tensors(str(tmp_path / "d" / "d"), {"x": np.float32(2)})
     assert main(["merge", c, d, str(tmp_path / "m2" / "m")]) == 1  # the same name twice
-    one_line_error(capsys.readouterr().err, "MergeConflictError", "x")
+    assert_one_line_error(capsys.readouterr().err, "MergeConflictError", "x")
 
 
 # -- exit codes and one-line errors ------------------------------------------------------------
@@ -377,13 +220,13 @@ def test_merge(tmp_path, capsys):
 def test_exit_codes_and_one_line_errors(argv, code, fragments, sharded, fixtures_dir, tmp_path, capsys):
     subs = {"tmp": tmp_path, "sharded": sharded, "v1": fixtures_dir / "v1_format"}
     assert main([a.format(**subs) for a in argv]) == code
-    one_line_error(capsys.readouterr().err, f"distrestore {argv[0]}", *fragments)
+    assert_one_line_error(capsys.readouterr().err, f"distrestore {argv[0]}", *fragments)
 
 
 def test_process_exit_codes_and_debug(tmp_path):
     run = run_cli("ls", tmp_path / "nope")
     assert run.returncode == 2 and run.stdout == ""
-    one_line_error(run.stderr, "distrestore ls: CheckpointNotFoundError")
+    assert_one_line_error(run.stderr, "distrestore ls: CheckpointNotFoundError")
     run = run_cli("--debug", "ls", tmp_path / "nope")
     assert (
         run.returncode == 2
@@ -436,7 +279,7 @@ def test_bad_s3_credentials_are_a_storage_failure(tmp_path, fixtures_dir):
         server.terminate()
         server.wait(10)
     assert run.returncode == 1, run.stderr
-    one_line_error(run.stderr, "distrestore restore:")
+    assert_one_line_error(run.stderr, "distrestore restore:")
     assert "not-the-secret" not in run.stderr
 
 
