@@ -12,6 +12,8 @@ import re
 import sys
 import time
 
+STREAM_BUDGET = 256 << 20  # the default --max-inflight-bytes: restores stream, memory stays bounded
+
 # -- argument types (argparse turns their ArgumentTypeError into a usage error, exit code 2) ----
 
 
@@ -121,7 +123,8 @@ def add_reading(parser: argparse.ArgumentParser, *, executor: bool = True) -> No
         "--max-inflight-bytes",
         type=byte_count,
         metavar="N",
-        help="at most N bytes of reads outstanding (e.g. 256MiB)",
+        default=STREAM_BUDGET,
+        help="at most N bytes of reads outstanding (e.g. 64MiB, 2GB; default 256MiB)",
     )
     g.add_argument("--timeout", type=positive_float, metavar="S", help="seconds for each storage request")
     g.add_argument("--deadline", type=positive_float, metavar="S", help="seconds for the whole command's reads")

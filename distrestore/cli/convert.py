@@ -2,8 +2,8 @@
 
 The output's header is written first (every size is known from the checkpoint's index), then
 each tensor is written into place as the parallel restore delivers it, so memory stays near
---max-inflight-bytes whatever the checkpoint's size. Names are kept; values are bit-exact.
-With --max-shard-bytes the tensors are split over several files named like Hugging Face's
+--max-inflight-bytes (default 256MiB) whatever the checkpoint's size. Names are kept; values
+are bit-exact. With --max-shard-bytes the tensors are split over several files named like Hugging Face's
 (OUT "model.safetensors" -> "model-00001-of-00003.safetensors", ...) with an index
 "model.safetensors.index.json" ({"metadata": {"total_size": N}, "weight_map": {name: file}}).
 Files appear complete or not at all.

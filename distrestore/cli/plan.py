@@ -33,7 +33,13 @@ def add_arguments(parser) -> None:
         help="whose defaults to plan with (ray needs --workers: its size is the cluster's)",
     )
     parser.add_argument("--workers", type=int, metavar="N", help="plan for N concurrent reads")
-    parser.add_argument("--max-inflight-bytes", type=common.byte_count, metavar="N", help="as for restore")
+    parser.add_argument(
+        "--max-inflight-bytes",
+        type=common.byte_count,
+        metavar="N",
+        default=common.STREAM_BUDGET,
+        help="as for restore (default 256MiB)",
+    )
 
 
 def run(args) -> int:

@@ -1,7 +1,8 @@
 """Restore tensors in parallel: check them, or write them to a file.
 
 Without --output the tensors are read, checked and dropped as they arrive (a dry run of the
-restore: memory stays near --max-inflight-bytes), and one line reports the throughput.
+restore), and one line reports the throughput. Reads are streamed: at most --max-inflight-bytes
+(default 256MiB) are outstanding, so memory stays bounded whatever the checkpoint's size.
 --verify-only does the same and also checks the variant tensors (tf.data iterator states), so
 that every CRC32C of the selection is checked; it refuses --output and --no-verify.
 
@@ -18,8 +19,6 @@ import sys
 from . import common
 
 HELP = "restore tensors in parallel; verify them, or write .npz / .safetensors"
-
-VERIFY_BUDGET = 256 << 20  # --verify-only's default --max-inflight-bytes
 
 
 def add_arguments(parser) -> None:
@@ -57,7 +56,6 @@ def run(args) -> int:
         from .convert import convert
 
         return convert(args, index, names, args.output, max_shard_bytes=None)
-    budget = args.max_inflight_bytes or (VERIFY_BUDGET if args.verify_only else None)
     timer = common.Timer()
     count = nbytes = 0
     stream = iter_restore_tensors(
@@ -65,7 +63,7 @@ def run(args) -> int:
         names,
         executor=common.executor(args.executor),
         verify=not args.no_verify,
-        max_inflight_bytes=budget,
+        max_inflight_bytes=args.max_inflight_bytes,
         progress=common.progress(args),
         **common.reliability_kwargs(iter_restore_tensors, args),
     )

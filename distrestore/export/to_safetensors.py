@@ -130,7 +130,7 @@ def convert_to_safetensors(
     storage_options: dict | None = None,
     executor="threads",
     verify: bool = True,
-    max_inflight_bytes: int | None = None,
+    max_inflight_bytes: int | None = 256 << 20,
     max_shard_bytes: int | None = None,
     progress=None,
     **restore_kwargs,
@@ -138,7 +138,9 @@ def convert_to_safetensors(
     """Write the checkpoint's tensors (all but variants by default, or ``names``) to ``output``
     (a local ``.safetensors`` path), streaming; returns the files written (with
     ``max_shard_bytes``, the shards and then the index file). Names are kept as they are in the
-    checkpoint; values are bit-exact. Extra keywords go to ``iter_restore_tensors``.
+    checkpoint; values are bit-exact. At most ``max_inflight_bytes`` of reads are outstanding
+    (None: the executor's own limit, which does not bound memory). Extra keywords go to
+    ``iter_restore_tensors``.
 
     >>> dr.convert_to_safetensors("gs://bucket/run7", "model.safetensors", max_inflight_bytes=256 << 20)
     ['model.safetensors']
