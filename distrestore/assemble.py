@@ -4,8 +4,10 @@ An :class:`Assembly` is the library's read sink (``distrestore.execute.sink.Read
 the output arrays (allocated once, lazily, when the first request that writes them is issued) and
 the staging buffers. Executors ask it for the buffers a request reads into, then report the
 request done; it verifies each stored entry's CRC32C (per segment, in the reading thread while the
-bytes are in cache, combined per entry), decodes strings, copies staged bytes into outputs (slices
-into full tensors or into any new partitioning) and tells the executor which outputs are complete.
+bytes are in cache, combined per entry, including the checksum-only segments that read the rest of
+a partly wanted entry into a per-thread scratch buffer), decodes strings, copies staged bytes into
+outputs (slices into full tensors or into any new partitioning) and tells the executor which
+outputs are complete.
 """
 
 from __future__ import annotations
@@ -62,7 +64,15 @@ class Assembly:
         self._entry_parts: dict[int, list[tuple[int, int, int]]] = {}
         self._entry_left = {i: e.size for i, e in enumerate(plan.entries)}
         self._entry_outputs: dict[int, set[int]] = {}
-        self._check = [self.verify and e.verify and dtypes.BY_NAME[e.dtype].fixed_width for e in plan.entries]
+        if verify:  # no byte may be returned unless a checked CRC32C covers it
+            for e in plan.entries:
+                if not e.verify:
+                    raise ValueError(
+                        f"this plan reads only part of stored entry {e.name!r} ({e.file}), so its "
+                        "CRC32C cannot be checked: plan with PlanOptions(verify=True) to verify"
+                    )
+        # strings are checked where they are decoded (their checksum covers lengths and bytes)
+        self._check = [self.verify and dtypes.BY_NAME[e.dtype].fixed_width for e in plan.entries]
         # an output is complete when every direct segment, every copy into it and every
         # checksum of an entry feeding it is done
         pending = [0] * n
@@ -117,6 +127,8 @@ class Assembly:
         return self.allocate(kind, index, nbytes) if self.allocate is not None else None
 
     def _skip_buf(self, n: int) -> memoryview:
+        """This thread's scratch buffer for a request's SKIP segments (at most a request's
+        size, reused: a huge entry's unneeded bytes never need a buffer of their own)."""
         buf = getattr(self._skip, "buf", None)
         if buf is None or len(buf) < n:
             buf = self._skip.buf = bytearray(max(n, _SKIP_CHUNK))
@@ -141,7 +153,17 @@ class Assembly:
                     views.append(memoryview(buf)[seg.offset : seg.offset + seg.length])
                 else:
                     views.append(None)
-        return [v if v is not None else self._skip_buf(seg.length) for v, seg in zip(views, req.segments)]
+        skipped = sum(seg.length for seg in req.segments if seg.kind == SKIP)
+        if not skipped:
+            return views
+        # each SKIP segment its own part of the scratch: a checksum-only segment's CRC32C may
+        # be taken after the whole request is read
+        scratch, pos = self._skip_buf(skipped), 0
+        for i, seg in enumerate(req.segments):
+            if seg.kind == SKIP:
+                views[i] = scratch[pos : pos + seg.length]
+                pos += seg.length
+        return views
 
     # -- completion --------------------------------------------------------------------------
 
@@ -165,8 +187,6 @@ class Assembly:
         finished_packs = []
         with self._lock:
             for seg, c in zip(req.segments, crcs):
-                if seg.kind == SKIP:
-                    continue
                 if seg.kind == PACKED:
                     self._packed_left[seg.target] -= seg.length
                     if self._packed_left[seg.target] == 0:
@@ -174,11 +194,11 @@ class Assembly:
                     continue
                 if seg.kind == DIRECT:
                     self._dec(seg.target, done_outputs)
-                else:
+                elif seg.kind == STAGED:
                     self._stage_left[seg.target] -= seg.length
                     if self._stage_left[seg.target] == 0:
                         finished_stages.append(seg.target)
-                if c is not None:
+                if c is not None and seg.entry >= 0:  # SKIP ones too: bytes read only to check
                     parts = self._entry_parts.setdefault(seg.entry, [])
                     parts.append((seg.entry_offset, seg.length, c))
                     self._entry_left[seg.entry] -= seg.length

@@ -4,10 +4,13 @@ Pure data, no I/O. Each wanted region becomes one *output*; each stored entry th
 it contributes a *piece*. A piece whose bytes are contiguous both in the data file and in the
 output is read straight into the output ("direct"); anything else (strings, a column block, a
 foreign byte order, bytes two outputs share) is read once into a *staging* buffer and copied
-out; small whole tensors are read in packed groups and handed out as views. Byte ranges are then
-split so every worker stays busy and joined when adjacent (or across gaps up to
-``max_gap_bytes``, 0 by default so that subset restores read only needed bytes), so small
-tensors do not cost a request each. The plan is plain, frozen, picklable data, defined in
+out; small whole tensors are read in packed groups and handed out as views. With
+``PlanOptions.verify`` (the default) the rest of every stored entry a region touches is read too,
+as checksum-only ranges, because TF's CRC32C covers whole entries; where the wanted regions
+together cover an entry, nothing extra is read. Byte ranges are then split so every worker stays
+busy and joined when adjacent (or across gaps up to ``max_gap_bytes``, 0 by default so that
+subset restores with ``verify=False`` read only needed bytes), so small tensors do not cost a
+request each. The plan is plain, frozen, picklable data, defined in
 ``distrestore.readplan`` (and importable from here).
 """
 
@@ -298,6 +301,9 @@ def _pack(
 
 
 def _plan_entry(eid, entries, plist, outputs, staging, options) -> list[_Range]:
+    """The ranges that read stored entry ``eid``'s pieces ``plist`` ([(output, box)]) and, with
+    ``options.verify``, the rest of the entry as checksum-only ranges (what TF reads for a slice:
+    the whole stored entry, since its CRC32C covers all of it)."""
     e = entries[eid]
     dt = dtypes.BY_NAME[e.dtype]
     if not dt.fixed_width or e.big_endian:
@@ -305,22 +311,28 @@ def _plan_entry(eid, entries, plist, outputs, staging, options) -> list[_Range]:
         entries[eid] = e._replace(verify=True)
         staging.append(Staging(eid, 0, e.size, tuple(Copy(o, box) for o, box in plist)))
         return [_Range(e.file, e.offset, e.offset + e.size, STAGED, len(staging) - 1, 0, eid, 0)]
-    item = dt.itemsize
+    ranges = _piece_ranges(eid, e, dt.itemsize, plist, outputs, staging, options)
+    rest = _uncovered(ranges, e)
+    if rest and options.verify:
+        ranges.extend(_Range(e.file, e.offset + a, e.offset + b, SKIP, -1, 0, eid, a) for a, b in rest)
+    entries[eid] = e._replace(verify=not rest or options.verify)
+    return ranges
+
+
+def _piece_ranges(eid, e, item, plist, outputs, staging, options) -> list[_Range]:
+    """The ranges that read exactly the bytes the pieces need (a non-contiguous piece: the rows
+    that cover it, into staging)."""
     spans = []
     for out_id, box in plist:
         first, end = _span(box, e.box)
         spans.append((first * item, end * item, out_id, box))
     spans.sort()
-    overlap = any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1))
-    covered = sum(b - a for a, b, _, _ in spans) == e.size and not overlap
-    ranges = []
-    if overlap:
+    if any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1)):
         # several outputs need the same bytes: read them once into one buffer, copy out to each
         lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
-        entries[eid] = e._replace(verify=(lo == 0 and hi == e.size))
         staging.append(Staging(eid, lo, hi - lo, tuple(Copy(o, box) for _, _, o, box in spans)))
         return [_Range(e.file, e.offset + lo, e.offset + hi, STAGED, len(staging) - 1, 0, eid, lo)]
-    entries[eid] = e._replace(verify=covered)
+    ranges = []
     for a, b, out_id, box in spans:
         out = outputs[out_id]
         if _contiguous(box, e.box) and _contiguous(box, out.box):
@@ -332,6 +344,19 @@ def _plan_entry(eid, entries, plist, outputs, staging, options) -> list[_Range]:
                 staging.append(Staging(eid, sa, sb - sa, (Copy(out_id, sub),)))
                 ranges.append(_Range(e.file, e.offset + sa, e.offset + sb, STAGED, len(staging) - 1, 0, eid, sa))
     return ranges
+
+
+def _uncovered(ranges: list[_Range], e: StoredEntry) -> list[tuple[int, int]]:
+    """Byte runs [a, b) of entry ``e`` that none of its (non-overlapping) ``ranges`` reads."""
+    out = []
+    pos = 0
+    for a, n in sorted((r.entry_offset, r.end - r.start) for r in ranges):
+        if a > pos:
+            out.append((pos, a))
+        pos = a + n
+    if pos < e.size:
+        out.append((pos, e.size))
+    return out
 
 
 def _cut_box(box: Box, outer: Box, item: int, limit: int) -> list[Box]:
@@ -374,9 +399,8 @@ def _split(ranges: list[_Range], chunk: int) -> list[_Range]:
             continue
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
-            out.append(
-                r._replace(start=r.start + a, end=r.start + b, offset=r.offset + a, entry_offset=r.entry_offset + a)
-            )
+            offset = r.offset + a if r.kind != SKIP else 0  # a checksum-only range lands nowhere
+            out.append(r._replace(start=r.start + a, end=r.start + b, offset=offset, entry_offset=r.entry_offset + a))
     return out
 
 

@@ -7,7 +7,7 @@ Built by ``distrestore.plan.build_plan``; run by an executor into a read sink (a
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -41,7 +41,9 @@ class SegmentKind(IntEnum):
     STAGED = 1
     """Into a staging buffer, copied out once complete (``target``: the staging buffer)."""
     SKIP = 2
-    """A gap between needed ranges, read and dropped (``target``: -1)."""
+    """Read but placed nowhere (``target``: -1): a gap the planner joined between needed ranges
+    (``entry``: -1), or bytes of a stored entry no output needs, read only so that the entry's
+    CRC32C can be checked (``entry``/``entry_offset`` say which bytes; their checksum is taken)."""
     PACKED = 3
     """Into a packed group's buffer of small whole tensors (``target``: the group)."""
 
@@ -70,7 +72,7 @@ class StoredEntry(NamedTuple):
     dtype: str
     box: Box  # what it holds, in the full tensor's coordinates
     big_endian: bool
-    verify: bool  # every byte is read, so its CRC32C is checked
+    verify: bool  # every byte is read (some maybe only to check it), so its CRC32C can be checked
 
 
 class Copy(NamedTuple):
@@ -155,9 +157,15 @@ class PlanOptions:
     """Aim for at least a few requests per worker so all of them stay busy."""
     pack_bytes: int = 256 * 1024
     """Whole tensors up to this size are read in packed groups and returned as views."""
+    verify: bool = True
+    """Read every stored entry a wanted region touches in full, so that its CRC32C (which covers
+    the whole entry) can be checked; the bytes no output needs are checksummed and dropped
+    (``SKIP`` segments with an ``entry``). False: read exactly the bytes the outputs need."""
 
     @classmethod
-    def for_storage(cls, local: bool, workers: int, max_inflight_bytes: int | None = None) -> PlanOptions:
+    def for_storage(
+        cls, local: bool, workers: int, max_inflight_bytes: int | None = None, *, verify: bool = True
+    ) -> PlanOptions:
         # max_gap_bytes stays 0: a subset or partition restore reads exactly the bytes it needs
         # (neighbouring ranges still join); latency is hidden by concurrency instead
         if local:
@@ -168,14 +176,13 @@ class PlanOptions:
         if max_inflight_bytes:
             # one request alone must fit in the budget
             cap = max(1, max_inflight_bytes)
-            opts = cls(
-                opts.max_gap_bytes,
-                min(opts.max_request_bytes, cap),
-                min(opts.min_request_bytes, cap),
-                workers,
-                min(opts.pack_bytes, cap),
+            opts = replace(
+                opts,
+                max_request_bytes=min(opts.max_request_bytes, cap),
+                min_request_bytes=min(opts.min_request_bytes, cap),
+                pack_bytes=min(opts.pack_bytes, cap),
             )
-        return opts
+        return replace(opts, verify=verify)
 
 
 @dataclass(frozen=True)
@@ -201,7 +208,14 @@ class ReadPlan:
 
     @property
     def bytes_needed(self) -> int:
+        """Bytes some output needs (each once)."""
         return sum(s.length for r in self.requests for s in r.segments if s.kind != SKIP)
+
+    @property
+    def bytes_to_verify(self) -> int:
+        """Bytes read only so that a stored entry's CRC32C can be checked: the parts of entries
+        that wanted regions touch but do not need (0 with ``verify=False``)."""
+        return sum(s.length for r in self.requests for s in r.segments if s.kind == SKIP and s.entry >= 0)
 
     def assign(self, workers: int) -> list[list[int]]:
         """Requests per worker, balanced by bytes (largest first to the least loaded)."""
@@ -222,10 +236,18 @@ class ReadPlan:
             f[0] += 1
             f[1] += r.nbytes
         packed = sum(len(p.outputs) for p in self.packed)
+        to_read, needed, to_verify = self.bytes_to_read, self.bytes_needed, self.bytes_to_verify
+        why = [f"{_fmt(needed)} needed"]
+        if to_verify:
+            why.append(f"{_fmt(to_verify)} read only to verify")
+        if to_read - needed - to_verify:
+            why.append(f"{_fmt(to_read - needed - to_verify)} of gaps joined")
+        if not self.options.verify:
+            why.append("verify=False: no checksum checked")
         lines = [
             f"ReadPlan: {len(self.outputs)} outputs from {len(self.entries) + packed} stored "
-            f"entries, {len(self.requests)} requests, {_fmt(self.bytes_to_read)} to read "
-            f"({_fmt(self.bytes_needed)} needed), {len(self.staging)} staging buffers, "
+            f"entries, {len(self.requests)} requests, {_fmt(to_read)} to read "
+            f"({', '.join(why)}), {len(self.staging)} staging buffers, "
             f"{packed} small tensors in {len(self.packed)} packed groups"
         ]
         for path, (n, b) in files.items():

@@ -46,6 +46,8 @@ def plan_requests(
     requests: Sequence[TensorRequest] | Wants,
     executor: Executor | str = "threads",
     max_inflight_bytes: int | None = None,
+    *,
+    verify: bool = True,
 ) -> ReadPlan:
     """The ``ReadPlan`` a fetch of these requests would run (for inspection: ``print(plan)``).
 
@@ -54,7 +56,7 @@ def plan_requests(
     executor = get_executor(executor)
     wants = Wants.of(requests)
     local = all(c.storage.local for c in wants.distinct_checkpoints())
-    options = PlanOptions.for_storage(local, executor.workers_for(local), max_inflight_bytes)
+    options = PlanOptions.for_storage(local, executor.workers_for(local), max_inflight_bytes, verify=verify)
     with gc_paused():
         return build_plan(wants, options)
 
@@ -66,7 +68,7 @@ class _Run:
         self.executor = get_executor(executor)
         self.storages = {f: index.storage for index in wants.distinct_checkpoints() for f in index.data_files()}
         with gc_paused():  # the plan and the assembly's bookkeeping: 10^5 objects at once (see _gc)
-            self.plan = plan_requests(wants, self.executor, max_inflight_bytes)
+            self.plan = plan_requests(wants, self.executor, max_inflight_bytes, verify=verify)
             allocator = getattr(self.executor, "allocator", None)  # optional: see Executor
             allocate = allocator(self.plan, self.storages) if allocator is not None else None
             self.assembly = Assembly(self.plan, verify=verify, names=wants.names, allocate=allocate)

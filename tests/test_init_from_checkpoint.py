@@ -305,8 +305,10 @@ def _needed_rows(index, name, regions):
 
 
 def test_subset_restore_reads_only_needed_bytes(count_fetch):
-    """Parts of a re-partitioned variable: only their rows are read (across stored slices),
-    each byte once; anything else read is a gap the planner joined between two needed ranges."""
+    """Parts of a re-partitioned variable, with ``verify=False``: only their rows are read
+    (across stored slices), each byte once; anything else read is a gap the planner joined
+    between two needed ranges. (With verify, the default, the stored entries these rows touch
+    are read whole so their checksums can be checked: tests/test_verified_regions.py.)"""
     storage = CountingStorage()
     store = VariableStore()
     v3 = store.get_variable("v3", [100, 100], partitions=[4, 1], initializer=1.5)  # 25-row parts
@@ -314,7 +316,7 @@ def test_subset_restore_reads_only_needed_bytes(count_fetch):
     init_from_checkpoint(PATHS["a"], {"old_scope_2/var3": [v3.parts[1], v3.parts[3]]}, store=store, storage=storage)
     init_from_checkpoint(PATHS["f"], {"big/part5": [big.parts[1]]}, store=store, storage=storage)
     storage.reset()
-    store.initialize()
+    store.initialize(verify=False)
     assert len(count_fetch) == 1
     needed = _needed_rows(store.checkpoint(PATHS["a"]), "old_scope_2/var3", [(25, 50), (75, 100)])
     for url, ivs in _needed_rows(store.checkpoint(PATHS["f"]), "big/part5", [(25, 50)]).items():

@@ -112,25 +112,66 @@ def test_big_tensor_is_split_across_workers_and_read_directly():
     assert sorted(len(w) for w in p.assign(4)) == [4, 4, 4, 4]
 
 
+# verify=False in the next two: they pin the exact bytes a region needs (with verify, the
+# default, the rest of the entry is read too, as the verified twins below show)
 def test_row_block_is_one_contiguous_range_into_the_output():
     idx = make_index({"w": (F32, (10, 6), 0, 0)})
-    p = plan(idx, [("w", (slice(2, 5),))], pack_bytes=0)
+    p = plan(idx, [("w", (slice(2, 5),))], pack_bytes=0, verify=False)
     (r,) = p.requests
     assert (r.start, r.end) == (2 * 24, 5 * 24)
     assert r.segments == (Segment(72, DIRECT, 0, 0, 0, 48),)
     assert p.outputs[0].shape == (3, 6)
     assert not p.entries[0].verify  # part of an entry: its CRC covers bytes we do not read
+    assert p.bytes_to_verify == 0 and "verify=False" in p.summary()
 
 
 def test_column_block_reads_covering_rows_once_and_copies_out():
     idx = make_index({"w": (F32, (10, 6), 0, 0)})
-    p = plan(idx, [("w", (slice(None), slice(1, 3)))])
+    p = plan(idx, [("w", (slice(None), slice(1, 3)))], verify=False)
     (r,) = p.requests
     # first element (0, 1) to last (9, 2): one covering range, read into a staging buffer
     assert (r.start, r.end) == (4, (9 * 6 + 3) * 4)
     assert r.segments[0].kind == STAGED
     (st,) = p.staging
     assert st.copies == (Copy(0, ((0, 10), (1, 3))),)
+
+
+def test_verified_row_block_reads_the_rest_of_its_entry_only_to_check_it():
+    idx = make_index({"w": (F32, (10, 6), 0, 0)})
+    p = plan(idx, [("w", (slice(2, 5),))], pack_bytes=0)
+    (r,) = p.requests  # the whole entry, in one request: the block lands in the output
+    assert (r.start, r.end) == (0, 240)
+    assert r.segments == (
+        Segment(48, SKIP, -1, 0, 0, 0),
+        Segment(72, DIRECT, 0, 0, 0, 48),
+        Segment(120, SKIP, -1, 0, 0, 120),
+    )
+    assert p.entries[0].verify
+    assert (p.bytes_to_read, p.bytes_needed, p.bytes_to_verify) == (240, 72, 168)
+    assert "240 B to read (72 B needed, 168 B read only to verify)" in p.summary()
+
+
+def test_verified_column_block_reads_the_rows_around_its_covering_range():
+    idx = make_index({"w": (F32, (10, 6), 0, 0)})
+    p = plan(idx, [("w", (slice(None), slice(1, 3)))])
+    (r,) = p.requests
+    assert [(s.kind, s.length, s.entry_offset) for s in r.segments] == [
+        (SKIP, 4, 0),
+        (STAGED, (9 * 6 + 3) * 4 - 4, 4),
+        (SKIP, 240 - (9 * 6 + 3) * 4, (9 * 6 + 3) * 4),
+    ]
+    assert p.entries[0].verify and p.bytes_to_verify == 4 + 12
+
+
+def test_verified_region_of_a_huge_entry_is_read_in_bounded_requests():
+    idx = make_index({"w": (F32, (2**20, 1024), 0, 0)})  # a 4 GiB stored entry, one row wanted
+    p = plan(idx, [("w", (slice(5, 6),))], max_request_bytes=16 * 2**20)
+    assert p.bytes_needed == 4096 and p.bytes_to_read == 4 * 2**30
+    assert max(r.nbytes for r in p.requests) <= 16 * 2**20
+    # O(entry size / request size) requests (each range cut on its own, then joined)
+    assert 256 <= len(p.requests) <= 256 + 2
+    covered = sorted((s.entry_offset, s.length) for _, s, _ in segments_at(p))
+    assert covered[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(covered, covered[1:]))
 
 
 def test_two_column_blocks_of_one_tensor_share_one_read():

@@ -949,10 +949,14 @@ def _read_one(state: _WorkerState, storage: Storage, req: ReadRequest, checks, o
                 else:
                     views.append(mv[pos : pos + seg.length])
                     pos += seg.length
-            skip = max((s.length for s in req.segments if s.kind == SKIP), default=0)
-            if skip:  # coalesced gaps are read into scratch and never shipped
-                scratch = state.scratch(skip)
-                views = [v if v is not None else scratch[: s.length] for v, s in zip(views, req.segments)]
+            skip = sum(s.length for s in req.segments if s.kind == SKIP)
+            if skip:  # gaps and checksum-only bytes: read into scratch, never shipped; each
+                # segment its own part of it, as its CRC32C is taken after the read
+                scratch, at = state.scratch(skip), 0
+                for k, s in enumerate(req.segments):
+                    if s.kind == SKIP:
+                        views[k] = scratch[at : at + s.length]
+                        at += s.length
             storage.readinto(req.file, req.start, views)
             parts = [out]
     except Exception as e:

@@ -3,8 +3,9 @@
 Executors write into a :class:`ReadSink` and depend on nothing else of the layers below them;
 ``distrestore.assemble.Assembly`` is the one the library uses. An executor asks the sink for the
 buffers a request's segments land in, reads into them (or copies bytes it received into them),
-takes the CRC32C of the segments the sink checks, and reports the request complete; the sink
-answers with the outputs that completed.
+takes the CRC32C of the segments the sink checks (including ``SKIP`` segments of a stored entry:
+the rest of a partly wanted entry, read only to verify it), and reports the request complete; the
+sink answers with the outputs that completed.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ class ReadSink(Protocol):
     """Outputs complete before any read (nothing to read): an executor yields them first."""
 
     def buffers(self, req: ReadRequest) -> list[memoryview]:
-        """Writable buffers, one per segment of ``req``, in order (a scratch buffer for gaps)."""
+        """Writable buffers, one per segment of ``req``, in order; ``SKIP`` segments get
+        scratch, each its own part of it (their checksum may be taken after the read)."""
 
     def segment_checks(self, req: ReadRequest) -> tuple[bool, ...]:
-        """Per segment of ``req``: whether its CRC32C is taken (its stored entry is verified)."""
+        """Per segment of ``req``: whether its CRC32C is taken (its stored entry is verified).
+        ``SKIP`` segments with an entry are checked too: they are bytes read only to verify it,
+        never shipped or placed, but their checksum must reach ``complete``."""
 
     def checksums(self, req: ReadRequest, views: Sequence, known: Sequence[int] | None = None) -> list[int | None]:
         """The CRC32C of every checked segment (None for the others); ``known``: the CRC32C of

@@ -34,12 +34,13 @@ def decode_strings(buf, count: int, shape, *, stored_crc: int | None, where: str
         raise CorruptCheckpointError(f"{where}: string tensor header is truncated") from None
     header_end = pos + 4
     total = sum(lengths)
-    if header_end + total != len(buf):
-        raise CorruptCheckpointError(f"{where}: string tensor holds {len(buf)} bytes, lengths say {header_end + total}")
-    if stored_crc is not None:
+    if stored_crc is not None:  # before the sizes, as TF: a corrupt length is a checksum error
         running = crc.value(b"".join(_length_bytes(n) for n in lengths))
         if crc.mask(running) != len_crc:
             raise ChecksumMismatchError(f"{where}: string lengths checksum mismatch")
+    if header_end + total != len(buf):
+        raise CorruptCheckpointError(f"{where}: string tensor holds {len(buf)} bytes, lengths say {header_end + total}")
+    if stored_crc is not None:
         running = crc.value(buf[pos:], running)  # the stored length checksum, then the bytes
         if crc.mask(running) != stored_crc:
             raise ChecksumMismatchError(f"{where}: checksum mismatch in string data")
