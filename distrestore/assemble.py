@@ -32,9 +32,11 @@ _SKIP_CHUNK = 1 << 20
 
 
 class Assembly:
-    """The read sink of one plan. ``verify``: check every CRC32C; ``names``: output names (the
-    plan carries none for packed outputs), for messages; ``allocate``: where buffers that reads
-    land in live (see ``distrestore.execute.sink.Allocator``), None for numpy memory.
+    """The read sink of one plan. ``verify``: check every CRC32C (a plan that reads only part
+    of a stored entry, made with ``PlanOptions(verify=False)``, is refused: ``ValueError``);
+    ``names``: output names (the plan carries none for packed outputs), for messages;
+    ``allocate``: where buffers that reads land in live (see
+    ``distrestore.execute.sink.Allocator``), None for numpy memory.
 
     ``allocate`` is also an attribute: an executor that learns where buffers go only once it
     runs (the Ray executor's shared-memory arena, until it supplies ``Executor.allocator``) may

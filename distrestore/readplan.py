@@ -166,8 +166,8 @@ class PlanOptions:
     def for_storage(
         cls, local: bool, workers: int, max_inflight_bytes: int | None = None, *, verify: bool = True
     ) -> PlanOptions:
-        # max_gap_bytes stays 0: a subset or partition restore reads exactly the bytes it needs
-        # (neighbouring ranges still join); latency is hidden by concurrency instead
+        # max_gap_bytes stays 0: a subset or partition restore reads no byte between wanted
+        # ranges (neighbouring ranges still join); latency is hidden by concurrency instead
         if local:
             opts = cls(max_gap_bytes=0, max_request_bytes=16 * 2**20, workers=workers)
         else:  # object stores: a request costs tens of ms and CPU per request, so fewer, bigger

@@ -49,7 +49,8 @@ def plan_requests(
     *,
     verify: bool = True,
 ) -> ReadPlan:
-    """The ``ReadPlan`` a fetch of these requests would run (for inspection: ``print(plan)``).
+    """The ``ReadPlan`` a fetch of these requests would run (for inspection: ``print(plan)``);
+    ``verify`` as the fetch's (with it, regions read the rest of the stored entries they touch).
 
     Side-effect free: the executor is asked only how many requests it runs at once
     (``workers_for``), which starts nothing."""
