@@ -28,9 +28,10 @@ from .errors import (
     UnsupportedCheckpointError,
 )
 from .format import dtypes, sstable
+from .format.checks import check_shape
 from .format.entry_table import EntryTable, IndexColumns, decode_table
 from .format.messages import BIG, BundleHeader, TensorEntry, decode_entry, decode_header
-from .format.slices import Extents, slice_key
+from .format.slices import Box, Extents, check_partition, slice_key
 from .format.state import CheckpointState, parse_state
 from .storage import Storage, is_absolute, join
 
@@ -38,7 +39,12 @@ CONSUMER = 1  # the bundle format version this reader implements (TF's kTensorBu
 
 
 class CheckpointIndex:
-    """The parsed ``.index`` of one bundle: header, public entries and hidden slice entries."""
+    """The parsed ``.index`` of one bundle: header, public entries and hidden slice entries.
+
+    Opening reads the index alone (one GET). What entries claim is checked where it is used:
+    shapes when an entry is looked up, slices when a partitioned tensor is planned, locations
+    against the data files' sizes, which are asked once per data file (one stat or HEAD each,
+    when a plan or read first needs that file) and kept with the index."""
 
     def __init__(
         self,
@@ -47,23 +53,43 @@ class CheckpointIndex:
         entries: EntryTable,
         slice_entries: dict[bytes, bytes],
         storage: Storage,
+        file_sizes: Mapping[int, int] | None = None,
     ):
         self.prefix = prefix
         self.header = header
         self.entries = entries  # a Mapping name -> TensorEntry, kept as columns
         self._slice_values = slice_entries  # encoded key -> raw BundleEntryProto, decoded on use
         self.storage = storage
-        n = header.num_shards
-        self._data_files = [f"{prefix}.data-{i:05d}-of-{n:05d}" for i in range(n)]
+        self._file_sizes = dict(file_sizes or {})  # shard id -> data file size, asked when first needed
+        self._partitions: dict[str, tuple[Box, ...]] = {}  # name -> its checked slice boxes
 
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
-    def from_bytes(cls, prefix: str, data: bytes, storage: Storage | None = None) -> CheckpointIndex:
+    def from_bytes(
+        cls, prefix: str, data: bytes, storage: Storage | None = None, *, file_sizes: Mapping[int, int] | None = None
+    ) -> CheckpointIndex:
+        """The index in ``data``; ``file_sizes``: data file sizes by shard id where they are known
+        already (an index built in memory, files just written), so they are not asked."""
         path = prefix + ".index"
         try:
             with gc_paused():
                 header_raw, hidden, entries = decode_table(list(sstable.read_blocks(data, path)), path)
+            if header_raw is None:
+                raise CorruptCheckpointError(f"{path}: the index has no header entry")
+            header = decode_header(header_raw, path)
+            _check_version(header, path)
+            if hidden:
+                # TF hides exactly the keys that re-encode a full entry's slices (BuildV2VarMaps)
+                referenced = {slice_key(e.name, s) for e in entries.partitioned() for s in e.slices}
+                extra = [
+                    decode_entry(k.decode("utf-8", "surrogateescape"), hidden.pop(k))
+                    for k in [k for k in hidden if k not in referenced]
+                ]
+                if extra:
+                    entries = EntryTable.from_entries(
+                        sorted([*entries.values(), *extra], key=lambda e: e.name.encode("utf-8", "surrogateescape"))
+                    )
         except (IndexError, struct.error):
             raise CorruptCheckpointError(f"{path}: truncated index block entry") from None
         except OverflowError:  # a location field past 2^63: no real file is that large
@@ -72,22 +98,7 @@ class CheckpointIndex:
             if path in str(e):
                 raise
             raise type(e)(f"{path}: {e}") from None
-        if header_raw is None:
-            raise CorruptCheckpointError(f"{path}: the index has no header entry")
-        header = decode_header(header_raw, path)
-        _check_version(header, path)
-        if hidden:
-            # TF hides exactly the keys that re-encode a full entry's slices (BuildV2VarMaps)
-            referenced = {slice_key(e.name, s) for e in entries.partitioned() for s in e.slices}
-            extra = [
-                decode_entry(k.decode("utf-8", "surrogateescape"), hidden.pop(k))
-                for k in [k for k in hidden if k not in referenced]
-            ]
-            if extra:
-                entries = EntryTable.from_entries(
-                    sorted([*entries.values(), *extra], key=lambda e: e.name.encode("utf-8", "surrogateescape"))
-                )
-        return cls(prefix, header, entries, hidden, storage or Storage.for_url(prefix))
+        return cls(prefix, header, entries, hidden, storage or Storage.for_url(prefix), file_sizes)
 
     @classmethod
     def open(cls, prefix: str, storage: Storage) -> CheckpointIndex:
@@ -105,21 +116,91 @@ class CheckpointIndex:
         return self.header.endianness == BIG
 
     def data_file(self, shard_id: int) -> str:
-        try:
-            return self._data_files[shard_id]
-        except IndexError:
-            raise CorruptCheckpointError(
-                f"{self.prefix}.index: shard id {shard_id} out of range for {self.header.num_shards} shards"
-            ) from None
+        """The name of data file ``shard_id`` (made on demand: a header may claim 2^31 shards)."""
+        n = self.header.num_shards
+        if not 0 <= shard_id < n:
+            raise CorruptCheckpointError(f"{self.prefix}.index: shard id {shard_id} out of range for {n} shards")
+        return f"{self.prefix}.data-{shard_id:05d}-of-{n:05d}"
 
     def data_files(self) -> list[str]:
-        return list(self._data_files)
+        """The data files the entries refer to, in shard order (every file of a checkpoint TF
+        wrote; never the names of shards no entry uses, however many the header claims)."""
+        shards = set(np.unique(self.columns().shard[~self.columns().sliced]).tolist())
+        for raw in self._slice_values.values():
+            try:
+                shards.add(decode_entry("", raw).shard_id)
+            except DistRestoreError:  # refused where that slice is read
+                pass
+        return [self.data_file(i) for i in sorted(shards) if 0 <= i < self.header.num_shards]
+
+    def data_file_size(self, shard_id: int) -> int:
+        """Size of data file ``shard_id``, asked once (``Storage.size``) and kept."""
+        size = self._file_sizes.get(shard_id)
+        if size is None:
+            size = self._file_sizes[shard_id] = self.storage.size(self.data_file(shard_id))
+        return size
+
+    def _sizes_of(self, shard_ids) -> None:
+        """Ask the sizes of several data files not known yet, concurrently where remote; a file
+        that is missing stays unknown (the tensors in it then fail by name)."""
+
+        def ask(i: int) -> None:
+            try:
+                self.data_file_size(i)
+            except CheckpointNotFoundError:
+                pass
+
+        missing = [i for i in shard_ids if i not in self._file_sizes]
+        if len(missing) > 1 and not self.storage.local:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(16, len(missing))) as pool:
+                list(pool.map(ask, missing))
+        else:
+            for i in missing:
+                ask(i)
+
+    def check_location(self, entry: TensorEntry) -> None:
+        """The entry's bytes lie inside its data file (a StorageError, as for a truncated file,
+        naming file, byte range and tensor, where they do not)."""
+        file = self.data_file(entry.shard_id)
+        try:
+            size = self.data_file_size(entry.shard_id)
+        except CheckpointNotFoundError:
+            raise CheckpointNotFoundError(f"file not found: {file} (reading tensors {entry.name!r})") from None
+        if entry.offset + entry.size > size:
+            raise StorageError(
+                f"{file} bytes [{entry.offset}, {entry.offset + entry.size}): file is shorter than the checkpoint "
+                f"index says (it has {size} bytes); the data file is truncated or the index is corrupt "
+                f"(reading tensors {entry.name!r})"
+            )
+
+    def rows_in_files(self, rows: np.ndarray) -> np.ndarray:
+        """For rows of ``columns()``: True where the row's shard exists in the header and its bytes
+        lie inside that data file (one size query per data file, concurrent where remote)."""
+        cols = self.columns()
+        shard = cols.shard[rows]
+        ok = (shard >= 0) & (shard < self.header.num_shards)
+        if not ok.any():
+            return ok
+        if shard.min() == shard.max():  # the common case: one data file
+            ids, where = [int(shard[0])], np.zeros(len(rows), np.int64)
+        else:
+            ids_arr, where = np.unique(np.where(ok, shard, -1), return_inverse=True)
+            ids = ids_arr.tolist()
+        self._sizes_of([i for i in ids if i >= 0])
+        limit = np.array([self._file_sizes.get(i, -1) for i in ids], np.int64)[where]
+        return ok & (cols.offset[rows] + cols.size[rows] <= limit)
 
     def entry(self, name: str) -> TensorEntry:
+        """The entry of tensor ``name``, its shape checked (TF refuses a tensor of invalid shape
+        when it is read, not when the index is opened)."""
         try:
-            return self.entries[name]
+            e = self.entries[name]
         except KeyError:
             raise TensorNotFoundError(f"Key {name} not found in checkpoint {self.prefix}") from None
+        check_shape(e.shape, e.dtype, f"{self.prefix}.index: tensor {name!r}")
+        return e
 
     def slice_entry(self, name: str, extents: Extents) -> TensorEntry:
         key = slice_key(name, extents)
@@ -128,7 +209,10 @@ class CheckpointIndex:
             raise CorruptCheckpointError(
                 f"{self.prefix}.index: tensor {name!r} lists slice {list(extents)} but its entry is missing"
             )
-        entry = decode_entry(name, raw)
+        try:
+            entry = decode_entry(name, raw)
+        except DistRestoreError as e:
+            raise type(e)(f"{self.prefix}.index: {e}") from None
         if entry.dtype != self.entries[name].dtype:
             raise CorruptCheckpointError(f"{self.prefix}.index: slice of {name!r} has a different dtype")
         return entry
@@ -137,6 +221,16 @@ class CheckpointIndex:
         """The hidden slice entries of partitioned tensors, undecoded: encoded slice key ->
         raw ``BundleEntryProto`` bytes (read-only; what a merge copies across)."""
         return MappingProxyType(self._slice_values)
+
+    def partition(self, entry: TensorEntry) -> tuple[Box, ...]:
+        """The boxes of a partitioned tensor's stored slices, checked once as TF checks them:
+        inside the full shape, none overlapping another."""
+        boxes = self._partitions.get(entry.name)
+        if boxes is None:
+            boxes = self._partitions[entry.name] = check_partition(
+                entry.slices, entry.shape, f"{self.prefix}: partitioned tensor {entry.name!r}"
+            )
+        return boxes
 
     def rows_of(self, names: list[str]) -> np.ndarray:
         """Row of each name in ``columns()`` (-1 where absent)."""

@@ -25,8 +25,9 @@ import numpy as np
 from . import readplan
 from .errors import CorruptCheckpointError, UnsupportedCheckpointError
 from .format import dtypes
+from .format.checks import check_stored_size
 from .format.messages import TensorEntry
-from .format.slices import Box, box_from_region, box_shape, box_size, intersect, to_box
+from .format.slices import Box, box_from_region, box_shape, box_size, intersect
 from .index import CheckpointIndex
 from .readplan import (
     DIRECT,
@@ -112,19 +113,13 @@ def _contiguous(inner: Box, outer: Box) -> bool:
 
 
 def _stored_pieces(index: CheckpointIndex, entry: TensorEntry, want_box: Box):
-    """(stored entry, its box) pairs that intersect ``want_box``; checks slice coverage like TF."""
+    """(stored entry, its box) pairs that intersect ``want_box``; checks slices like TF (inside
+    the shape, no overlaps: ``CheckpointIndex.partition``) and that they cover the region."""
     if not entry.slices:
         yield entry, tuple((0, d) for d in entry.shape)
         return
-    boxes = [(to_box(s, entry.shape), s) for s in entry.slices]
-    for i, (b1, _) in enumerate(boxes):
-        for b2, _ in boxes[i + 1 :]:
-            if intersect(b1, b2) is not None:
-                raise CorruptCheckpointError(
-                    f"{index.prefix}: overlapping slices {b1} and {b2} in partitioned tensor {entry.name!r}"
-                )
     covered = 0
-    for box, extents in boxes:
+    for box, extents in zip(index.partition(entry), entry.slices):
         part = intersect(box, want_box)
         if part is not None:
             covered += box_size(part)
@@ -137,18 +132,15 @@ def _stored_pieces(index: CheckpointIndex, entry: TensorEntry, want_box: Box):
 
 
 def _check_size(index: CheckpointIndex, stored: TensorEntry, box: Box) -> None:
+    """What a stored entry claims, checked before any buffer is sized from it: its shape (that of
+    its box), its byte size against its element count, its bytes inside its data file."""
     if stored.shape != box_shape(box):
         raise CorruptCheckpointError(
             f"{index.prefix}: slice entry of {stored.name!r} has shape {list(stored.shape)}, "
             f"expected {list(box_shape(box))}"
         )
-    if stored.dtype.fixed_width:
-        want = box_size(box) * stored.dtype.itemsize
-        if stored.size != want:
-            raise CorruptCheckpointError(
-                f"{index.prefix}: invalid size in bundle entry for {stored.name!r}: "
-                f"{stored.size} bytes, expected {want}"
-            )
+    check_stored_size(stored.dtype, box_size(box), stored.size, stored.name, index.prefix)
+    index.check_location(stored)
 
 
 class _Range(NamedTuple):
@@ -255,6 +247,7 @@ def _small_whole_tensors(wants, options: PlanOptions):
         found = rows >= 0
         r = np.where(found, rows, 0)
         ok = found & ~cols.sliced[r] & (cols.size[r] <= options.pack_bytes) & (cols.expected_size[r] == cols.size[r])
+        ok[ok] = index.rows_in_files(rows[ok])  # the rest gets the general path's named error
         result.append((index, rows[ok], out_ids[ok]))
     return result
 

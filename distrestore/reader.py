@@ -11,6 +11,7 @@ import numpy as np
 
 from ._gc import gc_paused
 from .errors import UnsupportedCheckpointError
+from .format.checks import check_stored_size
 from .format.strings import decode_variants
 from .index import CheckpointIndex, open_checkpoint
 from .restore import TensorRequest, fetch
@@ -61,14 +62,14 @@ class CheckpointReader:
         entry = self.index.entry(name)
         if not entry.dtype.is_variant:
             raise ValueError(f"tensor {name!r} is {entry.dtype.name}, not a variant")
-        data = self.index.storage.read(self.index.data_file(entry.shard_id), entry.offset, entry.offset + entry.size)
-        return decode_variants(
-            data,
-            entry.num_elements,
-            entry.shape,
-            stored_crc=entry.crc32c,
-            where=f"tensor {name!r} in {self.index.data_file(entry.shard_id)}",
-        )
+        file = self.index.data_file(entry.shard_id)
+        where = f"tensor {name!r} in {file}"
+        # the element count against the entry's bytes, the bytes against the file: nothing is
+        # allocated from a claimed size (each record is then read by its own decoded length)
+        check_stored_size(entry.dtype, entry.num_elements, entry.size, name, file)
+        self.index.check_location(entry)
+        data = self.index.storage.read(file, entry.offset, entry.offset + entry.size)
+        return decode_variants(data, entry.num_elements, entry.shape, stored_crc=entry.crc32c, where=where)
 
     def debug_string(self) -> str:
         return "\n".join(f"{n} ({e.dtype.name}) {list(e.shape)}" for n, e in self.index.entries.items())

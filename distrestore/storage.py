@@ -1,7 +1,7 @@
 """Storage: read byte ranges of local files or any fsspec URL into caller-given buffers.
 
 One primitive, :meth:`Storage.readinto`, with per-range retry of transient failures. Local paths
-read straight into the destination: with the C kernel (``format/_readcrc.c``) a range of 1 MiB or
+read straight into the destination: with the C kernel (``_native.mapped_read``) a range of 1 MiB or
 more is copied from a mapping of the page cache by a loop that CRC32C-checksums the bytes it moves
 (less than half the CPU time of ``preadv``, checksums included), and the checksums are returned;
 without it, with ``os.preadv``. Remote ones go through fsspec ``cat_file`` (one copy into the
@@ -18,12 +18,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ._native import mapped_read
 from .errors import CheckpointNotFoundError, ShortReadError, StorageError
-
-try:
-    from .format import _readcrc
-except ImportError:  # not built (no compiler, not x86-64) or a CPU without SSE4.2/PCLMULQDQ
-    _readcrc = None
 
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, TypeError)
 
@@ -216,8 +212,8 @@ class Storage:
     def _preadv(self, url: str, start: int, views: list[memoryview]) -> list[int] | None:
         fd = os.open(local_path(url), os.O_RDONLY)
         try:
-            if _readcrc is not None:  # same partial-read and end-of-file behaviour as below
-                return _readcrc.read(fd, start, views)
+            if mapped_read.available:  # same partial-read and end-of-file behaviour as below
+                return mapped_read.read(fd, start, views)
             views = list(views)  # trimmed below after a partial read; a retry starts afresh
             pos, i = start, 0
             while i < len(views):

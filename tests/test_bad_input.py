@@ -230,7 +230,7 @@ def _write_index(prefix: Path, entries: list, header: bytes | None = None, data:
 @pytest.mark.parametrize("accelerated", [True, False], ids=["C", "python"])
 def test_unknown_dtype_enum(tmp_path, monkeypatch, accelerated):
     if not accelerated:  # the pure-Python index decoder, as on a machine without a compiler
-        monkeypatch.setattr(entry_table, "_speedups", None)
+        monkeypatch.setattr(entry_table, "native", None)
     prefix = tmp_path / "u"
     _write_index(
         prefix,

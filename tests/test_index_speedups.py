@@ -12,13 +12,13 @@ from distrestore.format.messages import encode_entry, encode_header
 from distrestore.format.slices import slice_key
 from distrestore.index import CheckpointIndex
 
-pytestmark = pytest.mark.skipif(entry_table._speedups is None, reason="C accelerator not built")
+pytestmark = pytest.mark.skipif(entry_table.native is None, reason="C accelerator not built")
 
 
 def both(prefix: str, raw: bytes, monkeypatch) -> tuple[CheckpointIndex, CheckpointIndex]:
     fast = CheckpointIndex.from_bytes(prefix, raw)
     with monkeypatch.context() as m:
-        m.setattr(entry_table, "_speedups", None)
+        m.setattr(entry_table, "native", None)
         slow = CheckpointIndex.from_bytes(prefix, raw)
     for field, a, b in zip(fast.columns()._fields, fast.columns(), slow.columns()):
         assert np.array_equal(np.asarray(a, object), np.asarray(b, object)), field
@@ -90,7 +90,7 @@ def test_batched_crc_check_finds_the_first_bad_piece(monkeypatch):
             want = next((i for i in range(n) if m[i] != masked[i]), -1)
             assert crc.first_mismatch(buf, offsets, sizes, m) == want
             with monkeypatch.context() as p:
-                p.setattr(crc, "_first_mismatch", None)
+                p.setattr(crc, "native", None)
                 assert crc.first_mismatch(buf, offsets, sizes, m) == want
 
 
@@ -99,7 +99,7 @@ def test_location_past_2_63_is_a_corrupt_index(monkeypatch, accelerated):
     from distrestore.errors import CorruptCheckpointError
 
     if not accelerated:
-        monkeypatch.setattr(entry_table, "_speedups", None)
+        monkeypatch.setattr(entry_table, "native", None)
     items = {
         b"": encode_header(1),
         b"a": encode_entry(1, (2,), 0, 2**63 + 5, 8, 1),

@@ -38,9 +38,11 @@ def make_index(
     """entries: name -> (dtype, shape, shard, offset); sizes follow from dtype and shape.
     slices: name -> specs, each stored back to back in shard 1 from offset 0."""
     items = {b"": encode_header(num_shards)}
+    ends = {1: 0}  # data file sizes: where the last tensor of each ends
     for name, (dt, shape, shard, offset) in entries.items():
         size = int(np.prod(shape, dtype=np.int64)) * (4 if dt == F32 else 8)
         items[name.encode()] = encode_entry(dt, shape, shard, offset, size, crc.mask(0))
+        ends[shard] = max(ends.get(shard, 0), offset + size)
     for name, specs in (slices or {}).items():
         offset = 0
         full_shape = None
@@ -52,8 +54,9 @@ def make_index(
             size = int(np.prod(shape)) * 4
             items[slice_key(name, ext)] = encode_entry(F32, shape, 1, offset, size, crc.mask(0))
             offset += size
+            ends[1] = max(ends[1], offset)
         items[name.encode()] = encode_entry(F32, full_shape, slices=exts)
-    return CheckpointIndex.from_bytes(P, sstable.build_table(sorted(items.items())))
+    return CheckpointIndex.from_bytes(P, sstable.build_table(sorted(items.items())), file_sizes=ends)
 
 
 def plan(index, wants, **opts) -> ReadPlan:
@@ -215,7 +218,7 @@ def test_missing_slices_and_overlaps_are_errors():
 
 def test_strings_are_staged_whole_and_verified():
     items = {b"": encode_header(1), b"s": encode_entry(STR, (3,), 0, 0, 20, 123)}
-    idx = CheckpointIndex.from_bytes("mem/s", sstable.build_table(sorted(items.items())))
+    idx = CheckpointIndex.from_bytes("mem/s", sstable.build_table(sorted(items.items())), file_sizes={0: 20})
     p = build_plan([TensorRequest(idx, "s")], PlanOptions(workers=1))
     (r,) = p.requests
     assert (r.start, r.end) == (0, 20) and r.segments[0].kind == STAGED
@@ -228,7 +231,7 @@ def test_wrong_size_and_unknown_names_and_variants():
         b"x": encode_entry(F32, (3,), 0, 0, 10, 0),
         b"v": encode_entry(21, (2,), 0, 10, 10, 0),
     }
-    idx = CheckpointIndex.from_bytes("mem/bad", sstable.build_table(sorted(items.items())))
+    idx = CheckpointIndex.from_bytes("mem/bad", sstable.build_table(sorted(items.items())), file_sizes={0: 20})
     with pytest.raises(CorruptCheckpointError, match="invalid size.*'x'"):
         build_plan([TensorRequest(idx, "x")])
     with pytest.raises(TensorNotFoundError, match="nope"):

@@ -2,8 +2,13 @@
 
 TF stores *masked* CRC32C values (``tsl/lib/hash/crc32c.h``) so that a CRC of data that embeds CRCs
 stays well distributed. ``combine`` lets several threads checksum pieces of one tensor as they read
-them (while the bytes are still in cache) and join the pieces afterwards. ``value`` and ``combine``
-run in the C kernel (``_readcrc``) where it is built, else in the ``crc32c`` package and Python.
+them (while the bytes are still in cache) and join the pieces afterwards. ``first_mismatch`` checks
+thousands of packed small tensors in one call.
+
+The facade of the compiled ``distrestore._native._checksum`` (``native``; None where it is not
+built or the CPU lacks SSE4.2/PCLMULQDQ, and tests set it to None to run the fallbacks): without it,
+``value`` is the ``crc32c`` package and ``combine`` and ``first_mismatch`` are Python, with
+identical results.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ from functools import cache
 import crc32c as _crc32c
 
 try:
-    from . import _readcrc
+    from .._native import _checksum as native
 except ImportError:  # not built (no compiler, not x86-64) or a CPU without SSE4.2/PCLMULQDQ
-    _readcrc = None
+    native = None
 
 _MASK_DELTA = 0xA282EAD8
 _POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected
@@ -23,8 +28,8 @@ _POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected
 
 def value(data, crc: int = 0) -> int:
     """CRC32C of ``data`` (any buffer), continuing from ``crc``. Releases the GIL on big inputs."""
-    if _readcrc is not None:
-        return _readcrc.crc32c(data, crc)
+    if native is not None:
+        return native.crc32c(data, crc)
     return _crc32c.crc32c(data, crc)
 
 
@@ -63,8 +68,8 @@ def _shift_matrix(log2_bytes: int) -> tuple[int, ...]:
 
 def combine(crc1: int, crc2: int, len2: int) -> int:
     """CRC32C of ``a + b`` from ``crc1 = value(a)``, ``crc2 = value(b)`` and ``len(b)`` (zlib's method)."""
-    if _readcrc is not None:
-        return _readcrc.combine(crc1, crc2, len2)
+    if native is not None:
+        return native.combine(crc1, crc2, len2)
     k = 0
     while len2:
         if len2 & 1:
@@ -74,20 +79,16 @@ def combine(crc1: int, crc2: int, len2: int) -> int:
     return crc1 ^ crc2
 
 
-try:
-    from ._speedups import first_crc_mismatch as _first_mismatch
-except ImportError:  # pragma: no cover - where the C accelerator was not built
-    _first_mismatch = None
-
-
 def first_mismatch(buf, offsets, sizes, masked) -> int:
     """Index of the first piece ``buf[offsets[i]:offsets[i] + sizes[i]]`` whose CRC32C differs
-    from ``unmask(masked[i])``, or -1. ``offsets``/``sizes``: int64 arrays, ``masked``: uint32.
-    One call for thousands of small tensors (in C, GIL released, when the accelerator is built)."""
-    if _first_mismatch is not None:
-        return _first_mismatch(buf, offsets, sizes, masked)
+    from ``unmask(masked[i])`` (or that lies outside ``buf``), or -1. ``offsets``/``sizes``: int64
+    arrays, ``masked``: uint32. One call for thousands of small tensors (in C, GIL released,
+    where the native module is built)."""
+    if native is not None:
+        return native.first_mismatch(buf, offsets, sizes, masked)
     mv = memoryview(buf).cast("B")
-    for i, (o, n, m) in enumerate(zip(offsets.tolist(), sizes.tolist(), masked.tolist())):
-        if value(mv[o : o + n]) != unmask(m):
+    n = len(mv)
+    for i, (o, s, m) in enumerate(zip(offsets.tolist(), sizes.tolist(), masked.tolist())):
+        if o < 0 or s < 0 or o + s > n or value(mv[o : o + s]) != unmask(m):
             return i
     return -1

@@ -2,10 +2,14 @@
 
 A checkpoint of 10^5 small tensors spends most of its open time making per-entry Python objects
 that a restore never looks at: the planner works on columns (numpy), and only the names must be
-Python strings. So the index blocks are decoded straight into columns (by the C accelerator when
-it is built, by ``py_decode_columns`` otherwise, with identical results), and ``EntryTable`` makes
-a ``TensorEntry`` only when one is asked for. A *kind* numbers the distinct (dtype, shape) pairs
-of one index: most checkpoints have few, and they are decoded once each.
+Python strings. So the index blocks are decoded straight into columns, and ``EntryTable`` makes a
+``TensorEntry`` only when one is asked for. A *kind* numbers the distinct (dtype, shape) pairs of
+one index: most checkpoints have few, and they are decoded once each.
+
+This module is the facade of the compiled ``distrestore._native._index_decode`` (``native``; None
+where it is not built, and tests set it to None): ``py_decode_columns`` is its pure-Python twin,
+with the same verdict on every input (the same columns, or the same error class). A name that
+appears twice resolves to its first entry, as TF's lookup finds it.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import numpy as np
 
 from ..errors import CorruptCheckpointError, DistRestoreError
 from . import dtypes
+from .checks import expected_size
 from .messages import TensorEntry, decode_entry
 from .sstable import entries_limit, iter_block
 
 try:  # the C build of the block loop, when the package was installed with a compiler at hand
-    from . import _speedups
+    from .._native import _index_decode as native
 except ImportError:  # pragma: no cover - exercised where no compiler was available
-    _speedups = None
+    native = None
 
 
 class IndexColumns(NamedTuple):
@@ -38,7 +43,7 @@ class IndexColumns(NamedTuple):
     size: np.ndarray  # int64
     crc: np.ndarray  # uint32, masked
     sliced: np.ndarray  # bool
-    expected_size: np.ndarray  # int64: elements x itemsize (-1 for strings and variants)
+    expected_size: np.ndarray  # int64: elements x itemsize (-1 for strings and variants, -2 for invalid shapes)
     kind: np.ndarray  # int64: equal exactly for entries of equal dtype and shape
     shapes: np.ndarray  # object: the shape tuple of each entry
 
@@ -80,16 +85,16 @@ class _Rows:
         self.size.append(e.size)
         self.crc.append(e.crc32c)
 
-    def table(self) -> EntryTable:
+    def table(self, increasing: bool = True) -> EntryTable:
         return EntryTable.build(
-            self.names, self.kinds, self.shard, self.offset, self.size, self.crc, self.kind, self.exact
+            self.names, self.kinds, self.shard, self.offset, self.size, self.crc, self.kind, self.exact, increasing
         )
 
 
 def decode_table(blocks: list[bytes], path: str) -> tuple[bytes | None, dict[bytes, bytes], EntryTable]:
     """Decode an index's data blocks: (raw header value or None, hidden slice entries by encoded
-    key, the table of tensor entries in key order)."""
-    if _speedups is None:
+    key, the table of tensor entries in index order); the first of repeated keys wins."""
+    if native is None:
         return py_decode_columns(blocks, path)
     kinds = _Kinds()
     head_ids: dict[bytes, int] = {}
@@ -108,31 +113,37 @@ def decode_table(blocks: list[bytes], path: str) -> tuple[bytes | None, dict[byt
 
     limits = [entries_limit(b, path) for b in blocks]
     try:
-        names, header, hidden, shard, offset, size, crc, kind = _speedups.decode_columns(
+        names, header, hidden, shard, offset, size, crc, kind, increasing = native.decode_columns(
             blocks, limits, head_ids, head_id, fallback
         )
     except DistRestoreError:  # ours, raised by the callbacks: already precise
         raise
     except ValueError as e:  # the C loop's own complaints about a block's framing
         raise CorruptCheckpointError(f"{path}: {e}") from None
-    table = EntryTable.build(names, kinds, shard, offset, size, crc, kind, exact)
+    table = EntryTable.build(names, kinds, shard, offset, size, crc, kind, exact, increasing)
     return header, hidden, table
 
 
 def py_decode_columns(blocks: list[bytes], path: str):
-    """The pure-Python twin of the C loop (``decode_table`` without the accelerator)."""
+    """The pure-Python twin of the C loop (``decode_table`` without the native module)."""
     header = None
     hidden: dict[bytes, bytes] = {}
     rows = _Rows(_Kinds())
+    prev = None
+    increasing = True
     for block in blocks:
         for key, value in iter_block(block, path):
+            if prev is not None and key <= prev:
+                increasing = False
+            prev = key
             if not key:
-                header = value
+                if header is None:
+                    header = value
             elif key[0] == 0:
-                hidden[key] = value
+                hidden.setdefault(key, value)
             else:
                 rows.add(decode_entry(key.decode("utf-8", "surrogateescape"), value))
-    return header, hidden, rows.table()
+    return header, hidden, rows.table(increasing)
 
 
 class EntryTable(Mapping):
@@ -146,33 +157,29 @@ class EntryTable(Mapping):
         self._position: dict[str, int] | None = None
 
     @classmethod
-    def build(cls, names, kinds: _Kinds, shard, offset, size, crc, kind, exact) -> EntryTable:
-        n = len(names)
+    def build(cls, names, kinds: _Kinds, shard, offset, size, crc, kind, exact, increasing: bool = True) -> EntryTable:
+        """Columns from decoded rows; unless the keys were strictly increasing, repeated names
+        are dropped but for their first row."""
         kind = np.frombuffer(kind, np.int32).astype(np.int64)
+        shard, offset, size = (np.frombuffer(c, np.int64) for c in (shard, offset, size))
+        crc = np.frombuffer(crc, np.uint32)
+        if not increasing and len(set(names)) < len(names):
+            first = dict(zip(reversed(names), range(len(names) - 1, -1, -1)))  # name -> first row
+            keep = np.array(sorted(first.values()), np.int64)
+            new_row = {int(r): i for i, r in enumerate(keep.tolist())}
+            exact = {new_row[r]: e for r, e in exact.items() if r in new_row}
+            names = [names[r] for r in keep.tolist()]
+            kind, shard, offset, size, crc = (c[keep] for c in (kind, shard, offset, size, crc))
+        n = len(names)
         k_enum = np.array([d.enum for d in kinds.dtypes], np.int16)
-        k_expected = np.array(
-            [
-                int(np.prod(s, dtype=np.int64)) * d.itemsize if d.fixed_width else -1
-                for d, s in zip(kinds.dtypes, kinds.shapes)
-            ],
-            np.int64,
-        )
+        k_expected = np.array([expected_size(d, s) for d, s in zip(kinds.dtypes, kinds.shapes)], np.int64)
         k_shapes = np.empty(len(kinds.shapes), object)
         for i, shape in enumerate(kinds.shapes):  # one by one: numpy would unpack tuples
             k_shapes[i] = shape
         sliced = np.zeros(n, bool)
         sliced[list(exact)] = True
         cols = IndexColumns(
-            names,
-            k_enum[kind],
-            np.frombuffer(shard, np.int64),
-            np.frombuffer(offset, np.int64),
-            np.frombuffer(size, np.int64),
-            np.frombuffer(crc, np.uint32),
-            sliced,
-            k_expected[kind],
-            kind,
-            k_shapes[kind],
+            names, k_enum[kind], shard, offset, size, crc, sliced, k_expected[kind], kind, k_shapes[kind]
         )
         return cls(cols, kinds.dtypes, exact)
 

@@ -16,6 +16,7 @@ from .slices import Extents
 from .wire import FIXED32, LENGTH, VARINT, field, iter_fields, read_varint, to_signed64
 
 LITTLE, BIG = 0, 1
+INT32_MAX = 2**31 - 1
 
 
 class BundleHeader(NamedTuple):
@@ -55,6 +56,8 @@ class TensorEntry(NamedTuple):
 
 
 def decode_header(buf: bytes, path: str) -> BundleHeader:
+    """The header; ``num_shards`` is an int32 in the proto: past 2^31 - 1 (or negative, as TF
+    would read it) it is refused rather than wrapped as TF does."""
     num_shards = endianness = producer = min_consumer = 0
     bad: list[int] = []
     for num, wire, val in iter_fields(buf):
@@ -75,6 +78,8 @@ def decode_header(buf: bytes, path: str) -> BundleHeader:
                     while p < len(vval):
                         x, p = read_varint(vval, p)
                         bad.append(to_signed64(x))
+    if num_shards > INT32_MAX:
+        raise CorruptCheckpointError(f"{path}: the header's num_shards {to_signed64(num_shards)} is out of range")
     return BundleHeader(num_shards, endianness, producer, min_consumer, tuple(bad))
 
 

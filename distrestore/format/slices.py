@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import CorruptCheckpointError
+from .overlap import find_overlap
 
 Extents = tuple[tuple[int, int], ...]
 Box = tuple[tuple[int, int], ...]
@@ -66,7 +67,11 @@ def _signed_num_increasing(v: int) -> bytes:
 
 def slice_key(name: str, extents: Extents) -> bytes:
     """``EncodeTensorNameSlice``: the index key of one stored slice of tensor ``name``."""
-    out = [_num_increasing(0), _escape(name.encode()) + b"\x00\x01", _num_increasing(len(extents))]
+    out = [
+        _num_increasing(0),
+        _escape(name.encode("utf-8", "surrogateescape")) + b"\x00\x01",
+        _num_increasing(len(extents)),
+    ]
     for start, length in extents:
         out.append(_signed_num_increasing(start))
         out.append(_signed_num_increasing(length))
@@ -104,6 +109,31 @@ def to_box(extents: Extents, shape: Sequence[int]) -> Box:
     if len(extents) != len(shape):
         raise CorruptCheckpointError(f"slice of rank {len(extents)} for a tensor of shape {list(shape)}")
     return tuple((0, d) if n == -1 else (s, s + n) for (s, n), d in zip(extents, shape))
+
+
+def check_partition(slices: Sequence[Extents], shape: Sequence[int], where: str) -> tuple[Box, ...]:
+    """The boxes of a partitioned tensor's stored slices, refused as TF refuses them: of the
+    tensor's rank, each extent a start >= 0 and a length >= 0 (or the full extent, -1 from 0)
+    inside the shape (TF: "Extent ... out of bounds"), and no two slices overlapping (TF:
+    "Overlapping slices"), found by a sweep in O(n log n) where TF compares every pair."""
+    boxes = []
+    for extents in slices:
+        if len(extents) != len(shape):
+            raise CorruptCheckpointError(
+                f"{where}: slice {list(extents)} has rank {len(extents)}, the tensor {len(shape)} ({list(shape)})"
+            )
+        for d, ((start, length), dim) in enumerate(zip(extents, shape)):
+            full = length == -1 and start == 0
+            if not full and not (0 <= start and 0 <= length and start + length <= dim):
+                raise CorruptCheckpointError(
+                    f"{where}: slice {list(extents)} is out of bounds in dimension {d} of shape {list(shape)}"
+                )
+        boxes.append(to_box(extents, shape))
+    pair = find_overlap(boxes)
+    if pair is not None:
+        a, b = pair
+        raise CorruptCheckpointError(f"{where}: overlapping slices {list(boxes[a])} and {list(boxes[b])}")
+    return tuple(boxes)
 
 
 def box_from_region(region, shape: Sequence[int]) -> Box:

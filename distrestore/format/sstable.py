@@ -2,6 +2,11 @@
 
 Layout: data blocks, an empty metaindex block, the index block, a 48-byte footer. Each block is
 followed by a 5-byte trailer (compression type, masked CRC32C of block + type byte).
+
+Reading trusts nothing: the index block lies inside the file before the footer; the data blocks
+it lists come before it, in increasing order and without overlap (so each is read once); a Snappy
+block may claim no more than Snappy can expand its bytes to; keys may share no more than the
+previous key holds, and a block's keys add up to at most ``KEY_EXPANSION`` times its size.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ FOOTER_LEN = 48
 TRAILER_LEN = 5
 BLOCK_SIZE = 262144  # TF's target block size (table_options.h)
 NO_COMPRESSION, SNAPPY = 0, 1
+# TF writes a full key every 16 entries (its restart interval), so its blocks' keys add up to less
+# than 16 x the block; 32 leaves room and still bounds what prefix sharing can expand a block to
+KEY_EXPANSION = 32
+# a Snappy copy element of 3 bytes yields at most 64: no stream expands more than 64/3-fold
+SNAPPY_MAX_RATIO = 64 / 3
 
 
 def _decode_handle(buf, pos: int) -> tuple[int, int, int]:
@@ -41,14 +51,34 @@ def _block(data, offset: int, size: int, path: str) -> bytes:
     if kind == NO_COMPRESSION:
         return block
     if kind == SNAPPY:
-        try:
-            import cramjam
-        except ImportError:
-            raise UnsupportedCheckpointError(
-                f"{path}: the index uses Snappy-compressed blocks; install cramjam (pip install cramjam) to read it"
-            ) from None
-        return bytes(cramjam.snappy.decompress_raw(bytes(block)))
+        return _unsnappy(bytes(block), offset, path)
     raise CorruptCheckpointError(f"{path}: bad block type {kind} at byte {end}")
+
+
+def _unsnappy(block: bytes, offset: int, path: str) -> bytes:
+    try:
+        import cramjam
+    except ImportError:
+        raise UnsupportedCheckpointError(
+            f"{path}: the index uses Snappy-compressed blocks; install cramjam (pip install cramjam) to read it"
+        ) from None
+    where = f"{path}: Snappy block at byte {offset}"
+    try:
+        claimed, _ = read_varint(block, 0)  # the stream's preamble: its uncompressed length
+    except (IndexError, CorruptCheckpointError):
+        raise CorruptCheckpointError(f"{where} has no valid length preamble") from None
+    if claimed > len(block) * SNAPPY_MAX_RATIO:
+        raise CorruptCheckpointError(
+            f"{where} claims {claimed} bytes; {len(block)} compressed bytes expand to at most "
+            f"{int(len(block) * SNAPPY_MAX_RATIO)}"
+        )
+    try:
+        out = bytes(cramjam.snappy.decompress_raw(block))
+    except Exception as e:  # cramjam.DecompressionError and whatever else a broken stream raises
+        raise CorruptCheckpointError(f"{where} does not decompress: {e}") from None
+    if len(out) != claimed:
+        raise CorruptCheckpointError(f"{where} decompressed to {len(out)} bytes, its preamble says {claimed}")
+    return out
 
 
 def iter_block(block: bytes, path: str):
@@ -56,6 +86,7 @@ def iter_block(block: bytes, path: str):
     limit = entries_limit(block, path)
     pos = 0
     key = b""
+    budget = KEY_EXPANSION * len(block)  # key bytes this block may decode to
     try:
         while pos < limit:
             shared, non_shared, vlen = block[pos], block[pos + 1], block[pos + 2]
@@ -65,11 +96,16 @@ def iter_block(block: bytes, path: str):
                 shared, pos = read_varint(block, pos)
                 non_shared, pos = read_varint(block, pos)
                 vlen, pos = read_varint(block, pos)
+            if shared > len(key):
+                raise CorruptCheckpointError(f"{path}: a block entry shares more of the previous key than it has")
             kend = pos + non_shared
-            key = key[:shared] + block[pos:kend]
             vend = kend + vlen
             if vend > limit:
                 raise CorruptCheckpointError(f"{path}: block entry runs past the block end")
+            budget -= shared + non_shared
+            if budget < 0:
+                raise CorruptCheckpointError(f"{path}: the keys of a block add up to more than 32 times its size")
+            key = key[:shared] + block[pos:kend]
             yield key, block[kend:vend]
             pos = vend
     except IndexError:
@@ -84,11 +120,28 @@ def read_blocks(data: bytes, path: str):
     lo, hi = struct.unpack_from("<II", data, footer + 40)
     if (hi << 32) | lo != MAGIC:
         raise CorruptCheckpointError(f"{path}: not an sstable (bad magic number)")
-    _, _, pos = _decode_handle(data, footer)  # metaindex: always empty in TF
-    ioff, isize, _ = _decode_handle(data, pos)
+    try:
+        _, _, pos = _decode_handle(data, footer)  # metaindex: always empty in TF
+        ioff, isize, _ = _decode_handle(data, pos)
+    except (IndexError, CorruptCheckpointError):
+        raise CorruptCheckpointError(f"{path}: bad block handles in the footer") from None
+    if ioff + isize + TRAILER_LEN > footer:
+        raise CorruptCheckpointError(
+            f"{path}: the index block at bytes [{ioff}, {ioff + isize}) does not end before the footer (byte {footer})"
+        )
     index = _block(data, ioff, isize, path)
+    next_free = 0  # data blocks come in file order, each after the previous one's trailer
     for _, handle in iter_block(index, path):
-        off, size, _ = _decode_handle(handle, 0)
+        try:
+            off, size, _ = _decode_handle(handle, 0)
+        except (IndexError, CorruptCheckpointError):
+            raise CorruptCheckpointError(f"{path}: bad data block handle in the index block") from None
+        if off < next_free or off + size + TRAILER_LEN > ioff:
+            raise CorruptCheckpointError(
+                f"{path}: data block at bytes [{off}, {off + size}) overlaps another block or lies "
+                f"outside [{next_free}, {ioff}); the index block lists blocks in file order, once each"
+            )
+        next_free = off + size + TRAILER_LEN
         yield _block(data, off, size, path)
 
 

@@ -15,7 +15,9 @@ VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
 
 def read_varint(buf, pos: int) -> tuple[int, int]:
-    """Decode a LEB128 varint at ``pos``; return (value, next position)."""
+    """Decode a LEB128 varint at ``pos``; return (value, next position). At most 10 bytes, and the
+    value must fit 64 bits (the 10th byte holds only bit 63), as in the C decoder: a longer one
+    is a CorruptCheckpointError. An ``IndexError`` when ``pos`` is past the end."""
     b = buf[pos]
     if b < 0x80:
         return b, pos + 1
@@ -27,13 +29,13 @@ def read_varint(buf, pos: int) -> tuple[int, int]:
             b = buf[pos]
         except IndexError:
             raise CorruptCheckpointError("truncated varint") from None
+        if shift == 63 and b > 1:
+            raise CorruptCheckpointError("varint longer than 64 bits")
         result |= (b & 0x7F) << shift
         pos += 1
         if b < 0x80:
             return result, pos
         shift += 7
-        if shift > 63:
-            raise CorruptCheckpointError("varint longer than 64 bits")
 
 
 def encode_varint(value: int) -> bytes:

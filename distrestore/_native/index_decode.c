@@ -1,31 +1,48 @@
-/* Optional C accelerator for the index hot loop (distrestore.format.columns).
+/* distrestore._native._index_decode: an index's entry blocks into columns, in one C loop.
+ * Python facade: distrestore.format.entry_table (decode_table; py_decode_columns is the pure-Python
+ * twin, with the same verdict on every input: the same columns or the same error class).
  *
  * decode_columns(blocks, limits, head_ids, head_id, fallback)
- *   -> (names, header, hidden, shard, offset, size, crc, head)
- * walks the decoded index blocks exactly like the pure-Python decoder in columns.py:
- * prefix-compressed keys, the header under key "" (its raw value returned), slice-entry keys
- * (leading NUL) into the dict `hidden`, and one row per tensor entry. Rows go into growing C
+ *   -> (names, header, hidden, shard, offset, size, crc, head, increasing)
+ * walks the decoded index blocks: prefix-compressed keys, the header under key "" (its raw
+ * value returned; the first one wins, as TF's Seek finds it), slice-entry keys (leading NUL)
+ * into the dict `hidden` (first one wins), and one row per tensor entry. Rows go into growing C
  * arrays, returned as bytes (int64 shard/offset/size, uint32 masked crc, int32 head id), with the
- * names as a list of str: no Python object per entry but its name. An entry of TF's usual layout
- * (dtype, shape, then shard/offset/size/crc) is parsed here, its leading dtype+shape bytes mapped
- * to a head id through `head_ids` (bytes -> int; `head_id(head, name)` on a miss); any other
- * layout goes to `fallback(row, name, value)`, which returns (head, shard, offset, size, crc).
- * Opening a checkpoint with 10^5 tensors is this loop and little else, which is why it is in C.
+ * names as a list of str: no Python object per entry but its name. `increasing` is False when
+ * some key is not greater than the one before it (then the caller drops repeated names, keeping
+ * the first). An entry of TF's usual layout (dtype, shape, then shard/offset/size/crc) is parsed
+ * here, its leading dtype+shape bytes mapped to a head id through `head_ids` (bytes -> int;
+ * `head_id(head, name)` on a miss); any other layout goes to `fallback(row, name, value)`, which
+ * returns (head, shard, offset, size, crc). Opening a checkpoint with 10^5 tensors is this loop
+ * and little else, which is why it is in C.
+ *
+ * Hostile input: a varint is at most 10 bytes and fits 64 bits (the 10th byte holds only bit
+ * 63); a key shares at most the previous key's length; every entry stays inside its block; the
+ * keys of a block together are at most KEY_EXPANSION times the block's size (prefix sharing
+ * cannot turn a small block into gigabytes of names). Violations are ValueError (the facade
+ * makes them CorruptCheckpointError).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
+/* TF writes a full key every 16 entries (its restart interval), so its blocks' keys add up to
+ * less than 16 x the block: 32 leaves room and still bounds what a block can expand to */
+#define KEY_EXPANSION 32
+
+/* a LEB128 varint of at most 10 bytes whose value fits 64 bits; -1 when truncated or longer */
 static int read_varint(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos, uint64_t *out) {
     uint64_t result = 0;
-    int shift = 0;
-    while (*pos < end) {
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (*pos >= end) return -1;
         unsigned char b = p[(*pos)++];
+        if (shift == 63 && b > 1) return -1;
         result |= (uint64_t)(b & 0x7F) << shift;
-        if (b < 0x80) { *out = result; return 0; }
-        shift += 7;
-        if (shift > 63) return -1;
+        if (b < 0x80) {
+            *out = result;
+            return 0;
+        }
     }
     return -1;
 }
@@ -99,7 +116,7 @@ static int row_from_tuple(PyObject *t, row_t *r) {
     return 0;
 }
 
-static PyObject *decode_columns(PyObject *self, PyObject *args) {
+static PyObject *decode_columns(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *blocks, *limits, *head_ids, *head_id, *fallback;
     if (!PyArg_ParseTuple(args, "O!O!O!OO", &PyList_Type, &blocks, &PyList_Type, &limits,
                           &PyDict_Type, &head_ids, &head_id, &fallback))
@@ -110,6 +127,8 @@ static PyObject *decode_columns(PyObject *self, PyObject *args) {
            crc = {NULL, 0, 0, 4}, head = {NULL, 0, 0, 4};
     PyObject *names = PyList_New(0), *hidden = PyDict_New(), *header = NULL, *result = NULL;
     Py_ssize_t key_len = 0, key_cap = 256;
+    Py_ssize_t prev_len = -1; /* length of the previous key (in `key`), -1 before the first */
+    int increasing = 1;
     char *key = (char *)PyMem_Malloc(key_cap);
     /* the previous entry's head: consecutive entries usually share dtype and shape */
     const unsigned char *last_head = NULL;
@@ -122,6 +141,8 @@ static PyObject *decode_columns(PyObject *self, PyObject *args) {
         if (PyObject_GetBuffer(PyList_GET_ITEM(blocks, bi), &view, PyBUF_SIMPLE)) goto done;
         const unsigned char *b = (const unsigned char *)view.buf;
         Py_ssize_t limit = PyLong_AsSsize_t(PyList_GET_ITEM(limits, bi)), pos = 0;
+        /* the block's key bytes may add up to this much */
+        Py_ssize_t key_budget = view.len > PY_SSIZE_T_MAX / KEY_EXPANSION ? PY_SSIZE_T_MAX : view.len * KEY_EXPANSION;
         int failed = 0;
         if (limit == -1 && PyErr_Occurred()) failed = 1;
         else if (limit < 0 || limit > view.len) { corrupt("bad block limit"); failed = 1; }
@@ -130,30 +151,47 @@ static PyObject *decode_columns(PyObject *self, PyObject *args) {
             uint64_t shared, non_shared, vlen;
             if (read_varint(b, limit, &pos, &shared) || read_varint(b, limit, &pos, &non_shared) ||
                 read_varint(b, limit, &pos, &vlen)) { corrupt("truncated block entry"); failed = 1; break; }
-            if (shared > (uint64_t)key_len || non_shared > (uint64_t)(limit - pos) ||
-                vlen > (uint64_t)(limit - pos - (Py_ssize_t)non_shared)) {
+            if (shared > (uint64_t)key_len) {
+                corrupt("a block entry shares more of the previous key than it has"); failed = 1; break;
+            }
+            if (non_shared > (uint64_t)(limit - pos) || vlen > (uint64_t)(limit - pos - (Py_ssize_t)non_shared)) {
                 corrupt("block entry runs past the block end"); failed = 1; break;
             }
             Py_ssize_t new_len = (Py_ssize_t)(shared + non_shared);
+            if (new_len > key_budget) {
+                corrupt("the keys of a block add up to more than 32 times its size"); failed = 1; break;
+            }
+            key_budget -= new_len;
+            if (prev_len >= 0) {  /* is the new key greater than the previous one? */
+                Py_ssize_t rest = prev_len - (Py_ssize_t)shared, n = rest < (Py_ssize_t)non_shared ? rest : (Py_ssize_t)non_shared;
+                int c = n > 0 ? memcmp(b + pos, key + shared, n) : 0;
+                if (c < 0 || (c == 0 && (Py_ssize_t)non_shared <= rest)) increasing = 0;
+            }
             if (new_len > key_cap) {
-                key_cap = new_len * 2 + 64;
-                char *k = (char *)PyMem_Realloc(key, key_cap);
+                Py_ssize_t cap = new_len * 2 + 64;
+                if (cap < prev_len) cap = prev_len;
+                char *k = (char *)PyMem_Realloc(key, cap);
                 if (!k) { PyErr_NoMemory(); failed = 1; break; }
                 key = k;
+                key_cap = cap;
             }
             memcpy(key + shared, b + pos, non_shared);
-            key_len = new_len;
+            key_len = prev_len = new_len;
             Py_ssize_t kend = pos + (Py_ssize_t)non_shared, vend = kend + (Py_ssize_t)vlen;
             pos = vend;
 
             if (key_len == 0 || key[0] == 0) {  /* the header, or a hidden slice entry */
                 PyObject *v = PyBytes_FromStringAndSize((const char *)b + kend, (Py_ssize_t)vlen);
                 if (!v) { failed = 1; break; }
-                if (key_len == 0) { Py_XSETREF(header, v); continue; }
+                if (key_len == 0) {
+                    if (header) Py_DECREF(v);
+                    else header = v;
+                    continue;
+                }
                 PyObject *k = PyBytes_FromStringAndSize(key, key_len);
-                int rc = k ? PyDict_SetItem(hidden, k, v) : -1;
+                PyObject *got = k ? PyDict_SetDefault(hidden, k, v) : NULL;  /* borrowed */
                 Py_XDECREF(k); Py_DECREF(v);
-                if (rc) { failed = 1; break; }
+                if (!got) { failed = 1; break; }
                 continue;
             }
             PyObject *name = PyUnicode_DecodeUTF8(key, key_len, "surrogateescape");
@@ -204,9 +242,9 @@ static PyObject *decode_columns(PyObject *self, PyObject *args) {
         PyBuffer_Release(&view);
         if (failed) goto done;
     }
-    result = Py_BuildValue("(OOONNNNN)", names, header ? header : Py_None, hidden,
+    result = Py_BuildValue("(OOONNNNNO)", names, header ? header : Py_None, hidden,
                            column_bytes(&shard), column_bytes(&offset), column_bytes(&size),
-                           column_bytes(&crc), column_bytes(&head));
+                           column_bytes(&crc), column_bytes(&head), increasing ? Py_True : Py_False);
 done:
     Py_XDECREF(names); Py_XDECREF(hidden); Py_XDECREF(header);
     PyMem_Free(key);
@@ -215,147 +253,14 @@ done:
     return result;
 }
 
-/* ---- CRC32C over many pieces of one buffer ------------------------------------------------ */
-
-static uint32_t crc_table[8][256];
-static int crc_table_ready = 0;
-
-static void crc_init(void) {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
-        crc_table[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 8; t++)
-            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
-    crc_table_ready = 1;
-}
-
-static uint32_t crc_sw(const unsigned char *p, Py_ssize_t n) {
-    uint32_t c = 0xFFFFFFFFu;
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        w ^= c;
-        c = crc_table[7][w & 0xFF] ^ crc_table[6][(w >> 8) & 0xFF] ^ crc_table[5][(w >> 16) & 0xFF] ^
-            crc_table[4][(w >> 24) & 0xFF] ^ crc_table[3][(w >> 32) & 0xFF] ^
-            crc_table[2][(w >> 40) & 0xFF] ^ crc_table[1][(w >> 48) & 0xFF] ^ crc_table[0][w >> 56];
-        p += 8;
-        n -= 8;
-    }
-    while (n--) c = (c >> 8) ^ crc_table[0][(c ^ *p++) & 0xFF];
-    return c ^ 0xFFFFFFFFu;
-}
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <nmmintrin.h>
-__attribute__((target("sse4.2"))) static uint64_t crc_hw_run(uint64_t c, const unsigned char *p, Py_ssize_t n) {
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        c = _mm_crc32_u64(c, w);
-        p += 8;
-        n -= 8;
-    }
-    while (n--) c = _mm_crc32_u8((uint32_t)c, *p++);
-    return c;
-}
-__attribute__((target("sse4.2"))) static uint32_t crc_hw(const unsigned char *p, Py_ssize_t n) {
-    return (uint32_t)crc_hw_run(0xFFFFFFFFu, p, n) ^ 0xFFFFFFFFu;
-}
-/* Three pieces at once. The crc32 instruction has a latency of about three cycles but can start
-   one per cycle, so one piece at a time leaves two thirds of it idle: interleaving three
-   independent pieces (small tensors are usually of equal size) triples the throughput without
-   the shift-and-combine step that splitting one buffer would need. */
-__attribute__((target("sse4.2"))) static void crc_hw3(const unsigned char *const p[3],
-                                                      const Py_ssize_t n[3], uint32_t out[3]) {
-    uint64_t c0 = 0xFFFFFFFFu, c1 = 0xFFFFFFFFu, c2 = 0xFFFFFFFFu;
-    Py_ssize_t common = n[0] < n[1] ? n[0] : n[1];
-    if (n[2] < common) common = n[2];
-    common &= ~(Py_ssize_t)7;
-    for (Py_ssize_t i = 0; i < common; i += 8) {
-        uint64_t w0, w1, w2;
-        memcpy(&w0, p[0] + i, 8);
-        memcpy(&w1, p[1] + i, 8);
-        memcpy(&w2, p[2] + i, 8);
-        c0 = _mm_crc32_u64(c0, w0);
-        c1 = _mm_crc32_u64(c1, w1);
-        c2 = _mm_crc32_u64(c2, w2);
-    }
-    out[0] = (uint32_t)crc_hw_run(c0, p[0] + common, n[0] - common) ^ 0xFFFFFFFFu;
-    out[1] = (uint32_t)crc_hw_run(c1, p[1] + common, n[1] - common) ^ 0xFFFFFFFFu;
-    out[2] = (uint32_t)crc_hw_run(c2, p[2] + common, n[2] - common) ^ 0xFFFFFFFFu;
-}
-static int have_hw(void) { return __builtin_cpu_supports("sse4.2"); }
-#else
-static uint32_t crc_hw(const unsigned char *p, Py_ssize_t n) { return crc_sw(p, n); }
-static void crc_hw3(const unsigned char *const p[3], const Py_ssize_t n[3], uint32_t out[3]) {
-    for (int k = 0; k < 3; k++) out[k] = crc_sw(p[k], n[k]);
-}
-static int have_hw(void) { return 0; }
-#endif
-
-static uint32_t unmask(uint32_t m) {
-    uint32_t rot = m - 0xA282EAD8u;
-    return (rot >> 17) | (rot << 15);
-}
-
-/* first_crc_mismatch(buf, offsets, sizes, masked) -> index of the first piece whose CRC32C does
-   not match its masked stored value, or -1. offsets/sizes: int64 buffers, masked: uint32. */
-static PyObject *first_crc_mismatch(PyObject *self, PyObject *args) {
-    Py_buffer buf, offs, sizes, masked;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*", &buf, &offs, &sizes, &masked)) return NULL;
-    Py_ssize_t n = offs.len / 8, bad = -1;
-    if (sizes.len / 8 != n || masked.len / 4 != n) {
-        PyErr_SetString(PyExc_ValueError, "offsets, sizes and crcs differ in length");
-    } else {
-        const int64_t *o = (const int64_t *)offs.buf, *s = (const int64_t *)sizes.buf;
-        const uint32_t *m = (const uint32_t *)masked.buf;
-        const unsigned char *b = (const unsigned char *)buf.buf;
-        int hw = have_hw();
-        if (!crc_table_ready) crc_init();
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t i = 0; i < n && bad < 0;) {
-            if (hw && i + 3 <= n) {
-                const unsigned char *p[3];
-                Py_ssize_t len[3];
-                uint32_t c[3];
-                int ok = 1;
-                for (int k = 0; k < 3; k++) {
-                    if (o[i + k] < 0 || s[i + k] < 0 || o[i + k] + s[i + k] > buf.len) { ok = 0; break; }
-                    p[k] = b + o[i + k];
-                    len[k] = s[i + k];
-                }
-                if (ok) {
-                    crc_hw3(p, len, c);
-                    for (int k = 0; k < 3; k++)
-                        if (c[k] != unmask(m[i + k])) { bad = i + k; break; }
-                    i += 3;
-                    continue;
-                }
-            }
-            if (o[i] < 0 || s[i] < 0 || o[i] + s[i] > buf.len) { bad = i; break; }
-            uint32_t c = hw ? crc_hw(b + o[i], s[i]) : crc_sw(b + o[i], s[i]);
-            if (c != unmask(m[i])) { bad = i; break; }
-            i++;
-        }
-        Py_END_ALLOW_THREADS
-    }
-    PyBuffer_Release(&buf); PyBuffer_Release(&offs); PyBuffer_Release(&sizes); PyBuffer_Release(&masked);
-    if (PyErr_Occurred()) return NULL;
-    return PyLong_FromSsize_t(bad);
-}
 
 static PyMethodDef methods[] = {
-    {"first_crc_mismatch", first_crc_mismatch, METH_VARARGS,
-     "Index of the first piece of a buffer whose CRC32C differs from its masked stored value, or -1."},
     {"decode_columns", decode_columns, METH_VARARGS,
      "Decode every entry of an index's blocks into columns (see the module comment)."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups",
-                                    "C accelerator for index parsing.", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_index_decode", "Index blocks into columns (see index_decode.c).",
+                                    -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__index_decode(void) { return PyModule_Create(&module); }

@@ -1,5 +1,7 @@
-"""The C read+CRC32C kernel (``distrestore.format._readcrc``) against the ``crc32c`` package and
-against the pure-Python paths it replaces (which must give identical results without it)."""
+"""The mapped read (``distrestore._native._mapped_read``, facade ``_native.mapped_read``): buffers
+filled and checksummed in one pass, against the ``crc32c`` package and against the ``os.preadv``
+path that Storage takes without it (identical results); a file truncated during a mapped copy
+(SIGBUS) becomes an error; the SIGBUS handler exists only while a copy runs."""
 
 from __future__ import annotations
 
@@ -11,52 +13,27 @@ import crc32c
 import numpy as np
 import pytest
 
-from distrestore import storage as storage_mod
+from distrestore._native import mapped_read
 from distrestore.errors import StorageError
 from distrestore.format import crc
 from distrestore.storage import Storage
 
 readcrc = pytest.importorskip(
-    "distrestore.format._readcrc", reason="C kernel not built or this CPU lacks SSE4.2/PCLMULQDQ"
+    "distrestore._native._mapped_read", reason="C kernel not built or this CPU lacks SSE4.2/PCLMULQDQ"
 )
+checksum = pytest.importorskip("distrestore._native._checksum")
 KERNELS = [
-    k for k in ("avx2-vpclmulqdq", "sse4.2-pclmul") if k == "sse4.2-pclmul" or readcrc.KERNEL == "avx2-vpclmulqdq"
+    k for k in ("avx2-vpclmulqdq", "sse4.2-pclmul") if k == "sse4.2-pclmul" or checksum.KERNEL == "avx2-vpclmulqdq"
 ]
 MiB = 1 << 20
 
 
 @pytest.fixture(params=KERNELS)
 def kernel(request):
-    best = readcrc.KERNEL
-    readcrc.use_kernel(request.param)
+    best = checksum.KERNEL
+    checksum.use_kernel(request.param)
     yield request.param
-    readcrc.use_kernel(best)
-
-
-def test_unknown_kernel_is_refused():
-    with pytest.raises(ValueError):
-        readcrc.use_kernel("no-such-kernel")
-
-
-def test_crc32c_matches_package_all_lengths_alignments_continuations(kernel):
-    rng = random.Random(1)
-    data = rng.randbytes(4 * MiB + 64)
-    lengths = list(range(0, 600)) + [rng.randrange(600, 4 * MiB) for _ in range(60)] + [4 * MiB]
-    for n in lengths:
-        a = rng.randrange(64)
-        piece = memoryview(data)[a : a + n]
-        start = rng.choice([0, 0xFFFFFFFF, rng.getrandbits(32)])
-        assert readcrc.crc32c(piece, start) == crc32c.crc32c(piece, start), (kernel, n, a, start)
-
-
-def test_combine_matches_python_reference(monkeypatch):
-    rng = random.Random(2)
-    cases = [(rng.getrandbits(32), rng.getrandbits(32), n) for n in [0, 1, 3, 8, 1000, 2**20 + 5, 2**40 + 3, 2**63 - 1]]
-    c_values = [crc.combine(*c) for c in cases]
-    monkeypatch.setattr(crc, "_readcrc", None)
-    assert [crc.combine(*c) for c in cases] == c_values
-    a, b = rng.randbytes(777), rng.randbytes(12345)
-    assert crc.combine(crc32c.crc32c(a), crc32c.crc32c(b), len(b)) == crc32c.crc32c(a + b)
+    checksum.use_kernel(best)
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +113,8 @@ def test_storage_reads_the_same_with_and_without_the_kernel(blob, monkeypatch, s
     path, data = blob
     fast, crcs = _storage_read(path, 11, sizes)
     assert crcs == [crc32c.crc32c(b) for b in fast]
-    monkeypatch.setattr(storage_mod, "_readcrc", None)
-    monkeypatch.setattr(crc, "_readcrc", None)
+    monkeypatch.setattr(mapped_read, "available", False)
+    monkeypatch.setattr(crc, "native", None)
     slow, none = _storage_read(path, 11, sizes)
     assert none is None and slow == fast
     assert b"".join(fast) == data[11 : 11 + sum(sizes)]
@@ -148,7 +125,7 @@ def test_storage_reads_the_same_with_and_without_the_kernel(blob, monkeypatch, s
 def test_storage_truncated_file_is_a_storage_error_either_way(blob, monkeypatch, kernel_built):
     path, data = blob
     if not kernel_built:
-        monkeypatch.setattr(storage_mod, "_readcrc", None)
+        monkeypatch.setattr(mapped_read, "available", False)
     with pytest.raises(StorageError, match="truncated"):
         Storage().readinto(path, len(data) - 10, [bytearray(2 * MiB)])
 
@@ -156,14 +133,14 @@ def test_storage_truncated_file_is_a_storage_error_either_way(blob, monkeypatch,
 def test_python_fallback_continues_after_partial_reads(blob, monkeypatch):
     """os.preadv may return less than asked (signals, some filesystems): the rest follows."""
     path, data = blob
-    monkeypatch.setattr(storage_mod, "_readcrc", None)
+    monkeypatch.setattr(mapped_read, "available", False)
     real = os.preadv
 
     def short(fd, views, pos):
         got = real(fd, views, pos)
         return min(got, 1000)  # pretend only the first 1000 bytes arrived (they did, and more)
 
-    monkeypatch.setattr(storage_mod.os, "preadv", short)
+    monkeypatch.setattr(os, "preadv", short)
     bufs = [bytearray(700), bytearray(2500), bytearray(0), bytearray(1)]
     Storage().readinto(path, 5, bufs)
     assert b"".join(bufs) == data[5 : 5 + 3201]
@@ -267,8 +244,8 @@ def test_storage_reports_truncation_during_read_as_permanent_storage_error(tmp_p
     path.write_bytes(bytes(5 * MiB))
     wfd = os.open(path, os.O_WRONLY)
     calls = []
-    real = storage_mod.Storage._preadv
-    monkeypatch.setattr(storage_mod.Storage, "_preadv", lambda self, *a: calls.append(1) or real(self, *a))
+    real = Storage._preadv
+    monkeypatch.setattr(Storage, "_preadv", lambda self, *a: calls.append(1) or real(self, *a))
     try:
         readcrc._test_truncate_next(wfd, 3 * MiB)
         with pytest.raises(
@@ -285,7 +262,7 @@ def test_storage_reports_truncation_during_read_as_permanent_storage_error(tmp_p
 # an unrelated SIGBUS (not in a guarded copy) must reach the disposition that was there before us
 _UNRELATED = r"""
 import faulthandler, mmap, os, signal, sys
-from distrestore.format import _readcrc
+from distrestore._native import _mapped_read as _readcrc
 mode, path = sys.argv[1], sys.argv[2]
 if mode == "faulthandler-before":
     faulthandler.enable()
@@ -294,12 +271,12 @@ if mode == "ignored":
 with open(path, "wb") as f:
     f.write(bytes(4 << 20))
 fd, wfd = os.open(path, os.O_RDONLY), os.open(path, os.O_WRONLY)
-_readcrc.read(fd, 0, [bytearray(2 << 20)])  # installs the handler
+_readcrc.read(fd, 0, [bytearray(2 << 20)])  # a mapped read: its handler comes and goes
 if mode == "faulthandler-after":
-    faulthandler.enable()  # in front of ours now: reads go through preadv
+    faulthandler.enable()  # what ours replaces, during the next read, and chains to
 if mode == "faulthandler-disabled":
     faulthandler.enable()
-    faulthandler.disable()  # puts back SIG_DFL over ours: the next read installs ours again
+    faulthandler.disable()
 _readcrc._test_truncate_next(wfd, 1 << 20)
 try:
     _readcrc.read(fd, 0, [bytearray(2 << 20)])
@@ -334,10 +311,7 @@ def test_unrelated_sigbus_still_kills_the_process(tmp_path, mode):
         [sys.executable, "-c", _UNRELATED, mode, str(tmp_path / "f.bin")], capture_output=True, text=True, timeout=120
     )
     assert p.returncode == -signal.SIGBUS, (p.returncode, p.stdout, p.stderr)
-    if mode == "faulthandler-after":
-        assert "no truncation (preadv)" in p.stdout
-    else:
-        assert "guarded: file truncated while reading, at byte 1048576" in p.stdout
+    assert "guarded: file truncated while reading, at byte 1048576" in p.stdout
     assert "survived" not in p.stdout
     if mode == "ignored":
         assert "ignored kill" in p.stdout
@@ -345,3 +319,56 @@ def test_unrelated_sigbus_still_kills_the_process(tmp_path, mode):
         assert "Fatal Python error: Bus error" in p.stderr
     else:
         assert "Fatal Python error" not in p.stderr
+
+
+# the disposition of SIGBUS, as raw struct sigaction bytes, around reads in a fresh process
+_DISPOSITION = r"""
+import ctypes, faulthandler, os, signal, sys, threading
+from distrestore._native import _mapped_read
+libc = ctypes.CDLL(None, use_errno=True)
+
+def disposition():
+    # glibc's x86-64 struct sigaction: handler (8 bytes), sa_mask (128, of which the kernel
+    # fills 8), sa_flags (int) at 136; the rest (restorer, padding) says nothing about who handles
+    buf = ctypes.create_string_buffer(256)
+    assert libc.sigaction(signal.SIGBUS, None, buf) == 0
+    flags = int.from_bytes(buf.raw[136:140], "little") & ~0x04000000  # SA_RESTORER: glibc's own
+    return buf.raw[:16], flags
+
+if sys.argv[1] == "faulthandler":
+    faulthandler.enable()
+before = disposition()
+path = sys.argv[2]
+with open(path, "wb") as f:
+    f.write(bytes(8 << 20))
+fd, wfd = os.open(path, os.O_RDONLY), os.open(path, os.O_WRONLY)
+threads = [threading.Thread(target=_mapped_read.read, args=(fd, 0, [bytearray(4 << 20)])) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("after reads:", disposition() == before, flush=True)
+_mapped_read._test_truncate_next(wfd, 1 << 20)
+try:
+    _mapped_read.read(fd, 0, [bytearray(4 << 20)])
+except EOFError as e:
+    print("guarded:", e, flush=True)
+print("after a caught SIGBUS:", disposition() == before, flush=True)
+"""
+
+
+@pytest.mark.parametrize("before", ["default", "faulthandler"])
+def test_no_sigbus_handler_stays_installed_after_reads(tmp_path, before):
+    import subprocess
+    import sys
+
+    release = tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2])
+    if release < (5, 14):
+        pytest.skip(f"Linux {os.uname().release} has no MADV_POPULATE_READ")
+    p = subprocess.run(
+        [sys.executable, "-c", _DISPOSITION, before, str(tmp_path / "f.bin")], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    assert "after reads: True" in p.stdout
+    assert "guarded: file truncated while reading, at byte 1048576" in p.stdout
+    assert "after a caught SIGBUS: True" in p.stdout
