@@ -190,7 +190,8 @@ class CheckpointIndex:
             ids = ids_arr.tolist()
         self._sizes_of([i for i in ids if i >= 0])
         limit = np.array([self._file_sizes.get(i, -1) for i in ids], np.int64)[where]
-        return ok & (cols.offset[rows] + cols.size[rows] <= limit)
+        # offset <= limit - size: offset + size could wrap int64 (each is below 2^63, not their sum)
+        return ok & (cols.offset[rows] <= limit - cols.size[rows])
 
     def entry(self, name: str) -> TensorEntry:
         """The entry of tensor ``name``, its shape checked (TF refuses a tensor of invalid shape

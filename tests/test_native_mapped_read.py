@@ -366,7 +366,10 @@ def test_no_sigbus_handler_stays_installed_after_reads(tmp_path, before):
     if release < (5, 14):
         pytest.skip(f"Linux {os.uname().release} has no MADV_POPULATE_READ")
     p = subprocess.run(
-        [sys.executable, "-c", _DISPOSITION, before, str(tmp_path / "f.bin")], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _DISPOSITION, before, str(tmp_path / "f.bin")],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert p.returncode == 0, p.stderr
     assert "after reads: True" in p.stdout
