@@ -15,18 +15,8 @@ from distrestore.format import crc
 checksum = pytest.importorskip(
     "distrestore._native._checksum", reason="native module not built or this CPU lacks SSE4.2/PCLMULQDQ"
 )
-KERNELS = [
-    k for k in ("avx2-vpclmulqdq", "sse4.2-pclmul") if k == "sse4.2-pclmul" or checksum.KERNEL == "avx2-vpclmulqdq"
-]
+pytest_plugins = ["native_kernels"]  # the `kernel` fixture: each CRC32C kernel of this CPU
 MiB = 1 << 20
-
-
-@pytest.fixture(params=KERNELS)
-def kernel(request):
-    best = checksum.KERNEL
-    checksum.use_kernel(request.param)
-    yield request.param
-    checksum.use_kernel(best)
 
 
 def test_unknown_kernel_is_refused():

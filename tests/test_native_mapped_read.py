@@ -22,18 +22,8 @@ readcrc = pytest.importorskip(
     "distrestore._native._mapped_read", reason="C kernel not built or this CPU lacks SSE4.2/PCLMULQDQ"
 )
 checksum = pytest.importorskip("distrestore._native._checksum")
-KERNELS = [
-    k for k in ("avx2-vpclmulqdq", "sse4.2-pclmul") if k == "sse4.2-pclmul" or checksum.KERNEL == "avx2-vpclmulqdq"
-]
+pytest_plugins = ["native_kernels"]  # the `kernel` fixture: each CRC32C kernel of this CPU
 MiB = 1 << 20
-
-
-@pytest.fixture(params=KERNELS)
-def kernel(request):
-    best = checksum.KERNEL
-    checksum.use_kernel(request.param)
-    yield request.param
-    checksum.use_kernel(best)
 
 
 @pytest.fixture(scope="module")

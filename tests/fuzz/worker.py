@@ -137,43 +137,57 @@ def _exercise(idx: CheckpointIndex) -> tuple[str, ...]:
     return tuple(uses)
 
 
+class _Capped:
+    """The case's files written under ``workdir``; inside the block, the address-space cap and
+    the clocks run; afterwards ``cpu_s``, ``wall_s``, ``peak_bytes`` and ``cap`` say what it took."""
+
+    def __init__(self, case: Case, workdir: str):
+        for f in os.listdir(workdir):
+            os.unlink(os.path.join(workdir, f))
+        self.prefix = os.path.join(workdir, "c")
+        with open(self.prefix + ".index", "wb") as f:
+            f.write(case.index)
+        for suffix, blob in case.data:
+            with open(self.prefix + suffix, "wb") as f:
+                f.write(blob)
+        self.budget = FIXED_BUDGET + 4 * case.nbytes + 4 * THREAD_STACK
+
+    def __enter__(self):
+        self.limits = resource.getrlimit(resource.RLIMIT_AS)
+        self.rss0 = _status("VmRSS")
+        _reset_peak()
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
+        resource.setrlimit(resource.RLIMIT_AS, (_status("VmSize") + self.budget, self.limits[1]))
+        return self
+
+    def __exit__(self, *exc):
+        resource.setrlimit(resource.RLIMIT_AS, self.limits)
+        self.cpu_s, self.wall_s = time.process_time() - self.cpu0, time.perf_counter() - self.wall0
+        self.peak_bytes = _status("VmHWM") - self.rss0
+        return False
+
+
 def run_case(case: Case, workdir: str) -> Result:
-    for f in os.listdir(workdir):
-        os.unlink(os.path.join(workdir, f))
-    prefix = os.path.join(workdir, "c")
-    with open(prefix + ".index", "wb") as f:
-        f.write(case.index)
-    for suffix, blob in case.data:
-        with open(prefix + suffix, "wb") as f:
-            f.write(blob)
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    rss0 = _status("VmRSS")
-    cap = _status("VmSize") + FIXED_BUDGET + 4 * case.nbytes + 4 * THREAD_STACK
     failure, outcome, uses, agreed = None, "?", (), None
-    _reset_peak()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    try:
-        native = entry_table.native
-        idx, verdict = _decode(prefix, case.index, None)
-        if native is not None:
-            idx_native, verdict_native = _decode(prefix, case.index, native)
-            agreed = verdict_native == verdict
-            if not agreed:
-                raise Failure(f"decoders disagree: native {_short(verdict_native)}, Python {_short(verdict)}")
-            idx = idx_native
-        outcome = "ok" if idx is not None else verdict[1]
-        if idx is not None:
-            uses = _exercise(idx)
-    except Failure as e:
-        failure = str(e)
-    except MemoryError:
-        failure = f"MemoryError: over the cap of {cap - _status('VmSize')} more bytes\n{traceback.format_exc(limit=12)}"
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    peak = _status("VmHWM") - rss0
-    return Result(case.label, outcome, uses, failure, agreed, cpu, wall, peak, case.nbytes)
+    run = _Capped(case, workdir)
+    with run:
+        try:
+            native = entry_table.native
+            idx, verdict = _decode(run.prefix, case.index, None)
+            if native is not None:
+                idx_native, verdict_native = _decode(run.prefix, case.index, native)
+                agreed = verdict_native == verdict
+                if not agreed:
+                    raise Failure(f"decoders disagree: native {_short(verdict_native)}, Python {_short(verdict)}")
+                idx = idx_native
+            outcome = "ok" if idx is not None else verdict[1]
+            if idx is not None:
+                uses = _exercise(idx)
+        except Failure as e:
+            failure = str(e)
+        except MemoryError:
+            failure = f"MemoryError: over the cap of {run.budget} more bytes\n{traceback.format_exc(limit=12)}"
+    return Result(case.label, outcome, uses, failure, agreed, run.cpu_s, run.wall_s, run.peak_bytes, case.nbytes)
 
 
 class Outcome(NamedTuple):
@@ -211,36 +225,24 @@ def _op(prefix: str, op: str, args: tuple):
 
 def run_op(case: Case, op: str, args: tuple, workdir: str) -> Outcome:
     """Write the case, compare the decoders' verdicts on its index, then run ``op`` under the cap."""
-    for f in os.listdir(workdir):
-        os.unlink(os.path.join(workdir, f))
-    prefix = os.path.join(workdir, "c")
-    with open(prefix + ".index", "wb") as f:
-        f.write(case.index)
-    for suffix, blob in case.data:
-        with open(prefix + suffix, "wb") as f:
-            f.write(blob)
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    rss0 = _status("VmRSS")
-    cap = _status("VmSize") + FIXED_BUDGET + 4 * case.nbytes + 4 * THREAD_STACK
     error, message, library, mro, agreed = None, "", True, (), None
-    _reset_peak()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    try:
+    run = _Capped(case, workdir)
+    with run:
         try:
-            if entry_table.native is not None:
-                agreed = _decode(prefix, case.index, None)[1] == _decode(prefix, case.index, entry_table.native)[1]
-        except Failure as e:
-            agreed, message = False, str(e)
-        _op(prefix, op, args)
-    except BaseException as e:  # noqa: B036 - MemoryError and friends are what this reports
-        error = f"{type(e).__module__}.{type(e).__qualname__}"
-        message, library = str(e), isinstance(e, DistRestoreError)
-        mro = tuple(f"{c.__module__}.{c.__qualname__}" for c in type(e).__mro__)
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return Outcome(error, message, library, mro, agreed, cpu, wall, _status("VmHWM") - rss0, case.nbytes)
+            try:
+                if entry_table.native is not None:
+                    agreed = (
+                        _decode(run.prefix, case.index, None)[1]
+                        == _decode(run.prefix, case.index, entry_table.native)[1]
+                    )
+            except Failure as e:
+                agreed, message = False, str(e)
+            _op(run.prefix, op, args)
+        except BaseException as e:  # noqa: B036 - MemoryError and friends are what this reports
+            error = f"{type(e).__module__}.{type(e).__qualname__}"
+            message, library = str(e), isinstance(e, DistRestoreError)
+            mro = tuple(f"{c.__module__}.{c.__qualname__}" for c in type(e).__mro__)
+    return Outcome(error, message, library, mro, agreed, run.cpu_s, run.wall_s, run.peak_bytes, case.nbytes)
 
 
 def _short(verdict) -> str:
