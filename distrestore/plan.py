@@ -1,6 +1,8 @@
 """The read planner: from wanted tensors (or regions of them) to a ``ReadPlan`` of byte ranges.
 
-Pure data, no I/O. Each wanted region becomes one *output*; each stored entry that holds part of
+No I/O of its own: what each stored entry claims is checked before anything is sized from it (its
+shape, size and slices, and its bytes against its data file's size, which the index asks once
+per file; docs/hostile-input.md). Each wanted region becomes one *output*; each stored entry that holds part of
 it contributes a *piece*. A piece whose bytes are contiguous both in the data file and in the
 output is read straight into the output ("direct"); anything else (strings, a column block, a
 foreign byte order, bytes two outputs share) is read once into a *staging* buffer and copied

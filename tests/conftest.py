@@ -71,7 +71,7 @@ CI_ALLOWED_SKIPS = [
         "fsspec's memory:// filesystem is one process's memory: there is nothing to share",
     ),
     (
-        r"test_readcrc\.py::",
+        r"test_native_mapped_read\.py::",
         r"has no MADV_POPULATE_READ",
         "a kernel feature (Linux >= 5.14), not something CI installs",
     ),

@@ -46,8 +46,8 @@ CASES = {
     "ray": (["tests/test_ray_executor.py"], ["ray"]),
     # a C extension: a module-level skipif and an importorskip
     "C extensions": (
-        ["tests/test_index_speedups.py", "tests/test_readcrc.py"],
-        ["distrestore.format._speedups", "distrestore.format._readcrc"],
+        ["tests/test_index_speedups.py", "tests/test_native_mapped_read.py"],
+        ["distrestore._native._index_decode", "distrestore._native._mapped_read"],
     ),
     # the object stores: the fixtures' importorskip
     "s3 and gcs": (["tests/test_object_tree.py::test_remote_checkpoint"], ["s3fs", "gcsfs"]),
@@ -99,4 +99,4 @@ def test_the_allowlist_is_explicit():
         "tests/test_storage.py::test_storage_works_in_another_process[memory]", "memory:// lives in this process only"
     )
     assert not ci_allows_skip("tests/test_storage.py::test_storage_works_in_another_process[s3]", "s3fs is missing")
-    assert not ci_allows_skip("tests/test_readcrc.py::test_x", "C accelerator not built")
+    assert not ci_allows_skip("tests/test_native_mapped_read.py::test_x", "C accelerator not built")

@@ -17,10 +17,7 @@ from functools import cache
 
 import crc32c as _crc32c
 
-try:
-    from .._native import _checksum as native
-except ImportError:  # not built (no compiler, not x86-64) or a CPU without SSE4.2/PCLMULQDQ
-    native = None
+from .._native import checksum as native  # None where not built or not usable on this CPU
 
 _MASK_DELTA = 0xA282EAD8
 _POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected

@@ -21,16 +21,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._native import index_decode as native  # the C block loop; None where no compiler built it
 from ..errors import CorruptCheckpointError, DistRestoreError
 from . import dtypes
 from .checks import expected_size
 from .messages import TensorEntry, decode_entry
 from .sstable import entries_limit, iter_block
-
-try:  # the C build of the block loop, when the package was installed with a compiler at hand
-    from .._native import _index_decode as native
-except ImportError:  # pragma: no cover - exercised where no compiler was available
-    native = None
 
 
 class IndexColumns(NamedTuple):
