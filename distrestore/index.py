@@ -62,6 +62,7 @@ class CheckpointIndex:
         self.storage = storage
         self._file_sizes = dict(file_sizes or {})  # shard id -> data file size, asked when first needed
         self._partitions: dict[str, tuple[Box, ...]] = {}  # name -> its checked slice boxes
+        self._referenced: list[str] | None = None  # data_files(), made when first asked
 
     # -- construction ---------------------------------------------------------------------
 
@@ -123,15 +124,18 @@ class CheckpointIndex:
         return f"{self.prefix}.data-{shard_id:05d}-of-{n:05d}"
 
     def data_files(self) -> list[str]:
-        """The data files the entries refer to, in shard order (every file of a checkpoint TF
-        wrote; never the names of shards no entry uses, however many the header claims)."""
-        shards = set(np.unique(self.columns().shard[~self.columns().sliced]).tolist())
-        for raw in self._slice_values.values():
-            try:
-                shards.add(decode_entry("", raw).shard_id)
-            except DistRestoreError:  # refused where that slice is read
-                pass
-        return [self.data_file(i) for i in sorted(shards) if 0 <= i < self.header.num_shards]
+        """The data files the entries refer to, in shard order: every file of a checkpoint TF
+        wrote, and never the names of shards no entry uses, however many the header claims."""
+        if self._referenced is None:
+            cols = self.columns()
+            shards = set(np.unique(cols.shard[~cols.sliced]).tolist())
+            for raw in self._slice_values.values():
+                try:
+                    shards.add(decode_entry("", raw).shard_id)
+                except DistRestoreError:  # refused where that slice is read
+                    pass
+            self._referenced = [self.data_file(i) for i in sorted(shards) if 0 <= i < self.header.num_shards]
+        return list(self._referenced)
 
     def data_file_size(self, shard_id: int) -> int:
         """Size of data file ``shard_id``, asked once (``Storage.size``) and kept."""

@@ -1,19 +1,20 @@
 """The read planner: from wanted tensors (or regions of them) to a ``ReadPlan`` of byte ranges.
 
-No I/O of its own: what each stored entry claims is checked before anything is sized from it (its
-shape, size and slices, and its bytes against its data file's size, which the index asks once
-per file; docs/hostile-input.md). Each wanted region becomes one *output*; each stored entry that holds part of
-it contributes a *piece*. A piece whose bytes are contiguous both in the data file and in the
-output is read straight into the output ("direct"); anything else (strings, a column block, a
-foreign byte order, bytes two outputs share) is read once into a *staging* buffer and copied
-out; small whole tensors are read in packed groups and handed out as views. With
-``PlanOptions.verify`` (the default) the rest of every stored entry a region touches is read too,
-as checksum-only ranges, because TF's CRC32C covers whole entries; where the wanted regions
-together cover an entry, nothing extra is read. Byte ranges are then split so every worker stays
-busy and joined when adjacent (or across gaps up to ``max_gap_bytes``, 0 by default so that
-subset restores with ``verify=False`` read only needed bytes), so small tensors do not cost a
-request each. The plan is plain, frozen, picklable data, defined in
-``distrestore.readplan`` (and importable from here).
+Each wanted region becomes one *output*; each stored entry that holds part of it contributes a
+*piece*. A piece whose bytes are contiguous both in the data file and in the output is read
+straight into the output ("direct"); anything else (strings, a column block, a foreign byte
+order, bytes two outputs share) is read once into a *staging* buffer and copied out; small whole
+tensors are read in packed groups and handed out as views. With ``PlanOptions.verify`` (the
+default) the rest of every stored entry a region touches is read too, as checksum-only ranges,
+because TF's CRC32C covers whole entries; where the wanted regions together cover an entry,
+nothing extra is read. Byte ranges are then split so every worker stays busy and joined when
+adjacent (or across gaps up to ``max_gap_bytes``, 0 by default so that subset restores with
+``verify=False`` read only needed bytes), so small tensors do not cost a request each. The plan
+is plain, frozen, picklable data, defined in ``distrestore.readplan`` (and importable from here).
+
+No I/O of its own. What each stored entry claims is checked before anything is sized from it:
+its shape, size and slices, and its bytes against its data file's size, which the index asks once
+per file (docs/hostile-input.md).
 """
 
 from __future__ import annotations

@@ -24,10 +24,8 @@ import heapq
 from bisect import bisect_left, insort
 from collections.abc import Sequence
 
-Box = tuple[tuple[int, int], ...]
 
-
-def find_overlap(boxes: Sequence[Box]) -> tuple[int, int] | None:
+def find_overlap(boxes: Sequence[tuple[tuple[int, int], ...]]) -> tuple[int, int] | None:
     """Indices ``(i, j)`` of two boxes (half-open ``(start, stop)`` per dimension) that share a
     point, or None. Boxes of different rank are a caller's error."""
     live = [i for i, b in enumerate(boxes) if all(lo < hi for lo, hi in b)]
@@ -51,7 +49,7 @@ def _neighbours(boxes, live, d):
     return None
 
 
-def _meet(a: Box, b: Box, dims) -> bool:
+def _meet(a, b, dims) -> bool:
     return all(a[d][0] < b[d][1] and b[d][0] < a[d][1] for d in dims)
 
 
