@@ -341,8 +341,10 @@ def test_entry_with_a_stray_wire_type(worker):
 
 
 def test_string_lengths_exceeding_the_entry(worker):
-    """Lengths decoded first and checked against the entry's size: nothing is sized from them."""
-    blob = h.varint(2**40) + h.varint(2**40) + bytes(4) + b"xy"
+    """Lengths decoded first and checked against the entry's size: nothing is sized from them
+    (their own checksum is right, so the size check is what refuses them)."""
+    lengths_crc = crc.mask(crc.value(struct.pack("<QQ", 2**40, 2**40)))  # each length as uint64 > 4 GiB
+    blob = h.varint(2**40) + h.varint(2**40) + struct.pack("<I", lengths_crc) + b"xy"
     c = case({"s": h.entry(7, [2], 0, 0, len(blob), 0)}, blob)
     refused(worker, c, "tensor", "s", error=CORRUPT, names=(DATA, "'s'", "lengths say"))
 
