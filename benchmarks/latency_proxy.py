@@ -7,12 +7,14 @@ response byte arrives that much later; bodies (Range responses included) are str
 unchanged in both directions, and client connections are kept alive (one upstream connection per
 client connection, reused across its requests).
 
-    python benchmarks/latency_proxy.py --upstream 127.0.0.1:4443 --latency-ms 20 [--port 0]
+    python benchmarks/latency_proxy.py --upstream 127.0.0.1:4443 --latency-ms 20 [--port 0] [--bandwidth-mbps 200]
 
-prints ``LISTENING <port>`` on stdout once it accepts connections. ``GET /__proxy_stats`` returns
-``{"requests": n, "response_bytes": b}`` (without delay, not forwarded); ``GET /__proxy_reset``
-zeroes them. With ``LATENCY_PROXY_LOG=<file>`` in its environment it appends one line per
-request (time, method, target, status). Handles Content-Length and chunked bodies and close-delimited responses;
+``--bandwidth-mbps`` caps the response bytes of all connections together (MB/s, a token bucket),
+standing in for a bucket's total egress. It prints ``LISTENING <port>`` on stdout once it
+accepts connections. ``GET /__proxy_stats`` returns ``{"requests": n, "response_bytes": b}``
+(without delay, not forwarded); ``GET /__proxy_reset`` zeroes them. With
+``LATENCY_PROXY_LOG=<file>`` in its environment it appends one line per request (time, method,
+target, status). Handles Content-Length and chunked bodies and close-delimited responses;
 ``Expect: 100-continue`` uploads are not supported (upload straight to the server instead).
 """
 
@@ -37,6 +39,26 @@ class Stats:
     response_bytes = 0
 
 
+class Bandwidth:
+    """A token bucket shared by every connection: response bytes flow at most ``rate`` per
+    second in all (None: no cap). Bursts up to 1/20 s of traffic."""
+
+    rate: float | None = None
+    _tokens = 0.0
+    _last = 0.0
+
+    @classmethod
+    async def take(cls, n: int) -> None:
+        if cls.rate is None:
+            return
+        now = time.monotonic()
+        cls._tokens = min(cls.rate / 20, cls._tokens + (now - cls._last) * cls.rate)
+        cls._last = now
+        cls._tokens -= n
+        if cls._tokens < 0:  # pay the debt before sending: later callers queue behind it
+            await asyncio.sleep(-cls._tokens / cls.rate)
+
+
 async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
     try:
         return await reader.readuntil(b"\r\n\r\n")
@@ -56,12 +78,14 @@ def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
     return lines[0], headers
 
 
-async def _relay_exact(reader, writer, n: int) -> int:
+async def _relay_exact(reader, writer, n: int, capped: bool = False) -> int:
     total = 0
     while n > 0:
         data = await reader.read(min(n, CHUNK))
         if not data:
             raise ConnectionError("peer closed mid-body")
+        if capped:
+            await Bandwidth.take(len(data))
         writer.write(data)
         n -= len(data)
         total += len(data)
@@ -71,7 +95,7 @@ async def _relay_exact(reader, writer, n: int) -> int:
     return total
 
 
-async def _relay_chunked(reader, writer) -> int:
+async def _relay_chunked(reader, writer, capped: bool = False) -> int:
     total = 0
     while True:
         line = await reader.readuntil(b"\r\n")
@@ -85,15 +109,15 @@ async def _relay_chunked(reader, writer) -> int:
                     break
             await writer.drain()
             return total
-        total += await _relay_exact(reader, writer, size + 2)  # data + CRLF
+        total += await _relay_exact(reader, writer, size + 2, capped)  # data + CRLF
 
 
-async def _relay_body(reader, writer, headers: dict[str, str]) -> tuple[int, bool]:
+async def _relay_body(reader, writer, headers: dict[str, str], capped: bool = False) -> tuple[int, bool]:
     """Relay a message body; returns (bytes, whether it was close-delimited)."""
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        return await _relay_chunked(reader, writer), False
+        return await _relay_chunked(reader, writer, capped), False
     if "content-length" in headers:
-        return await _relay_exact(reader, writer, int(headers["content-length"])), False
+        return await _relay_exact(reader, writer, int(headers["content-length"]), capped), False
     return -1, True
 
 
@@ -139,12 +163,13 @@ class Proxy:
                 if method == "HEAD" or status in (204, 304):
                     await cwriter.drain()
                 else:
-                    n, close = await _relay_body(ureader, cwriter, rheaders)
+                    n, close = await _relay_body(ureader, cwriter, rheaders, capped=True)
                     if close:  # close-delimited: relay until EOF, then close both sides
                         while True:
                             data = await ureader.read(CHUNK)
                             if not data:
                                 break
+                            await Bandwidth.take(len(data))
                             cwriter.write(data)
                             Stats.response_bytes += len(data)
                             await cwriter.drain()
@@ -172,7 +197,9 @@ class Proxy:
         await writer.drain()
 
 
-async def serve(upstream: str, latency_ms: float, port: int) -> None:
+async def serve(upstream: str, latency_ms: float, port: int, bandwidth_mbps: float | None = None) -> None:
+    Bandwidth.rate = bandwidth_mbps * 1e6 if bandwidth_mbps else None
+    Bandwidth._last = time.monotonic()
     host, _, uport = upstream.rpartition(":")
     host = host.replace("http://", "") or "127.0.0.1"
     proxy = Proxy(host, int(uport), latency_ms / 1000.0)
@@ -188,10 +215,11 @@ async def serve(upstream: str, latency_ms: float, port: int) -> None:
         os._exit(0)  # no teardown of open keep-alive connections: nothing to flush
 
 
-def start_proxy(upstream: str, latency_ms: float, timeout: float = 15.0):
+def start_proxy(upstream: str, latency_ms: float, timeout: float = 15.0, bandwidth_mbps: float | None = None):
     """Start the proxy in its own process (its own GIL); returns ``(Popen, "http://127.0.0.1:port")``."""
+    cap = ["--bandwidth-mbps", str(bandwidth_mbps)] if bandwidth_mbps else []
     proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--upstream", upstream, "--latency-ms", str(latency_ms)],
+        [sys.executable, os.path.abspath(__file__), "--upstream", upstream, "--latency-ms", str(latency_ms), *cap],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -208,8 +236,9 @@ def main() -> None:
     ap.add_argument("--upstream", required=True, help="host:port of the server to forward to")
     ap.add_argument("--latency-ms", type=float, default=0.0, help="first-byte latency per request")
     ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+    ap.add_argument("--bandwidth-mbps", type=float, default=None, help="total response bandwidth cap, MB/s")
     args = ap.parse_args()
-    asyncio.run(serve(args.upstream, args.latency_ms, args.port))
+    asyncio.run(serve(args.upstream, args.latency_ms, args.port, args.bandwidth_mbps))
 
 
 if __name__ == "__main__":

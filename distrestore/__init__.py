@@ -7,6 +7,8 @@ Reader API with TensorFlow's names (``load_checkpoint``, ``list_variables``, ``l
 ``load_object_tree`` without the model's code) and export (``save_npz``/``load_npz``,
 ``convert_to_safetensors``). Every function that takes a path accepts local paths and fsspec
 URLs (s3://, gs://, ...) with ``storage_options=``.
+On a Ray cluster: ``RayExecutor`` (one process's reads on read actors) and the restore service
+(``serve``, ``connect``, ``ServiceClient``); importing distrestore does not import ray.
 """
 
 from .errors import (
@@ -19,7 +21,14 @@ from .errors import (
     MergeConflictError,
     MismatchError,
     NoCheckpointInDirectoryError,
+    GroupMismatchError,
+    RayNotInitializedError,
+    RayPlacementError,
+    ReadWorkerLostError,
     RestoreAssertionError,
+    ServiceExistsError,
+    ServiceTimeoutError,
+    ServiceUnavailableError,
     ShapeMismatchError,
     StorageError,
     TensorNotFoundError,
@@ -53,12 +62,14 @@ from .writer import merge_checkpoints, save_tensors
 
 __version__ = "0.1.0"
 
+_RAY_NAMES = ("RayExecutor", "RayExecutorStats", "ServiceClient", "serve", "connect")
+
 
 def __getattr__(name):
-    if name == "RayExecutor":  # importing it imports ray: only on demand
-        from .execute.ray import RayExecutor
+    if name in _RAY_NAMES:  # importing them imports ray: only on demand
+        from . import ray as _ray
 
-        return RayExecutor
+        return getattr(_ray, name)
     raise AttributeError(f"module 'distrestore' has no attribute {name!r}")
 
 
@@ -71,14 +82,23 @@ __all__ = [
     "CorruptCheckpointError",
     "DistRestoreError",
     "DTypeMismatchError",
+    "GroupMismatchError",
+    "ServiceTimeoutError",
     "MergeConflictError",
     "MismatchError",
     "NoCheckpointInDirectoryError",
     "PlanOptions",
     "RayExecutor",
+    "RayExecutorStats",
+    "RayNotInitializedError",
+    "RayPlacementError",
+    "ReadWorkerLostError",
     "ReadPlan",
     "ReadRequest",
     "RestoreAssertionError",
+    "ServiceClient",
+    "ServiceExistsError",
+    "ServiceUnavailableError",
     "ShapeMismatchError",
     "StorageError",
     "TensorNotFoundError",
@@ -86,6 +106,7 @@ __all__ = [
     "ThreadExecutor",
     "UnsupportedCheckpointError",
     "Variable",
+    "connect",
     "fetch",
     "get_checkpoint_state",
     "iter_fetch",
@@ -99,6 +120,7 @@ __all__ = [
     "plan_requests",
     "restore_tensors",
     "save_tensors",
+    "serve",
     "PartitionedVariable",
     "VariableStore",
     "init_from_checkpoint",

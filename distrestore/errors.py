@@ -82,3 +82,35 @@ class AssignmentMapError(DistRestoreError, ValueError):
 
 class RestoreAssertionError(DistRestoreError, AssertionError):
     """A restore status assertion failed (``assert_consumed`` and friends)."""
+
+
+# -- Ray: the executor and the restore service ---------------------------------------------------
+
+
+class RayNotInitializedError(DistRestoreError, ConnectionError):
+    """Ray is needed and this process is not connected to a Ray cluster (call ``ray.init``)."""
+
+
+class RayPlacementError(DistRestoreError, ValueError):
+    """No Ray read worker can be placed or started where the executor's options allow."""
+
+
+class ReadWorkerLostError(StorageError):
+    """A Ray read worker (or its node) died while reading, past its restarts."""
+
+
+class ServiceUnavailableError(DistRestoreError, ConnectionError):
+    """The restore service named in the message is not running, or died while it was needed."""
+
+
+class ServiceExistsError(DistRestoreError, ValueError):
+    """A restore service of that name already runs in that Ray namespace."""
+
+
+class ServiceTimeoutError(DistRestoreError, TimeoutError):
+    """A service group did not reach its ``world_size`` registrations in time, or a service call
+    did not finish within its timeout."""
+
+
+class GroupMismatchError(DistRestoreError, ValueError):
+    """Members of one service group disagree (``world_size`` or ``verify``)."""

@@ -33,6 +33,7 @@ RAY_IMAGE = f"rayproject/ray:{RAY_VERSION}-py311"
 # manifest -> (CRD file, kind)
 MANIFESTS = {
     "rayjob.yaml": ("ray.io_rayjobs.yaml", "RayJob"),
+    "rayjob-service.yaml": ("ray.io_rayjobs.yaml", "RayJob"),
     "raycluster.yaml": ("ray.io_rayclusters.yaml", "RayCluster"),
 }
 
@@ -108,7 +109,7 @@ def test_manifest_is_valid_against_kuberay_crd(manifest):
 
 
 def _cluster_spec(name: str, doc: dict) -> dict:
-    return doc["spec"]["rayClusterSpec"] if name == "rayjob.yaml" else doc["spec"]
+    return doc["spec"]["rayClusterSpec"] if name.startswith("rayjob") else doc["spec"]
 
 
 # Each breakage must be caught, at the path named: the validator is not vacuous.
@@ -218,8 +219,9 @@ def test_manifest_conventions(manifest):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), (role, kind)
 
 
-def test_rayjob_lifecycle():
-    spec = _load(KUBERAY / "rayjob.yaml")["spec"]
+@pytest.mark.parametrize("name", ["rayjob.yaml", "rayjob-service.yaml"])
+def test_rayjob_lifecycle(name):
+    spec = _load(KUBERAY / name)["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] > 0
     assert spec["activeDeadlineSeconds"] > 0
@@ -279,6 +281,26 @@ def test_cli_restore_with_ray_executor_connects_to_ray(tmp_path, monkeypatch, ca
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # what a Ray job's driver sees
     assert cli.main(["restore", prefix, "--executor", "ray"]) == 1  # the CLI reports what ray.init raised
     assert "InitCalled" in capsys.readouterr().err
+
+
+def test_service_rayjob_runs_the_example_with_one_worker_per_pod():
+    """The service RayJob's entrypoint is the example baked into the image, and it parses."""
+    import importlib.util
+
+    doc = _load(KUBERAY / "rayjob-service.yaml")
+    argv = shlex.split(doc["spec"]["entrypoint"])
+    assert argv[:2] == ["python", "/home/ray/examples/partitioned_init.py"], argv
+    assert "COPY --chown=ray:users examples /home/ray/examples" in (KUBERAY / "Dockerfile").read_text()
+    spec = importlib.util.spec_from_file_location("partitioned_init", ROOT / "examples" / "partitioned_init.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    args = example.parser().parse_args(argv[2:])
+    assert args.checkpoint.startswith(("s3://", "gs://")), args.checkpoint
+    assert isinstance(json.loads(args.storage_options), dict)
+    groups = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert args.workers == sum(g["replicas"] for g in groups)
+    with pytest.raises(SystemExit):
+        example.parser().parse_args(["s3://b/ckpt", "--workers", "four"])
 
 
 # -- the cluster launcher configs ---------------------------------------------------------------

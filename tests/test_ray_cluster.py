@@ -18,8 +18,8 @@ ray = pytest.importorskip("ray")
 from fixtures.digest import value_digest  # noqa: E402
 from ray_fixtures import write_checkpoint  # noqa: E402
 
-from distrestore.execute.ray import RayExecutor  # noqa: E402
 from distrestore.execute.threads import ThreadExecutor  # noqa: E402
+from distrestore.ray.executor import RayExecutor  # noqa: E402
 from distrestore.restore import restore_tensors  # noqa: E402
 
 

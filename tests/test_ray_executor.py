@@ -26,13 +26,22 @@ from fixtures.digest import value_digest  # noqa: E402
 from ray_fixtures import write_checkpoint  # noqa: E402
 
 from distrestore.assemble import Assembly  # noqa: E402
-from distrestore.errors import CheckpointNotFoundError, ChecksumMismatchError, DistRestoreError, StorageError  # noqa: E402
-from distrestore.execute import ray as ray_executor  # noqa: E402
-from distrestore.execute import shm  # noqa: E402
-from distrestore.execute.ray import RayExecutor, RayNotInitializedError, RayPlacementError, ReadWorkerLostError  # noqa: E402
+from distrestore.errors import (  # noqa: E402
+    CheckpointNotFoundError,
+    ChecksumMismatchError,
+    DistRestoreError,
+    RayNotInitializedError,
+    RayPlacementError,
+    ReadWorkerLostError,
+    StorageError,
+)
 from distrestore.execute.threads import ThreadExecutor  # noqa: E402
 from distrestore.index import open_checkpoint  # noqa: E402
 from distrestore.plan import PACKED, SKIP, STAGED, PlanOptions, build_plan  # noqa: E402
+from distrestore.ray import executor as ray_executor  # noqa: E402
+from distrestore.ray import shm  # noqa: E402
+from distrestore.ray.executor import RayExecutor  # noqa: E402
+from distrestore.ray.pool import POOLS  # noqa: E402
 from distrestore.restore import TensorRequest, fetch, iter_restore_tensors, plan_requests, restore_tensors  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -150,14 +159,14 @@ def test_fixture_bit_exact(fixtures_dir, executor, small_tasks, shipping, name):
 def test_local_files_are_read_in_the_driver_by_default(big_checkpoint):
     """Local files sit on the driver's node: the driver reads them itself, no actor starts."""
     prefix, tensors = big_checkpoint
-    pools = set(ray_executor._POOLS)
+    pools = set(POOLS.keys())
     ex = RayExecutor(num_workers=1, tasks_per_worker=5)  # a placement of its own
-    assert ex.start() is ex and set(ray_executor._POOLS) == pools
+    assert ex.start() is ex and set(POOLS.keys()) == pools
     out = restore_tensors(prefix, executor=ex)
     assert all(same(out[k], v) for k, v in tensors.items())
     s = ex.stats
     assert s.route == "driver" and s.workers == s.tasks == s.bytes_shipped == s.bytes_shared == 0
-    assert set(ray_executor._POOLS) == pools
+    assert set(POOLS.keys()) == pools
     index = open_checkpoint(prefix)
     assert s.bytes_read == plan_requests([TensorRequest(index, n) for n in out], ex).bytes_to_read
 
@@ -286,7 +295,7 @@ def test_unbudgeted_run_keeps_more_in_flight(big_checkpoint):
 def test_object_store_caps_inflight_bytes(big_checkpoint):
     prefix, _ = big_checkpoint
     ex = RayExecutor(local_reads="actors", target_task_bytes=1 << 20, max_tasks_in_flight=1000)
-    cap = ex._object_store_cap()
+    cap = ex.object_store_cap()
     assert cap and cap <= 200 * 2**20
     restore_tensors(prefix, executor=ex)
     assert ex.stats.max_inflight_bytes_seen <= cap
@@ -376,8 +385,8 @@ def test_dead_worker_fails_the_run_and_the_pool_is_rebuilt(big_checkpoint):
     ex = RayExecutor(local_reads="actors", num_workers=1, max_retries=0, target_task_bytes=64 * 1024)
     it = iter_restore_tensors(prefix, executor=ex, max_inflight_bytes=256 * 1024)
     next(it)
-    [key] = ex._keys
-    for actor in ray_executor._POOLS[key].actors:
+    [key] = ex.pool_keys
+    for actor in POOLS.get(key).actors:
         ray.kill(actor, no_restart=True)
     with pytest.raises(ReadWorkerLostError) as info:
         list(it)
@@ -534,8 +543,8 @@ def test_restarted_worker_ships_instead(big_checkpoint):
     try:
         it = iter_restore_tensors(prefix, executor=ex, max_inflight_bytes=512 * 1024)
         first = dict([next(it)])
-        [key] = ex._keys
-        ray.kill(ray_executor._POOLS[key].actors[0], no_restart=False)
+        [key] = ex.pool_keys
+        ray.kill(POOLS.get(key).actors[0], no_restart=False)
         out = {**first, **dict(it)}
         assert all(same(out[k], v) for k, v in tensors.items())
         s = ex.stats
@@ -554,20 +563,20 @@ def test_start_brings_the_pool_up_before_the_first_restore(big_checkpoint):
     ex = RayExecutor(local_reads="actors", num_workers=1, tasks_per_worker=3)  # a placement of its own
     try:
         assert ex.start() is ex
-        [key] = ex._keys
-        assert ray_executor._POOLS[key].checked  # up, not merely requested
+        [key] = ex.pool_keys
+        assert POOLS.get(key).checked  # up, not merely requested
         out = restore_tensors(prefix, executor=ex)
         assert ex.stats.startup_seconds < 0.01
         assert all(same(out[k], v) for k, v in tensors.items())
         # a second executor of the same placement (as executor="ray" makes) shares the pool
         other = RayExecutor(local_reads="actors", num_workers=1, tasks_per_worker=3)
         restore_tensors(prefix, ["step"], executor=other)
-        assert other.stats.startup_seconds < 0.01 and other._keys == ex._keys
+        assert other.stats.startup_seconds < 0.01 and other.pool_keys == ex.pool_keys
     finally:
         ex.close()
     remote = RayExecutor(num_workers=1, tasks_per_worker=3).start(local=False, remote=True)
     try:
-        [key] = remote._keys
-        assert key[1] == "spread" and ray_executor._POOLS[key].checked
+        [key] = remote.pool_keys
+        assert key[1].where == "spread" and POOLS.get(key).checked
     finally:
         remote.close()

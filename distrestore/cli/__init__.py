@@ -25,6 +25,7 @@ COMMANDS = {
     "convert": "distrestore.cli.convert",
     "merge": "distrestore.cli.merge",
     "demo": "distrestore.cli.demo",
+    "serve": "distrestore.ray.cli",  # the restore service (imports ray only when run)
 }
 
 USAGE, FAILED, OK = 2, 1, 0

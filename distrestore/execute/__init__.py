@@ -3,7 +3,7 @@
 An executor reads every request of a plan into the buffers a :class:`~.sink.ReadSink` gives it,
 keeps at most ``max_inflight_bytes`` of requests outstanding, and yields batches of output
 indices as they complete (a packed group completes thousands at once).
-``distrestore.execute.ray`` is the only module that imports ray.
+The Ray executor lives in ``distrestore.ray`` (the only package that imports ray).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def get_executor(executor) -> Executor:
 
         return ThreadExecutor()
     if executor == "ray":
-        from .ray import RayExecutor
+        from ..ray.executor import RayExecutor
 
         return RayExecutor()
     if isinstance(executor, str):

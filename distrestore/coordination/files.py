@@ -1,0 +1,163 @@
+"""The data files a coordinator serves: file ids, their entries, and what a read must check.
+
+Every checkpoint a coordinator opens gets a block of consecutive file ids (one per data file),
+so positions (``ranges.position``) name bytes of any of them. ``FileTable`` extends byte ranges
+to whole entries (with ``verify``, every byte handed out is covered by a checked CRC32C), finds
+the entries a piece cuts through, and describes what one read task must check
+(:class:`ReadOrder`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..index import CheckpointIndex
+from .entries import FIXED, STRINGS, FileEntries, file_entries
+from .ranges import MAX_FILE_BYTES, Ranges, file_of, merge, offset_of, position
+
+
+class CheckpointInfo(NamedTuple):
+    """A served checkpoint: its id, prefix, and file ids ``first_file .. first_file + num_files``."""
+
+    id: int
+    prefix: str
+    first_file: int
+    num_files: int
+
+
+class ReadOrder(NamedTuple):
+    """One read task: bytes ``[start, end)`` of ``path`` (checkpoint ``checkpoint``), checked as
+    it reads: the entries wholly inside (offsets relative to ``start``; ``inside_rows`` names
+    them in the file's entry table), and the CRC32C of every part of an entry that the range
+    cuts through (``part_lo``/``part_hi``, relative to ``start``; ``part_rows``)."""
+
+    piece: int
+    checkpoint: int
+    path: str
+    start: int
+    end: int
+    node: str
+    inside_rows: np.ndarray
+    inside_offset: np.ndarray
+    inside_size: np.ndarray
+    inside_crc: np.ndarray
+    inside_check: np.ndarray
+    inside_count: np.ndarray
+    part_rows: np.ndarray
+    part_lo: np.ndarray
+    part_hi: np.ndarray
+
+
+class FileTable:
+    """Files of every checkpoint served, by file id."""
+
+    def __init__(self):
+        self.checkpoints: list[CheckpointInfo] = []
+        self.entries: list[FileEntries] = []
+        self.checkpoint_of: list[int] = []
+        self._atoms: list[Ranges] = []
+        self.atoms = Ranges.empty()  # string entries: pieces are never cut inside one
+
+    def add(self, prefix: str, index: CheckpointIndex) -> CheckpointInfo:
+        tables = file_entries(index)
+        info = CheckpointInfo(len(self.checkpoints), prefix, len(self.entries), len(tables))
+        for k, t in enumerate(tables):
+            if len(t.offset) and int(t.end.max()) >= MAX_FILE_BYTES:
+                raise ValueError(f"{t.path}: data files of 2 TiB or more cannot be served")
+            strings = t.check == STRINGS
+            f = info.first_file + k
+            self._atoms.append(Ranges(position(f, t.offset[strings]), position(f, t.end[strings])))
+        self.entries.extend(tables)
+        self.checkpoint_of.extend([info.id] * len(tables))
+        self.checkpoints.append(info)
+        self.atoms = merge(Ranges.concat(self._atoms))
+        return info
+
+    def path(self, file: int) -> str:
+        return self.entries[file].path
+
+    def _by_file(self, r: Ranges):
+        """(file id, slice of ``r``) for each file ``r`` (sorted) touches."""
+        files = file_of(r.start)
+        cuts = np.flatnonzero(np.diff(files)) + 1
+        bounds = [0, *cuts.tolist(), len(files)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b > a:
+                yield int(files[a]), slice(a, b)
+
+    def extend(self, r: Ranges) -> Ranges:
+        """``r`` (merged) grown to whole stored entries, merged."""
+        starts, ends = r.start.copy(), r.end.copy()
+        for f, sl in self._by_file(r):
+            t = self.entries[f]
+            if not len(t.offset):
+                continue
+            lo, hi = offset_of(starts[sl]), offset_of(ends[sl])
+            a = np.searchsorted(t.end, lo, side="right")
+            b = np.searchsorted(t.offset, hi, side="left")
+            hit = a < b
+            lo = np.where(hit, np.minimum(lo, t.offset[np.minimum(a, len(t.offset) - 1)]), lo)
+            hi = np.where(hit, np.maximum(hi, t.end[np.maximum(b - 1, 0)]), hi)
+            starts[sl], ends[sl] = position(f, lo), position(f, hi)
+        return merge(Ranges(starts, ends))
+
+    def edges(self, start: int, end: int) -> tuple[tuple[int, int], ...]:
+        """``(file, row)`` of the fixed-width entries that bytes ``[start, end)`` cut through
+        (they hold bytes on both sides of a bound)."""
+        f = int(file_of(start))
+        t = self.entries[f]
+        lo, hi = int(offset_of(start)), int(offset_of(end))
+        a, b = t.around(lo, hi)
+        out = []
+        for row in {a, b - 1} if b > a else ():
+            o, e = int(t.offset[row]), int(t.offset[row] + t.size[row])
+            if t.check[row] == FIXED and (o < lo or e > hi):
+                out.append((f, row))
+        return tuple(sorted(out))
+
+    def edge_span(self, file: int, row: int) -> tuple[int, int, int]:
+        """(position of the entry's first byte, its size, its masked CRC)."""
+        t = self.entries[file]
+        return int(position(file, t.offset[row])), int(t.size[row]), int(t.crc[row])
+
+    def order(self, piece: int, start: int, end: int, node: str) -> ReadOrder:
+        f = int(file_of(start))
+        t = self.entries[f]
+        lo, hi = int(offset_of(start)), int(offset_of(end))
+        a, b = t.around(lo, hi)
+        rows = np.arange(a, b, dtype=np.int64)
+        o, e = t.offset[a:b], t.end[a:b]
+        inside = (o >= lo) & (e <= hi) & (t.check[a:b] != 2)
+        part = ~inside & (t.check[a:b] == FIXED)
+        return ReadOrder(
+            piece,
+            self.checkpoint_of[f],
+            t.path,
+            lo,
+            hi,
+            node,
+            rows[inside],
+            o[inside] - lo,
+            t.size[a:b][inside],
+            t.crc[a:b][inside],
+            t.check[a:b][inside],
+            t.count[a:b][inside],
+            rows[part],
+            np.maximum(o[part], lo) - lo,
+            np.minimum(e[part], hi) - lo,
+        )
+
+    def describe(self, file: int, row: int) -> str:
+        return self.entries[file].describe(row)
+
+    def describe_range(self, start: int, end: int, limit: int = 3) -> str:
+        """The tensors bytes ``[start, end)`` hold, for messages."""
+        f = int(file_of(start))
+        t = self.entries[f]
+        lo, hi = int(offset_of(start)), int(offset_of(end))
+        a, b = t.around(lo, hi)
+        names = [repr(t.labels[i]) for i in range(a, min(b, a + limit))]
+        more = f" and {b - a - limit} more" if b - a > limit else ""
+        return f"{t.path} bytes [{lo}, {hi}) (tensors {', '.join(names)}{more})"

@@ -1,0 +1,382 @@
+"""Workers' side of the restore service: ``serve``, ``connect`` and ``ServiceClient``.
+
+A client validates and plans a worker's wants locally, with the same planner as an in-process
+restore, sends the coordinator the byte ranges the plan needs (numpy columns, and its node),
+``ray.get``s the objects it is answered with (zero-copy on its own node) and assembles them
+with the usual machinery (``coordination.delivered``): ``fetch`` is ``restore.fetch`` run with
+an executor that reads from the service instead of storage. So ``VariableStore.initialize``,
+``Checkpoint.restore`` (deferred restores included) and everything else that takes ``fetch=``
+restore through the service unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from .. import restore as _restore
+from ..assemble import Assembly
+from ..coordination.delivered import Placer
+from ..coordination.ranges import needed_ranges
+from ..coordination.state import Registration
+from ..errors import (
+    DistRestoreError,
+    RayNotInitializedError,
+    ReadWorkerLostError,
+    ServiceExistsError,
+    ServiceTimeoutError,
+    ServiceUnavailableError,
+)
+from ..index import CheckpointIndex
+from ..plan import ReadPlan
+from ..storage import Storage
+from .service import Opened, RestoreService, ServiceOptions
+
+__all__ = ["ServiceClient", "connect", "serve"]
+
+DEFAULT_TIMEOUT = 600.0  # seconds a call may wait for its answer (a group: for its members too)
+_MARGIN = 30.0  # the client waits this much longer than the service, to hear the service's error
+_MAX_CONCURRENCY = 4096  # registrations one coordinator holds at once (a group's size at most)
+
+
+def _require_ray() -> None:
+    if not ray.is_initialized():
+        raise RayNotInitializedError(
+            "Ray is not initialized: call ray.init(...) (or ray.init(address='auto') inside a cluster) first"
+        )
+
+
+def _where(name: str, namespace: str | None) -> str:
+    return f"{name!r}" + (f" in namespace {namespace!r}" if namespace else "")
+
+
+def serve(
+    ckpt_dir_or_file=None,
+    *,
+    name: str = "distrestore",
+    namespace: str | None = None,
+    detached: bool = False,
+    storage_options: dict | None = None,
+    cache_bytes: int | None = None,
+    chunk_bytes: int = 32 << 20,
+    min_piece_bytes: int = 256 << 10,
+    reads_per_node: int = 2,
+    read_retries: int = 3,
+    read_cpus: float = 0,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> ServiceClient:
+    """Start the restore service's coordinator in the running Ray cluster; return a client.
+
+    ``ckpt_dir_or_file``: a checkpoint (prefix, directory, or a list of them) to open now; others
+    are opened when a worker first names them. ``name``/``namespace``: how workers find it
+    (``connect``); another job reaches it only through a namespace it names. ``detached``: the
+    coordinator outlives this job (stop it with ``shutdown()``); otherwise it lives as long as
+    this job and the returned client. ``storage_options``: for the checkpoints it opens.
+    ``cache_bytes``: read results kept after every worker took them (default: half the
+    cluster's object store). ``chunk_bytes``: most bytes one read task reads.
+    ``min_piece_bytes``: neighbouring runs smaller than this are read together. ``reads_per_node``:
+    read tasks in flight per node. ``read_retries``: Ray re-runs a read whose worker or node
+    died this often. ``read_cpus``: CPUs a read task reserves (0: reads never wait for CPUs the
+    workers hold). Raises ``ServiceExistsError`` when the name is taken.
+    """
+    _require_ray()
+    try:
+        ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        pass
+    else:
+        raise ServiceExistsError(f"a restore service {_where(name, namespace)} already runs; connect() to it")
+    if cache_bytes is None:
+        cache_bytes = int(ray.cluster_resources().get("object_store_memory", 2 << 30) // 2)
+    paths = [] if ckpt_dir_or_file is None else ckpt_dir_or_file
+    paths = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
+    options = ServiceOptions(
+        tuple(paths),
+        name,
+        namespace,
+        dict(storage_options) if storage_options else None,
+        cache_bytes,
+        chunk_bytes,
+        min_piece_bytes,
+        reads_per_node,
+        read_retries,
+        read_cpus,
+    )
+    actor = (
+        ray.remote(RestoreService)
+        .options(
+            name=name,
+            namespace=namespace,
+            lifetime="detached" if detached else None,
+            num_cpus=0,
+            max_concurrency=_MAX_CONCURRENCY,
+            max_restarts=0,  # a new coordinator would not know the old one's objects
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
+        )
+        .remote(options)
+    )
+    client = ServiceClient(name, namespace, actor=actor, timeout=timeout)
+    try:
+        for path in paths:
+            client.checkpoint(path)
+    except BaseException:
+        ray.kill(actor)
+        raise
+    return client
+
+
+def connect(name: str = "distrestore", namespace: str | None = None, *, timeout: float = 0) -> ServiceClient:
+    """A client of the running restore service ``name``, from any driver, task or actor of the
+    cluster; waits up to ``timeout`` seconds for it to appear. Raises ``ServiceUnavailableError``."""
+    _require_ray()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            actor = ray.get_actor(name, namespace=namespace)
+            break
+        except ValueError:
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailableError(
+                    f"no restore service {_where(name, namespace)} runs in this Ray cluster"
+                    + ("" if namespace else " (from another job, pass the namespace it was started in)")
+                ) from None
+            time.sleep(0.2)
+    return ServiceClient(name, namespace, actor=actor)
+
+
+class ServiceClient:
+    """A worker's handle on the restore service (see ``docs/service.md``).
+
+    ``checkpoint(path)`` gives a checkpoint's index without reading it from storage (the service
+    read it once); pass it to ``init_from_checkpoint``/``Checkpoint.restore`` so that workers
+    never read the index themselves. ``fetch`` has the signature of ``distrestore.fetch``:
+    ``VariableStore.initialize(fetch=client.fetch)`` and ``Checkpoint.restore(..., fetch=...)``
+    restore through the service (``initialize`` and ``restore`` do that for you). A client
+    pickles as the service's name: hand it to tasks and actors, or ``connect()`` there.
+    """
+
+    def __init__(self, name: str, namespace: str | None = None, *, actor=None, timeout: float = DEFAULT_TIMEOUT):
+        self.name = name
+        self.namespace = namespace
+        self.timeout = timeout
+        self._actor = actor
+        self._indexes: dict[tuple, CheckpointIndex] = {}
+        self._opened: dict[int, Opened] = {}  # id(index) -> what the service said of it
+        self._file_ids: dict[str, int] = {}  # data file path -> service file id
+
+    def __reduce__(self):
+        return (ServiceClient, (self.name, self.namespace), {"timeout": self.timeout})
+
+    def __setstate__(self, state):
+        self.timeout = state["timeout"]
+
+    def __repr__(self) -> str:
+        return f"ServiceClient({self.name!r}, namespace={self.namespace!r})"
+
+    @property
+    def actor(self):
+        if self._actor is None:
+            self._actor = connect(self.name, self.namespace)._actor
+        return self._actor
+
+    def _call(self, method: str, *args, timeout: float | None = None):
+        """Call the coordinator and wait (bounded); its errors re-raised as themselves."""
+        return self._result(getattr(self.actor, method).remote(*args), timeout)
+
+    def _result(self, ref, timeout: float | None = None):
+        """The result of a call to the coordinator (bounded); its errors re-raised as themselves."""
+        wait = (self.timeout if timeout is None else timeout) + _MARGIN
+        try:
+            return ray.get(ref, timeout=wait)
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, DistRestoreError):
+                raise cause from e
+            raise
+        except ray.exceptions.GetTimeoutError as e:
+            raise ServiceTimeoutError(f"the restore service {self._service} did not answer in {wait:g} s") from e
+        except (ray.exceptions.RayActorError, ray.exceptions.OwnerDiedError) as e:
+            raise self._unavailable(e) from e
+
+    @property
+    def _service(self) -> str:
+        return _where(self.name, self.namespace)
+
+    def _unavailable(self, e: BaseException) -> ServiceUnavailableError:
+        return ServiceUnavailableError(f"the restore service {self._service} is gone: {type(e).__name__}: {e}")
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def checkpoint(self, path=None, *, storage_options: dict | None = None) -> CheckpointIndex:
+        """The index of checkpoint ``path`` (a prefix or directory; None: the service's first),
+        read by the service once and shared; cached per client."""
+        if isinstance(path, CheckpointIndex):
+            return path
+        path = None if path is None else os.fspath(path)
+        key = (path, repr(sorted((storage_options or {}).items())))
+        index = self._indexes.get(key)
+        if index is None:
+            opened: Opened = self._call("open", path, storage_options)
+            data = ray.get(opened.index_bytes, timeout=self.timeout)
+            index = CheckpointIndex.from_bytes(opened.prefix, data, opened.storage)
+            self._remember(index, opened)
+            self._indexes[key] = index
+        return index
+
+    def _remember(self, index: CheckpointIndex, opened: Opened) -> None:
+        self._opened[id(index)] = opened
+        for i, f in enumerate(index.data_files()):
+            self._file_ids[f] = opened.first_file + i
+
+    def _file_ids_for(self, storages: Mapping[str, Storage]) -> dict[str, int]:
+        """Service file ids of a plan's data files; a checkpoint this client opened itself is
+        opened by the service too, matched by its prefix."""
+        out = {}
+        for path, storage in storages.items():
+            fid = self._file_ids.get(path)
+            if fid is None:
+                prefix = path[: path.rindex(".data-")] if ".data-" in path else path
+                full = os.path.abspath(prefix) if storage.local else prefix
+                opened: Opened = self._call("open", full, storage.storage_options)
+                for i in range(opened.num_files):
+                    shard = f".data-{i:05d}-of-{opened.num_files:05d}"
+                    self._file_ids[prefix + shard] = self._file_ids[full + shard] = opened.first_file + i
+                fid = self._file_ids.get(path)
+                if fid is None:
+                    raise DistRestoreError(f"{path}: not a data file of {opened.prefix} as the service opened it")
+            out[path] = fid
+        return out
+
+    # -- restoring ----------------------------------------------------------------------------
+
+    def fetch(
+        self,
+        requests: Sequence[_restore.TensorRequest],
+        *,
+        verify: bool = True,
+        group: str | None = None,
+        world_size: int | None = None,
+        timeout: float | None = None,
+        executor=None,
+        max_inflight_bytes: int | None = None,
+        progress=None,
+    ) -> list[np.ndarray]:
+        """``distrestore.fetch`` through the service: arrays in request order, or an error and
+        nothing. ``verify``: every byte handed over is covered by a checked CRC32C (the service
+        reads whole stored entries to check them). ``group``/``world_size``: wait until
+        ``world_size`` workers registered under ``group``, plan them together. ``timeout``:
+        seconds to wait for the answer (default the client's). ``executor`` and
+        ``max_inflight_bytes`` are accepted for the signature and ignored (the service reads)."""
+        if group is not None and (world_size is None or world_size < 1):
+            raise ValueError("a group needs world_size >= 1")
+        reads = _ServiceReads(self, verify, group, world_size, self.timeout if timeout is None else timeout)
+        return _restore.fetch(requests, executor=reads, verify=False, progress=progress)
+
+    def get_tensor(self, name: str, region=None, *, path=None, verify: bool = True, timeout: float | None = None):
+        """One tensor (or ``region``, a tuple of slices) of checkpoint ``path`` (default: the
+        service's first)."""
+        req = _restore.TensorRequest(self.checkpoint(path), name, region)
+        return self.fetch([req], verify=verify, timeout=timeout)[0]
+
+    def initialize(
+        self,
+        store,
+        *,
+        verify: bool = True,
+        group: str | None = None,
+        world_size: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """``store.initialize()`` (a ``VariableStore``'s pending ``init_from_checkpoint``
+        restores) through the service; nothing is assigned unless everything arrived."""
+        fetch = functools.partial(self.fetch, group=group, world_size=world_size, timeout=timeout)
+        store.initialize(verify=verify, fetch=fetch)
+
+    def restore(self, root, path=None, *, verify: bool = True, timeout: float | None = None):
+        """``root.restore(...)`` of a ``Checkpoint`` through the service; returns TF's status
+        object. Objects attached later restore through the service too."""
+        return root.restore(self.checkpoint(path), verify=verify, fetch=functools.partial(self.fetch, timeout=timeout))
+
+    # -- the service --------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """The service's counters: ``bytes_read`` and ``requests`` (storage), ``bytes_served``
+        and ``reads_by_node`` (per node id), ``cache_bytes``, registrations, and more."""
+        return self._call("stats")
+
+    def release(self) -> None:
+        """Drop the service's cached read results (now, or once the registrations waiting for
+        them are answered); the service keeps serving."""
+        self._call("release")
+
+    def shutdown(self) -> None:
+        """Stop the coordinator (a detached one too); its waiting clients fail at once."""
+        try:
+            ray.kill(self.actor)
+        except ServiceUnavailableError:
+            pass
+
+
+class _ServiceReads:
+    """An executor (``distrestore.execute.Executor``) whose reads come from the service."""
+
+    def __init__(self, client: ServiceClient, verify: bool, group, world_size, timeout: float):
+        self.client = client
+        self.verify = verify
+        self.group = group
+        self.world_size = world_size
+        self.timeout = timeout
+
+    def workers_for(self, local: bool) -> int:
+        return 8  # sizes the worker's own plan only; the service cuts the reads
+
+    def run(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], *, progress=None, **_):
+        client = self.client
+        file_ids = client._file_ids_for({f: storages[f] for f in {r.file for r in plan.requests}})
+        node = ray.get_runtime_context().get_node_id()
+        reg = Registration(needed_ranges(plan, file_ids), node, self.verify, self.group, self.world_size)
+        deadline = time.monotonic() + self.timeout + _MARGIN
+        reply = client._call("register", reg, self.timeout, timeout=self.timeout)
+        placer = Placer(plan, assembly, file_ids, progress)
+        where: dict = {}
+        pending: list = []
+        asking = None  # the coordinator's next hand-over, asked for in the background
+
+        def take(r) -> None:
+            nonlocal asking
+            where.update(zip(r.refs, zip(r.starts.tolist(), r.ends.tolist())))
+            pending.extend(r.refs)
+            asking = None if r.done else client.actor.updates.remote(r.token)
+
+        take(reply)
+        try:
+            while pending or asking is not None:  # copy each object as it arrives
+                waiting = pending + ([asking] if asking is not None else [])
+                ready, _ = ray.wait(waiting, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise ServiceTimeoutError(f"the objects of the restore service {client._service} did not arrive")
+                ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+                if asking is not None and asking in ready:
+                    ready.remove(asking)
+                    take(client._result(asking, self.timeout))  # raises what failed the registration
+                if ready:
+                    for ref in ready:
+                        pending.remove(ref)
+                    for ref, buf in zip(ready, ray.get(ready, timeout=max(0.0, deadline - time.monotonic()))):
+                        placer.add(*where.pop(ref), buf)
+                del ready
+        except ray.exceptions.OwnerDiedError as e:
+            raise client._unavailable(e) from e
+        except ray.exceptions.RayError as e:
+            while asking is not None:  # the coordinator names what failed: a read, a check
+                take(client._result(asking, self.timeout))
+            raise ReadWorkerLostError(f"a read result of the restore service {client._service} was lost: {e}") from e
+        if not placer.finished():
+            raise DistRestoreError(f"the restore service {client._service} delivered nothing for {placer.missing()}")
+        yield placer.completed
