@@ -210,7 +210,7 @@ def _worker_class():
             index = client.checkpoint(url)
             reqs = [dr.TensorRequest(index, n, (regions or {}).get(n)) for n in names]
             t = time.perf_counter()
-            arrays = client.fetch(reqs, group=group, world_size=world_size, timeout=1800)
+            arrays = client.fetch(reqs, group=group, world_size=world_size, deadline=1800)
             return time.perf_counter() - t, _check(dict(zip(names, arrays)), digests)
 
         def quarter(self, service, url, variables, rank, group, digests):
@@ -223,7 +223,7 @@ def _worker_class():
                 mine[name] = store.get_variable(name, shape=shape, partitions=[4, 1]).parts[rank]
             dr.init_from_checkpoint(index, {n: [p] for n, p in mine.items()}, store=store)
             t = time.perf_counter()
-            client.initialize(store, group=group, world_size=4, timeout=1800)
+            client.initialize(store, group=group, world_size=4, deadline=1800)
             seconds = time.perf_counter() - t
             return seconds, _check({f"{n}/{rank}": p.numpy() for n, p in mine.items()}, digests)
 

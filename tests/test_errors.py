@@ -12,8 +12,7 @@ from distrestore import errors
 
 PACKAGE = pathlib.Path(dr.__file__).parent
 
-# E's Ray work moves these into errors.py itself (issue E): RuntimeError-based today
-NOT_YET_MOVED = {"execute/ray.py", "ray"}
+NOT_YET_MOVED: set[str] = set()
 
 STDLIB = (FileNotFoundError, KeyError, ValueError, OSError, AssertionError)
 

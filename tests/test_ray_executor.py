@@ -230,8 +230,8 @@ def test_coalesced_gaps_are_not_shipped(big_checkpoint, map_local, shared_memory
     plan = build_plan(reqs, PlanOptions(max_gap_bytes=4 << 20, max_request_bytes=32 << 20, workers=1, pack_bytes=0))
     assert any(seg.kind == SKIP for r in plan.requests for seg in r.segments)
     ex = RayExecutor(local_reads="actors", map_local=map_local, shared_memory=shared_memory)
-    assembly = Assembly(plan, names=wanted)
     storages = {f: index.storage for f in index.data_files()}
+    assembly = Assembly(plan, names=wanted, allocate=ex.allocator(plan, storages))
     got = {}
     for batch in ex.run(plan, assembly, storages):
         for i in batch:

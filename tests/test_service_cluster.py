@@ -115,9 +115,9 @@ class Worker:
         client = dr.connect(service)
         index = client.checkpoint(path, storage_options=options)
         reqs = [dr.TensorRequest(index, name, region) for name, region in wants]
-        return client.fetch(reqs, group=group, world_size=world_size, timeout=120)
+        return client.fetch(reqs, group=group, world_size=world_size, deadline=120)
 
-    def initialize(self, service: str, path: str, parts: int, group=None, world_size=None, timeout=120):
+    def initialize(self, service: str, path: str, parts: int, group=None, world_size=None, deadline=120):
         """``big/part5`` re-partitioned ``parts`` ways; the value, or the error and whether the
         variable kept its initial value."""
         client = dr.connect(service)
@@ -125,7 +125,7 @@ class Worker:
         p = store.get_variable("new/big", shape=[100, 8], partitions=[parts, 1], initializer=-1.0)
         dr.init_from_checkpoint(client.checkpoint(path), {"big/part5": p}, store=store)
         try:
-            client.initialize(store, group=group, world_size=world_size, timeout=timeout)
+            client.initialize(store, group=group, world_size=world_size, deadline=deadline)
         except Exception as e:
             return {"error": type(e).__name__, "message": str(e), "untouched": bool((p.numpy() == -1).all())}
         return {"value": p.numpy()}
@@ -243,7 +243,7 @@ def test_node_removed_mid_restore(nodes, bucket, service, gcs_server):
         # the second: its reads were under way on node_d; retried elsewhere
         client = dr.connect("cluster-suite")
         index = client.checkpoint(url, storage_options=slow_ckpt)
-        got = client.fetch([dr.TensorRequest(index, n) for n in names], timeout=180)
+        got = client.fetch([dr.TensorRequest(index, n) for n in names], deadline=180)
         for n, a in zip(names, got):
             assert_bit_exact(a, TENSORS[n], n)
         ray.kill(survivor)

@@ -3,8 +3,8 @@
 The coordinator hands a worker objects, each holding bytes ``[start, end)`` (positions) of some
 data file, and they arrive one by one. :class:`Placer` runs the worker's own ``ReadPlan``
 against them like an executor runs it against storage: as soon as the objects that arrived
-cover a request, its segments are copied into the buffers the request's
-:class:`~distrestore.assemble.Assembly` hands out. So strings, partitioned variables, new
+cover a request, its segments are copied into the buffers the read sink
+(``distrestore.execute.sink.ReadSink``, an ``Assembly``) hands out. So strings, partitioned variables, new
 partitionings and packed small tensors are assembled exactly as in a restore from storage, and
 copying overlaps with the reads still under way.
 """
@@ -16,19 +16,20 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..assemble import Assembly
 from ..errors import DistRestoreError
-from ..plan import SKIP, ReadPlan
+from ..execute.sink import ReadSink
+from ..readplan import SKIP, ReadPlan
 from .ranges import FILE_SHIFT
 
 _NUMPY_COPY_BYTES = 1 << 16
 
 
 class Placer:
-    """Fills ``plan``'s requests into ``assembly`` from objects given to :meth:`add`."""
+    """Fills ``plan``'s requests into ``sink`` from objects given to :meth:`add`; the sink
+    checks nothing (the service did)."""
 
-    def __init__(self, plan: ReadPlan, assembly: Assembly, file_ids: Mapping[str, int], progress=None):
-        self.assembly = assembly
+    def __init__(self, plan: ReadPlan, sink: ReadSink, file_ids: Mapping[str, int], progress=None):
+        self.sink = sink
         self.progress = progress
         self.requests = sorted(plan.requests, key=lambda r: (int(file_ids[r.file]) << FILE_SHIFT) + r.start)
         self.req_start = [(int(file_ids[r.file]) << FILE_SHIFT) + r.start for r in self.requests]
@@ -38,7 +39,7 @@ class Placer:
         self.starts: list[int] = []  # objects, sorted by start
         self.ends: list[int] = []
         self.buffers: list[np.ndarray] = []
-        self.completed: list[int] = list(assembly.ready)  # outputs completed so far
+        self.completed: list[int] = list(sink.ready)  # outputs completed so far
 
     @property
     def nbytes(self) -> int:
@@ -97,11 +98,11 @@ class Placer:
     def _place(self, k: int) -> None:
         req = self.requests[k]
         pos = self.req_start[k]
-        for seg, view in zip(req.segments, self.assembly.buffers(req)):
+        for seg, view in zip(req.segments, self.sink.buffers(req)):
             if seg.kind != SKIP:
                 self._copy(view, pos, pos + seg.length)
             pos += seg.length
-        done = self.assembly.complete(req, [None] * len(req.segments))
+        done = self.sink.complete(req, [None] * len(req.segments))
         self.placed[k] = True
         self.left -= 1
         self.completed.extend(done)

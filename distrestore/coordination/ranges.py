@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..plan import SKIP, ReadPlan
+from ..readplan import SKIP, ReadPlan
 
 FILE_SHIFT = 41
 MAX_FILE_BYTES = 1 << FILE_SHIFT

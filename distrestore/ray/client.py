@@ -21,7 +21,6 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .. import restore as _restore
-from ..assemble import Assembly
 from ..coordination.delivered import Placer
 from ..coordination.ranges import needed_ranges
 from ..coordination.state import Registration
@@ -33,15 +32,16 @@ from ..errors import (
     ServiceTimeoutError,
     ServiceUnavailableError,
 )
+from ..execute.sink import ReadSink
 from ..index import CheckpointIndex
-from ..plan import ReadPlan
+from ..readplan import ReadPlan
 from ..storage import Storage
 from .service import Opened, RestoreService, ServiceOptions
 
 __all__ = ["ServiceClient", "connect", "serve"]
 
-DEFAULT_TIMEOUT = 600.0  # seconds a call may wait for its answer (a group: for its members too)
-_MARGIN = 30.0  # the client waits this much longer than the service, to hear the service's error
+DEFAULT_DEADLINE = 600.0  # seconds a call may take in all (a group: waiting for its members too)
+_MARGIN = 30.0  # a client waits this much longer than the service, to hear the service's own error
 _MAX_CONCURRENCY = 4096  # registrations one coordinator holds at once (a group's size at most)
 
 
@@ -69,7 +69,7 @@ def serve(
     reads_per_node: int = 2,
     read_retries: int = 3,
     read_cpus: float = 0,
-    timeout: float = DEFAULT_TIMEOUT,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> ServiceClient:
     """Start the restore service's coordinator in the running Ray cluster; return a client.
 
@@ -83,7 +83,8 @@ def serve(
     ``min_piece_bytes``: neighbouring runs smaller than this are read together. ``reads_per_node``:
     read tasks in flight per node. ``read_retries``: Ray re-runs a read whose worker or node
     died this often. ``read_cpus``: CPUs a read task reserves (0: reads never wait for CPUs the
-    workers hold). Raises ``ServiceExistsError`` when the name is taken.
+    workers hold). ``deadline``: the returned client's default for a call's whole duration.
+    Raises ``ServiceExistsError`` when the name is taken.
     """
     _require_ray()
     try:
@@ -121,7 +122,7 @@ def serve(
         )
         .remote(options)
     )
-    client = ServiceClient(name, namespace, actor=actor, timeout=timeout)
+    client = ServiceClient(name, namespace, actor=actor, deadline=deadline)
     try:
         for path in paths:
             client.checkpoint(path)
@@ -161,20 +162,20 @@ class ServiceClient:
     pickles as the service's name: hand it to tasks and actors, or ``connect()`` there.
     """
 
-    def __init__(self, name: str, namespace: str | None = None, *, actor=None, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, name: str, namespace: str | None = None, *, actor=None, deadline: float = DEFAULT_DEADLINE):
         self.name = name
         self.namespace = namespace
-        self.timeout = timeout
+        self.deadline = deadline
         self._actor = actor
         self._indexes: dict[tuple, CheckpointIndex] = {}
         self._opened: dict[int, Opened] = {}  # id(index) -> what the service said of it
         self._file_ids: dict[str, int] = {}  # data file path -> service file id
 
     def __reduce__(self):
-        return (ServiceClient, (self.name, self.namespace), {"timeout": self.timeout})
+        return (ServiceClient, (self.name, self.namespace), {"deadline": self.deadline})
 
     def __setstate__(self, state):
-        self.timeout = state["timeout"]
+        self.deadline = state["deadline"]
 
     def __repr__(self) -> str:
         return f"ServiceClient({self.name!r}, namespace={self.namespace!r})"
@@ -185,13 +186,13 @@ class ServiceClient:
             self._actor = connect(self.name, self.namespace)._actor
         return self._actor
 
-    def _call(self, method: str, *args, timeout: float | None = None):
+    def _call(self, method: str, *args, deadline: float | None = None):
         """Call the coordinator and wait (bounded); its errors re-raised as themselves."""
-        return self._result(getattr(self.actor, method).remote(*args), timeout)
+        return self._result(getattr(self.actor, method).remote(*args), deadline)
 
-    def _result(self, ref, timeout: float | None = None):
+    def _result(self, ref, deadline: float | None = None):
         """The result of a call to the coordinator (bounded); its errors re-raised as themselves."""
-        wait = (self.timeout if timeout is None else timeout) + _MARGIN
+        wait = (self.deadline if deadline is None else deadline) + _MARGIN
         try:
             return ray.get(ref, timeout=wait)
         except ray.exceptions.RayTaskError as e:
@@ -223,8 +224,8 @@ class ServiceClient:
         index = self._indexes.get(key)
         if index is None:
             opened: Opened = self._call("open", path, storage_options)
-            data = ray.get(opened.index_bytes, timeout=self.timeout)
-            index = CheckpointIndex.from_bytes(opened.prefix, data, opened.storage)
+            data = ray.get(opened.index_bytes, timeout=self.deadline)
+            index = CheckpointIndex.from_bytes(opened.prefix, data, opened.storage, file_sizes=opened.file_sizes)
             self._remember(index, opened)
             self._indexes[key] = index
         return index
@@ -262,6 +263,7 @@ class ServiceClient:
         verify: bool = True,
         group: str | None = None,
         world_size: int | None = None,
+        deadline: float | None = None,
         timeout: float | None = None,
         executor=None,
         max_inflight_bytes: int | None = None,
@@ -270,19 +272,21 @@ class ServiceClient:
         """``distrestore.fetch`` through the service: arrays in request order, or an error and
         nothing. ``verify``: every byte handed over is covered by a checked CRC32C (the service
         reads whole stored entries to check them). ``group``/``world_size``: wait until
-        ``world_size`` workers registered under ``group``, plan them together. ``timeout``:
-        seconds to wait for the answer (default the client's). ``executor`` and
-        ``max_inflight_bytes`` are accepted for the signature and ignored (the service reads)."""
+        ``world_size`` workers registered under ``group``, plan them together. ``deadline``:
+        seconds for the whole call, waiting for the group included (default the client's).
+        ``timeout`` (seconds per storage request), ``executor`` and ``max_inflight_bytes`` are
+        accepted for the signature and not used: the service reads with its own storage
+        settings (``serve(storage_options=...)``)."""
         if group is not None and (world_size is None or world_size < 1):
             raise ValueError("a group needs world_size >= 1")
-        reads = _ServiceReads(self, verify, group, world_size, self.timeout if timeout is None else timeout)
+        reads = _ServiceReads(self, verify, group, world_size, self.deadline if deadline is None else deadline)
         return _restore.fetch(requests, executor=reads, verify=False, progress=progress)
 
-    def get_tensor(self, name: str, region=None, *, path=None, verify: bool = True, timeout: float | None = None):
+    def get_tensor(self, name: str, region=None, *, path=None, verify: bool = True, deadline: float | None = None):
         """One tensor (or ``region``, a tuple of slices) of checkpoint ``path`` (default: the
         service's first)."""
         req = _restore.TensorRequest(self.checkpoint(path), name, region)
-        return self.fetch([req], verify=verify, timeout=timeout)[0]
+        return self.fetch([req], verify=verify, deadline=deadline)[0]
 
     def initialize(
         self,
@@ -291,17 +295,17 @@ class ServiceClient:
         verify: bool = True,
         group: str | None = None,
         world_size: int | None = None,
-        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> None:
         """``store.initialize()`` (a ``VariableStore``'s pending ``init_from_checkpoint``
         restores) through the service; nothing is assigned unless everything arrived."""
-        fetch = functools.partial(self.fetch, group=group, world_size=world_size, timeout=timeout)
-        store.initialize(verify=verify, fetch=fetch)
+        fetch = functools.partial(self.fetch, group=group, world_size=world_size)
+        store.initialize(verify=verify, fetch=fetch, deadline=deadline)
 
-    def restore(self, root, path=None, *, verify: bool = True, timeout: float | None = None):
+    def restore(self, root, path=None, *, verify: bool = True, deadline: float | None = None):
         """``root.restore(...)`` of a ``Checkpoint`` through the service; returns TF's status
         object. Objects attached later restore through the service too."""
-        return root.restore(self.checkpoint(path), verify=verify, fetch=functools.partial(self.fetch, timeout=timeout))
+        return root.restore(self.checkpoint(path), verify=verify, fetch=self.fetch, deadline=deadline)
 
     # -- the service --------------------------------------------------------------------------
 
@@ -326,24 +330,24 @@ class ServiceClient:
 class _ServiceReads:
     """An executor (``distrestore.execute.Executor``) whose reads come from the service."""
 
-    def __init__(self, client: ServiceClient, verify: bool, group, world_size, timeout: float):
+    def __init__(self, client: ServiceClient, verify: bool, group, world_size, deadline: float):
         self.client = client
         self.verify = verify
         self.group = group
         self.world_size = world_size
-        self.timeout = timeout
+        self.deadline = deadline
 
     def workers_for(self, local: bool) -> int:
         return 8  # sizes the worker's own plan only; the service cuts the reads
 
-    def run(self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], *, progress=None, **_):
+    def run(self, plan: ReadPlan, sink: ReadSink, storages: Mapping[str, Storage], *, progress=None, **_):
         client = self.client
         file_ids = client._file_ids_for({f: storages[f] for f in {r.file for r in plan.requests}})
         node = ray.get_runtime_context().get_node_id()
         reg = Registration(needed_ranges(plan, file_ids), node, self.verify, self.group, self.world_size)
-        deadline = time.monotonic() + self.timeout + _MARGIN
-        reply = client._call("register", reg, self.timeout, timeout=self.timeout)
-        placer = Placer(plan, assembly, file_ids, progress)
+        until = time.monotonic() + self.deadline + _MARGIN
+        reply = client._call("register", reg, self.deadline, deadline=self.deadline)
+        placer = Placer(plan, sink, file_ids, progress)
         where: dict = {}
         pending: list = []
         asking = None  # the coordinator's next hand-over, asked for in the background
@@ -358,24 +362,24 @@ class _ServiceReads:
         try:
             while pending or asking is not None:  # copy each object as it arrives
                 waiting = pending + ([asking] if asking is not None else [])
-                ready, _ = ray.wait(waiting, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                ready, _ = ray.wait(waiting, num_returns=1, timeout=max(0.0, until - time.monotonic()))
                 if not ready:
                     raise ServiceTimeoutError(f"the objects of the restore service {client._service} did not arrive")
                 ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
                 if asking is not None and asking in ready:
                     ready.remove(asking)
-                    take(client._result(asking, self.timeout))  # raises what failed the registration
+                    take(client._result(asking, self.deadline))  # raises what failed the registration
                 if ready:
                     for ref in ready:
                         pending.remove(ref)
-                    for ref, buf in zip(ready, ray.get(ready, timeout=max(0.0, deadline - time.monotonic()))):
+                    for ref, buf in zip(ready, ray.get(ready, timeout=max(0.0, until - time.monotonic()))):
                         placer.add(*where.pop(ref), buf)
                 del ready
         except ray.exceptions.OwnerDiedError as e:
             raise client._unavailable(e) from e
         except ray.exceptions.RayError as e:
             while asking is not None:  # the coordinator names what failed: a read, a check
-                take(client._result(asking, self.timeout))
+                take(client._result(asking, self.deadline))
             raise ReadWorkerLostError(f"a read result of the restore service {client._service} was lost: {e}") from e
         if not placer.finished():
             raise DistRestoreError(f"the restore service {client._service} delivered nothing for {placer.missing()}")

@@ -3,9 +3,10 @@
 The driver groups the plan's requests into tasks of tens of MB and sends each task as a small
 descriptor to a read actor (``worker.py``), which reads storage itself and checksums while the
 bytes are hot. Results come back through the object store, or, for actors on the driver's node,
-straight into the driver's arrays through a shared-memory arena (``shm.py``). The driver waits
-in completion order, places what came back (``placing.py``), checks the CRCs
-(``Assembly.complete``) and yields the outputs that completed, in batches. A bounded number of
+straight into the driver's arrays through a shared-memory arena (``shm.py``; the arrays live there
+because ``allocator`` says so when the read sink is made). The driver waits in completion order,
+places what came back (``placing.py``), reports each request to the read sink, which checks the
+CRCs, and yields the outputs that completed, in batches. A bounded number of
 tasks and bytes is in flight: a task's bytes count from submit until its result is placed, and
 results that travel through the object store never exceed half the driver node's object store.
 
@@ -32,7 +33,6 @@ from dataclasses import dataclass, field
 
 import ray
 
-from ..assemble import Assembly
 from ..errors import (
     CheckpointNotFoundError,
     DistRestoreError,
@@ -40,13 +40,14 @@ from ..errors import (
     ReadWorkerLostError,
     StorageError,
 )
+from ..execute.sink import Allocator, ReadSink
 from ..execute.threads import ThreadExecutor
-from ..plan import SKIP, ReadPlan, ReadRequest
+from ..readplan import SKIP, ReadPlan, ReadRequest
 from ..storage import Storage
 from . import pool as pools
-from .placing import arena_layout, bind, checked_segments, place_parts, task_bytes, write_parts
+from .placing import bind, close_arena, open_arena, place_parts, task_bytes, write_parts
 from .shm import Arena
-from .worker import ArenaLost, ReadResult, ReadTask
+from .worker import ReadResult, ReadTask
 
 log = logging.getLogger("distrestore")
 
@@ -162,6 +163,7 @@ class RayExecutor:
         self._stats_lock = threading.Lock()
         self.pool_keys: set = set()  # the shared pools (``pool.POOLS`` keys) this executor used
         self._started_ray = False
+        self._prepared: tuple | None = None  # (plan, pool, arena, actors that opened it): allocator's
 
     # -- Ray session and the actor pool --------------------------------------------------------
 
@@ -194,6 +196,7 @@ class RayExecutor:
     def close(self) -> None:
         """Kill the read actors this executor used (also for other executors that share them),
         and shut down the Ray this executor started (``init_kwargs``)."""
+        self._prepared = None
         pools.POOLS.close(list(self.pool_keys))
         self.pool_keys.clear()
         if self._started_ray and ray.is_initialized():
@@ -252,10 +255,33 @@ class RayExecutor:
 
     # -- running -------------------------------------------------------------------------------
 
+    def allocator(self, plan: ReadPlan, storages: Mapping[str, Storage]) -> Allocator | None:
+        """Where the plan's buffers should live (asked once per run, before the read sink is
+        made): in a shared-memory arena that the read actors on the driver's node write into,
+        for local files read by actors; None (numpy memory) otherwise. Starts the actors."""
+        self._release_prepared()
+        local = all(s.local for s in storages.values())
+        if not (local and self.shared_memory and plan.requests) or self._in_driver(local):
+            return None
+        pool = self._ensure_pool(local)
+        pools.POOLS.wait_ready(pool, self.startup_timeout, self._spec(local))
+        arena, opened = open_arena(plan, pool, self.startup_timeout)
+        if arena is None:
+            return None
+        self._prepared = (plan, pool, arena, opened)
+        return lambda kind, index, nbytes: arena.allocate((kind, index), nbytes)
+
+    def _release_prepared(self) -> None:
+        """Close an arena made for a run that never came (its actors keep it open until then)."""
+        if self._prepared is not None:
+            _, pool, arena, opened = self._prepared
+            self._prepared = None
+            close_arena(pool, arena, opened)
+
     def run(
         self,
         plan: ReadPlan,
-        assembly: Assembly,
+        sink: ReadSink,
         storages: Mapping[str, Storage],
         *,
         max_inflight_bytes: int | None = None,
@@ -267,29 +293,31 @@ class RayExecutor:
         if self._in_driver(local):
             stats.route = "driver"
             stats.bytes_read = plan.bytes_to_read
-            yield from self._driver.run(
-                plan, assembly, storages, max_inflight_bytes=max_inflight_bytes, progress=progress
-            )
+            yield from self._driver.run(plan, sink, storages, max_inflight_bytes=max_inflight_bytes, progress=progress)
             return
         stats.route = "actors"
-        if assembly.ready:
-            yield assembly.ready
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] is not plan:  # made for another plan
+            close_arena(*prepared[1:])
+            prepared = None
+        if sink.ready:
+            yield sink.ready
         if not plan.requests:
             return
-        pool = self._ensure_pool(local)
+        pool = self._ensure_pool(local) if prepared is None else prepared[1]
         t0 = time.perf_counter()
         pools.POOLS.wait_ready(pool, self.startup_timeout, self._spec(local))
         stats.startup_seconds = time.perf_counter() - t0
         stats.workers, stats.worker_nodes = len(pool.actors), list(pool.nodes)
         actors = pool.actors
-        arena, opened = self._open_arena(plan, pool) if local and self.shared_memory else (None, ())
+        arena, opened = (None, ()) if prepared is None else prepared[2:]
         sharing = set(opened)  # actors that write into the arena (one that restarts drops out)
         budget = max_inflight_bytes or float("inf")
         cap = self.object_store_cap() if len(sharing) < len(actors) else None
         if cap:
             budget = min(budget, cap)
         max_tasks = self.max_tasks_in_flight or len(actors) * (self.tasks_per_worker + 1)
-        tasks = list(reversed(self._group(plan, assembly, storages, local, budget)))
+        tasks = list(reversed(self._group(plan, sink, storages, local, budget)))
         load = [0] * len(actors)
         waiting: dict = {}  # ObjectRef -> (task, nbytes, actor index): submitted, not yet taken
         placing: dict = {}  # Future -> nbytes: results being copied into place
@@ -302,8 +330,6 @@ class RayExecutor:
         try:
             if arena is not None:
                 stats.arena_bytes = arena.size
-                # H item 3 replaces this hook assignment with an allocator the Assembly is made with
-                assembly.allocate = lambda kind, index, nbytes: arena.allocate((kind, index), nbytes)
             while tasks or waiting or placing:
                 while (
                     tasks
@@ -314,7 +340,7 @@ class RayExecutor:
                     nbytes = task_bytes(task)
                     a = min(range(len(actors)), key=load.__getitem__)  # the least busy actor
                     if arena is not None:
-                        task = bind(task, assembly, arena, a in sharing)
+                        task = bind(task, sink, arena, a in sharing)
                     waiting[actors[a].read.remote(task)] = (task, nbytes, a)
                     load[a] += 1
                     inflight += nbytes
@@ -326,22 +352,21 @@ class RayExecutor:
                     for ref in ready:
                         task, nbytes, a = waiting.pop(ref)
                         load[a] -= 1
-                        try:
-                            result = self._take(pool, ref, task, assembly)
-                        except ArenaLost:  # the actor was restarted: it ships this task instead
+                        result = self._take(pool, ref, task, sink)
+                        if result.arena_lost:  # the actor was restarted: it ships this task instead
                             sharing.discard(a)
                             tasks.append(task._replace(arena=None))
                             inflight -= nbytes
                             continue
                         del ref
                         if placer is None:
-                            finished = self._place(task, result, assembly, arena, progress, stats)
+                            finished = self._place(task, result, sink, arena, progress, stats)
                             del result  # releases the object store copy
                             inflight -= nbytes
                             if finished:
                                 yield finished
                         else:
-                            placing[placer.submit(self._place, task, result, assembly, arena, progress, stats)] = nbytes
+                            placing[placer.submit(self._place, task, result, sink, arena, progress, stats)] = nbytes
                             del result
                 if placing:
                     block = not waiting or len(placing) >= self.place_threads
@@ -360,59 +385,17 @@ class RayExecutor:
             if placer is not None:
                 placer.shutdown(wait=True, cancel_futures=True)
             if arena is not None:
-                assembly.allocate = None
-                # the actors close it once their running tasks are done; until then the arena's
-                # memory stays with them (waiting makes its release certain when run returns)
-                try:
-                    closing = [actors[i].close_arena.remote(arena.path) for i in opened]
-                    ray.wait(closing, num_returns=len(closing), timeout=10)
-                except Exception:
-                    pass
+                close_arena(pool, arena, opened)
 
-    def _open_arena(self, plan: ReadPlan, pool: pools.Pool) -> tuple[Arena | None, list[int]]:
-        """A shared-memory arena for the plan's buffers, and the actors that opened it: those on
-        the driver's node by Ray node id (others, even on this machine, ship their results).
-        None where there is no room or no such actor, or in a Ray Client session (the driver's
-        memory is on another machine than the node it names)."""
-        here = ray.get_runtime_context().get_node_id()
-        mine = [i for i, node in enumerate(pool.nodes) if node == here]
-        if not mine or ray.util.client.ray.is_connected():
-            return None, []
-        sizes, reserve = arena_layout(plan)
-        arena = Arena.create(sizes)
-        if arena is None:
-            log.info(
-                "distrestore: too little room in /dev/shm for a %d-byte arena; results go through the object store",
-                sum(sizes.values()),
-            )
-            return None, []
+    def _take(self, pool: pools.Pool, ref, task: ReadTask, sink: ReadSink) -> ReadResult:
         try:
-            arena.reserve(reserve)
-            refs = [pool.actors[i].open_arena.remote(arena.path) for i in mine]
-            ray.wait(refs, num_returns=len(refs), timeout=self.startup_timeout)
-            opened = []
-            for i, ref in zip(mine, refs):
-                try:
-                    if ray.get(ref, timeout=0):
-                        opened.append(i)
-                except ray.exceptions.RayError:  # not up or gone: it ships its results
-                    pass
-        except OSError as e:  # the room went before it was reserved
-            log.info("distrestore: no shared-memory arena (%s); results go through the object store", e)
-            return None, []
-        finally:
-            arena.unlink()  # every writer has it open: from here no crash can leave it behind
-        return (arena, opened) if opened else (None, [])
-
-    def _take(self, pool: pools.Pool, ref, task: ReadTask, assembly: Assembly) -> ReadResult:
-        try:
-            return _get(ref, task, assembly)
+            return _get(ref, task, sink)
         except ReadWorkerLostError:
             pools.POOLS.drop(pool)  # the next run starts a new pool where nodes are alive
             raise
 
     def _group(
-        self, plan: ReadPlan, assembly: Assembly, storages: Mapping[str, Storage], local: bool, budget: float
+        self, plan: ReadPlan, sink: ReadSink, storages: Mapping[str, Storage], local: bool, budget: float
     ) -> list[ReadTask]:
         """Requests in plan order, grouped into tasks of about ``target_task_bytes`` (never over
         the budget unless one request alone is)."""
@@ -439,7 +422,7 @@ class RayExecutor:
                 st_ids.append(i)
                 # actors run in another directory (or on another node): absolute paths
                 reqs.append(r._replace(file=os.path.abspath(r.file)) if st.local and "://" not in r.file else r)
-            checks = tuple(checked_segments(assembly, r) for r in cur)
+            checks = tuple(sink.segment_checks(r) for r in cur)
             out.append(ReadTask(tuple(st_list), tuple(reqs), tuple(st_ids), checks, threads, self.map_local))
             cur.clear()
 
@@ -456,7 +439,7 @@ class RayExecutor:
         self,
         task: ReadTask,
         result: ReadResult,
-        assembly: Assembly,
+        sink: ReadSink,
         arena: Arena | None,
         progress,
         stats: RayExecutorStats,
@@ -468,10 +451,10 @@ class RayExecutor:
             if result.parts is None:
                 pass  # the actor wrote the bytes into the arena
             elif task.dests is None:
-                shipped += place_parts(assembly, req, result.parts[i])
+                shipped += place_parts(sink, req, result.parts[i])
             else:
                 shipped += write_parts(arena, req, result.parts[i], task.dests[i])
-            done = assembly.complete(req, crcs)  # raises ChecksumMismatchError
+            done = sink.complete(req, crcs)  # raises ChecksumMismatchError
             if progress is not None:
                 progress.advance(req.nbytes, len(done))
             finished.extend(done)
@@ -490,13 +473,13 @@ class RayExecutor:
         return finished
 
 
-def _where(task: ReadTask, assembly: Assembly, index: int | None) -> str:
+def _where(task: ReadTask, sink: ReadSink, index: int | None) -> str:
     req = task.requests[index if index is not None else 0]
     more = "" if index is not None or len(task.requests) == 1 else f" and {len(task.requests) - 1} more ranges"
-    return f"{req.file} bytes [{req.start}, {req.end}){more} (tensors {assembly.tensor_names(req)})"
+    return f"{req.file} bytes [{req.start}, {req.end}){more} (tensors {sink.tensor_names(req)})"
 
 
-def _get(ref, task: ReadTask, assembly: Assembly) -> ReadResult:
+def _get(ref, task: ReadTask, sink: ReadSink) -> ReadResult:
     """``ray.get`` that re-raises an actor's distrestore error as itself, naming the tensors."""
     try:
         return ray.get(ref)
@@ -507,11 +490,11 @@ def _get(ref, task: ReadTask, assembly: Assembly) -> ReadResult:
         index = getattr(cause, "request_index", None)
         if isinstance(cause, (StorageError, CheckpointNotFoundError)) and index is not None:
             req = task.requests[index]
-            raise type(cause)(f"{cause} (reading tensors {assembly.tensor_names(req)})") from e
-        if isinstance(cause, (DistRestoreError, ArenaLost)):
+            raise type(cause)(f"{cause} (reading tensors {sink.tensor_names(req)})") from e
+        if isinstance(cause, DistRestoreError):
             raise cause from e
         raise
     except ray.exceptions.RayError as e:  # the actor (or its node) died past its restarts
         raise ReadWorkerLostError(
-            f"a Ray read worker failed while reading {_where(task, assembly, None)}: {type(e).__name__}: {e}"
+            f"a Ray read worker failed while reading {_where(task, sink, None)}: {type(e).__name__}: {e}"
         ) from e

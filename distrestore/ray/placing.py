@@ -1,31 +1,30 @@
-"""Driver-side placing of read actors' results: into the assembly's buffers, or the arena.
+"""Driver-side placing of read actors' results: into the read sink's buffers, or the arena.
 
 An actor returns a request's needed bytes as runs of whole segments (``ReadResult.parts``); the
-driver copies them into the buffers the :class:`~distrestore.assemble.Assembly` hands out (one
-copy, out of the object store), or writes them into the shared-memory arena when the buffers
-live there. ``arena_layout`` sizes that arena for a plan and ``bind`` points a task at it.
+driver copies them into the buffers the read sink (``distrestore.execute.sink.ReadSink``) hands
+out (one copy, out of the object store), or writes them into the shared-memory arena when the
+buffers live there. ``open_arena`` makes that arena for a plan and has the actors on the driver's node
+open it, ``bind`` points a task at it, ``close_arena`` has them close it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import ray
 
-from ..assemble import Assembly
+from ..execute.sink import ReadSink
 from ..format import dtypes
-from ..plan import DIRECT, PACKED, SKIP, STAGED, ReadPlan, ReadRequest
+from ..readplan import DIRECT, PACKED, SKIP, STAGED, ReadPlan, ReadRequest
+from .pool import Pool
 from .shm import Arena
 from .worker import ReadTask
 
 _NUMPY_COPY_BYTES = 1 << 16
-
-
-def checked_segments(assembly: Assembly, req: ReadRequest) -> tuple[bool, ...]:
-    """Per segment of ``req``, whether the assembly checks its CRC32C (its entry is verified):
-    the rule of ``Assembly.checksums``, asked through it with placeholder CRCs."""
-    return tuple(c is not None for c in assembly.checksums(req, (), known=(0,) * len(req.segments)))
+log = logging.getLogger("distrestore")
 
 
 def shipped(req: ReadRequest, parts: Sequence[np.ndarray]) -> Iterator[tuple[int, memoryview]]:
@@ -44,11 +43,11 @@ def shipped(req: ReadRequest, parts: Sequence[np.ndarray]) -> Iterator[tuple[int
         pos += seg.length
 
 
-def place_parts(assembly: Assembly, req: ReadRequest, parts: Sequence[np.ndarray]) -> int:
-    """Copy a request's needed bytes from the object store into the assembly's buffers: the one
+def place_parts(sink: ReadSink, req: ReadRequest, parts: Sequence[np.ndarray]) -> int:
+    """Copy a request's needed bytes from the object store into the sink's buffers: the one
     copy on the driver. Big segments are copied by numpy, which releases the GIL, so several
     placing threads run in parallel. Returns the bytes shipped."""
-    views = assembly.buffers(req)
+    views = sink.buffers(req)
     for k, src in shipped(req, parts):
         if src.nbytes >= _NUMPY_COPY_BYTES:
             np.copyto(np.frombuffer(views[k], np.uint8), np.frombuffer(src, np.uint8))
@@ -65,12 +64,12 @@ def write_parts(arena: Arena, req: ReadRequest, parts: Sequence[np.ndarray], des
     return sum(memoryview(p).nbytes for p in parts)
 
 
-def bind(task: ReadTask, assembly: Assembly, arena: Arena, shared: bool) -> ReadTask:
+def bind(task: ReadTask, sink: ReadSink, arena: Arena, shared: bool) -> ReadTask:
     """The task with the arena offset of every needed segment, its buffers allocated there; for
     an actor that has the arena open (``shared``), also the arena to write into."""
     dests = []
     for req in task.requests:
-        assembly.buffers(req)  # allocates them, through ``Assembly.allocate``
+        sink.buffers(req)  # allocates them, in the arena (the executor's allocator)
         dests.append(
             tuple(-1 if s.kind == SKIP else arena.offsets[(s.kind, s.target)] + s.offset for s in req.segments)
         )
@@ -78,7 +77,7 @@ def bind(task: ReadTask, assembly: Assembly, arena: Arena, shared: bool) -> Read
 
 
 def arena_layout(plan: ReadPlan) -> tuple[dict[tuple[int, int], int], list[tuple[int, int]]]:
-    """The bytes of every buffer reads land in, keyed as ``Assembly.allocate`` asks for them:
+    """The bytes of every buffer reads land in, keyed as the executor's allocator is asked:
     outputs written by DIRECT segments, staging and packed buffers; and those of them the driver
     writes into as well (outputs that staged bytes are also copied into)."""
     sizes: dict[tuple[int, int], int] = {}
@@ -95,3 +94,49 @@ def arena_layout(plan: ReadPlan) -> tuple[dict[tuple[int, int], int], list[tuple
 
 def task_bytes(task: ReadTask) -> int:
     return sum(r.nbytes for r in task.requests)
+
+
+def open_arena(plan: ReadPlan, pool: Pool, timeout: float) -> tuple[Arena | None, list[int]]:
+    """A shared-memory arena for the plan's buffers, and the actors that opened it: those on
+    the driver's node by Ray node id (others, even on this machine, ship their results).
+    None where there is no room or no such actor, or in a Ray Client session (the driver's
+    memory is on another machine than the node it names)."""
+    here = ray.get_runtime_context().get_node_id()
+    mine = [i for i, node in enumerate(pool.nodes) if node == here]
+    if not mine or ray.util.client.ray.is_connected():
+        return None, []
+    sizes, reserve = arena_layout(plan)
+    arena = Arena.create(sizes)
+    if arena is None:
+        log.info(
+            "distrestore: too little room in /dev/shm for a %d-byte arena; results go through the object store",
+            sum(sizes.values()),
+        )
+        return None, []
+    try:
+        arena.reserve(reserve)
+        refs = [pool.actors[i].open_arena.remote(arena.path) for i in mine]
+        ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        opened = []
+        for i, ref in zip(mine, refs):
+            try:
+                if ray.get(ref, timeout=0):
+                    opened.append(i)
+            except ray.exceptions.RayError:  # not up or gone: it ships its results
+                pass
+    except OSError as e:  # the room went before it was reserved
+        log.info("distrestore: no shared-memory arena (%s); results go through the object store", e)
+        return None, []
+    finally:
+        arena.unlink()  # every writer has it open: from here no crash can leave it behind
+    return (arena, opened) if opened else (None, [])
+
+
+def close_arena(pool: Pool, arena: Arena, opened) -> None:
+    """The actors close the arena once their running tasks are done; until then its memory stays
+    with them (waiting makes its release certain when a run returns)."""
+    try:
+        closing = [pool.actors[i].close_arena.remote(arena.path) for i in opened]
+        ray.wait(closing, num_returns=len(closing), timeout=10)
+    except Exception:
+        pass

@@ -42,6 +42,7 @@ class Opened(NamedTuple):
     num_files: int
     storage: Storage
     index_bytes: object  # ObjectRef of the raw ``.index`` file
+    file_sizes: dict  # shard id -> data file size: workers check entries against them, asking nothing
 
 
 class Reply(NamedTuple):
@@ -102,6 +103,10 @@ def read_index(path: str, storage: Storage) -> tuple[str, bytes]:
         raise
 
 
+def _file_sizes(index: CheckpointIndex) -> dict[int, int]:
+    return {i: index.data_file_size(i) for i in range(len(index.data_files()))}
+
+
 def _storage_key(storage: Storage) -> tuple:
     return storage.protocol, repr(sorted(storage.storage_options.items()))
 
@@ -151,9 +156,10 @@ class RestoreService:
                 else:
                     self.opened[(prefix, key[1])] = fut
                     index = await asyncio.to_thread(CheckpointIndex.from_bytes, prefix, data, storage)
+                    sizes = await asyncio.to_thread(_file_sizes, index)
                     info: CheckpointInfo = self.state.add_checkpoint(prefix, index)
                     self.storages[info.id] = storage
-                    result = Opened(*info, storage, ray.put(data))
+                    result = Opened(*info, storage, ray.put(data), sizes)
                 fut.set_result(result)
             except BaseException as e:
                 fut.set_exception(e)

@@ -23,16 +23,12 @@ import ray
 
 from ..errors import StorageError
 from ..format import crc
-from ..plan import SKIP, ReadRequest
+from ..readplan import SKIP, ReadRequest
 from ..storage import Storage, local_path
 from .shm import write_all
 
 MAP_MIN_BYTES = 1 << 20  # smaller local reads use preadv into a reused buffer: a mapping costs more
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the whole range in at once (Linux)
-
-
-class ArenaLost(Exception):
-    """An actor was sent a task for an arena it does not have open (it was restarted since)."""
 
 
 class ReadTask(NamedTuple):
@@ -55,6 +51,7 @@ class ReadResult(NamedTuple):
     crcs: list  # per request, per segment: CRC32C or None
     node_id: str
     seconds: float
+    arena_lost: bool = False  # the task's arena is not open here (the actor was restarted): not run
 
 
 class _WorkerState:
@@ -81,11 +78,12 @@ class _WorkerState:
             self.arenas[path] = [fd, 0, False]
         return True
 
-    def use_arena(self, path: str) -> int:
+    def use_arena(self, path: str) -> int | None:
+        """The arena's descriptor for one more task; None where it is not open here."""
         with self.lock:
             a = self.arenas.get(path)
             if a is None or a[2]:
-                raise ArenaLost(path)
+                return None
             a[1] += 1
             return a[0]
 
@@ -200,10 +198,14 @@ def _read_one(state: _WorkerState, storage: Storage, req: ReadRequest, checks, o
                 else:
                     views.append(mv[pos : pos + seg.length])
                     pos += seg.length
-            skip = max((s.length for s in req.segments if s.kind == SKIP), default=0)
-            if skip:  # coalesced gaps are read into scratch and never shipped
-                scratch = state.scratch(skip)
-                views = [v if v is not None else scratch[: s.length] for v, s in zip(views, req.segments)]
+            skip = sum(s.length for s in req.segments if s.kind == SKIP)
+            if skip:  # gaps and checksum-only bytes: read into scratch, never shipped; each
+                # segment its own part of it, as its CRC32C is taken after the read
+                scratch, at = state.scratch(skip), 0
+                for k, s in enumerate(req.segments):
+                    if s.kind == SKIP:
+                        views[k] = scratch[at : at + s.length]
+                        at += s.length
             storage.readinto(req.file, req.start, views)
             parts = [out]
     except Exception as e:
@@ -263,6 +265,8 @@ def _read(state: _WorkerState, task: ReadTask) -> ReadResult:
     node = ray.get_runtime_context().get_node_id()
     if task.arena is not None:
         fd = state.use_arena(task.arena)
+        if fd is None:
+            return ReadResult(None, [], node, 0.0, arena_lost=True)
         try:
             crcs = _run_jobs(
                 state,
