@@ -1,6 +1,8 @@
-"""Assertions shared by the tests."""
+"""Assertions shared by the tests, and what they compare with."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -25,3 +27,10 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
     for f in fragments:
         assert f in lines[0], (f, lines[0])
     assert "Traceback" not in err
+
+
+def load_expected(fixtures_dir, name):
+    """(prefix, expected.json) of the TF-written fixture ``name``."""
+    d = fixtures_dir / name
+    exp = json.loads((d / "expected.json").read_text())
+    return str(d / exp["prefix"]), exp

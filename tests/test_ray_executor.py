@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import glob
-import json
 import logging
 import os
 import shutil
@@ -22,6 +21,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from checks import load_expected  # noqa: E402
 from fixtures.digest import value_digest  # noqa: E402
 from ray_fixtures import write_checkpoint  # noqa: E402
 
@@ -47,12 +47,6 @@ from distrestore.restore import TensorRequest, fetch, iter_restore_tensors, plan
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 FIXTURES = ["tf1_sharded", "all_dtypes", "many_small", "merged", "tf2_keras", "saved_model"]
-
-
-def load_expected(fixtures_dir, name):
-    d = fixtures_dir / name
-    exp = json.loads((d / "expected.json").read_text())
-    return str(d / exp["prefix"]), exp
 
 
 def same(a, b) -> bool:

@@ -8,7 +8,6 @@ same signatures). Values are compared with the TF-written fixtures' digests, err
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -17,7 +16,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from checks import assert_bit_exact  # noqa: E402
+from checks import assert_bit_exact, load_expected  # noqa: E402
 from fixtures.digest import value_digest  # noqa: E402
 
 import distrestore as dr  # noqa: E402
@@ -33,12 +32,6 @@ from distrestore.errors import (  # noqa: E402
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 FIXTURES = ["tf1_sharded", "all_dtypes", "many_small", "merged", "tf2_keras", "saved_model"]
-
-
-def load_expected(fixtures_dir, name):
-    d = fixtures_dir / name
-    exp = json.loads((d / "expected.json").read_text())
-    return str(d / exp["prefix"]), exp
 
 
 class InProcess:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import DistRestoreError
+from ..errors import StorageError
 from ..execute.sink import ReadSink
 from ..readplan import SKIP, ReadPlan
 from .ranges import FILE_SHIFT
@@ -50,7 +50,7 @@ class Placer:
         """An object holding bytes ``[start, end)``; place every request it completes."""
         buf = np.frombuffer(buffer, np.uint8)
         if len(buf) != end - start:
-            raise DistRestoreError(f"a delivered object holds {len(buf)} bytes for a range of {end - start}")
+            raise StorageError(f"a delivered object holds {len(buf)} bytes for a range of {end - start}")
         i = bisect.bisect_left(self.starts, start)
         self.starts.insert(i, start)
         self.ends.insert(i, end)

@@ -121,7 +121,7 @@ class Coordinator:
         self,
         *,
         cache_bytes: int,
-        chunk_bytes: int = 32 << 20,
+        chunk_bytes: int = 16 << 20,
         min_piece_bytes: int = 256 << 10,
         reads_per_node: int = 2,
     ):

@@ -25,12 +25,14 @@ from ..coordination.delivered import Placer
 from ..coordination.ranges import needed_ranges
 from ..coordination.state import Registration
 from ..errors import (
+    CheckpointNotFoundError,
     DistRestoreError,
     RayNotInitializedError,
     ReadWorkerLostError,
     ServiceExistsError,
     ServiceTimeoutError,
     ServiceUnavailableError,
+    StorageError,
 )
 from ..execute.sink import ReadSink
 from ..index import CheckpointIndex
@@ -64,7 +66,7 @@ def serve(
     detached: bool = False,
     storage_options: dict | None = None,
     cache_bytes: int | None = None,
-    chunk_bytes: int = 32 << 20,
+    chunk_bytes: int = 16 << 20,
     min_piece_bytes: int = 256 << 10,
     reads_per_node: int = 2,
     read_retries: int = 3,
@@ -168,7 +170,6 @@ class ServiceClient:
         self.deadline = deadline
         self._actor = actor
         self._indexes: dict[tuple, CheckpointIndex] = {}
-        self._opened: dict[int, Opened] = {}  # id(index) -> what the service said of it
         self._file_ids: dict[str, int] = {}  # data file path -> service file id
 
     def __reduce__(self):
@@ -224,16 +225,12 @@ class ServiceClient:
         index = self._indexes.get(key)
         if index is None:
             opened: Opened = self._call("open", path, storage_options)
-            data = ray.get(opened.index_bytes, timeout=self.deadline)
+            data = self._result(opened.index_bytes)
             index = CheckpointIndex.from_bytes(opened.prefix, data, opened.storage, file_sizes=opened.file_sizes)
-            self._remember(index, opened)
+            for i, f in enumerate(index.data_files()):
+                self._file_ids[f] = opened.first_file + i
             self._indexes[key] = index
         return index
-
-    def _remember(self, index: CheckpointIndex, opened: Opened) -> None:
-        self._opened[id(index)] = opened
-        for i, f in enumerate(index.data_files()):
-            self._file_ids[f] = opened.first_file + i
 
     def _file_ids_for(self, storages: Mapping[str, Storage]) -> dict[str, int]:
         """Service file ids of a plan's data files; a checkpoint this client opened itself is
@@ -250,7 +247,9 @@ class ServiceClient:
                     self._file_ids[prefix + shard] = self._file_ids[full + shard] = opened.first_file + i
                 fid = self._file_ids.get(path)
                 if fid is None:
-                    raise DistRestoreError(f"{path}: not a data file of {opened.prefix} as the service opened it")
+                    raise CheckpointNotFoundError(
+                        f"{path}: not a data file of {opened.prefix} as the service opened it"
+                    )
             out[path] = fid
         return out
 
@@ -382,5 +381,5 @@ class _ServiceReads:
                 take(client._result(asking, self.deadline))
             raise ReadWorkerLostError(f"a read result of the restore service {client._service} was lost: {e}") from e
         if not placer.finished():
-            raise DistRestoreError(f"the restore service {client._service} delivered nothing for {placer.missing()}")
+            raise StorageError(f"the restore service {client._service} delivered nothing for {placer.missing()}")
         yield placer.completed
