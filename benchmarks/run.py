@@ -283,39 +283,12 @@ def _stop(t0: float) -> float:
     return dt
 
 
-def _counting_storage_class():
-    """A distrestore Storage that counts bytes read (data files vs index) and the largest number
-    of bytes being read at once."""
-    from distrestore.storage import Storage
+def _counting_storage():
+    """A distrestore storage that counts the bytes read (``bytes_read_of(".data-")``: data files)
+    and the most bytes being read at once (``max_inflight_bytes``)."""
+    from distrestore.storage.wrappers import CountingStorage
 
-    class CountingStorage(Storage):
-        def __post_init__(self):
-            super().__post_init__()
-            self.stats_lock = threading.Lock()
-            self.reset()
-
-        def reset(self):
-            self.data_bytes = self.index_bytes = self.calls = 0
-            self.inflight = self.max_inflight = 0
-
-        def readinto(self, url, start, buffers, **kw):
-            bl = buffers if isinstance(buffers, (list, tuple)) else [buffers]
-            n = sum(memoryview(b).nbytes for b in bl)
-            with self.stats_lock:
-                self.calls += 1
-                if url.endswith(".index"):
-                    self.index_bytes += n
-                else:
-                    self.data_bytes += n
-                self.inflight += n
-                self.max_inflight = max(self.max_inflight, self.inflight)
-            try:
-                return super().readinto(url, start, buffers, **kw)
-            finally:
-                with self.stats_lock:
-                    self.inflight -= n
-
-    return CountingStorage
+    return CountingStorage()
 
 
 def c_noop(man, p):
@@ -496,7 +469,7 @@ def c_dr_stream(man, p):
     import distrestore as dr
 
     budget = int(p["budget"])
-    storage = _counting_storage_class()()
+    storage = _counting_storage()
     idx = dr.open_checkpoint(man["prefix"], storage=storage)
     storage.reset()
     bad, n = [], 0
@@ -511,8 +484,8 @@ def c_dr_stream(man, p):
     return {
         "seconds": dt,
         "budget": budget,
-        "max_inflight": storage.max_inflight,
-        "data_bytes": storage.data_bytes,
+        "max_inflight": storage.max_inflight_bytes,
+        "data_bytes": storage.bytes_read_of(".data-"),
         "check": {"ok": not bad and not missing, "checked": n, "bad": bad[:5], "missing": missing},
     }
 
@@ -554,7 +527,7 @@ def c_dr_fetch(man, p):
     import distrestore as dr
 
     case = man["cases"][p["case"]]
-    storage = _counting_storage_class()()
+    storage = _counting_storage()
     t0 = _start()
     idx = dr.open_checkpoint(man["prefix"], storage=storage)
     reqs = [dr.TensorRequest(idx, name, _region(r)) for name, r, _, _ in case]
@@ -567,7 +540,7 @@ def c_dr_fetch(man, p):
         "bytes_needed": sum(nb for *_, nb in case),
         "plan_bytes_to_read": plan.bytes_to_read,
         "plan_bytes_needed": plan.bytes_needed,
-        "counted_data_bytes": storage.data_bytes,
+        "counted_data_bytes": storage.bytes_read_of(".data-"),
         "plan_requests": len(plan.requests),
         "check": _check(((_key(n, r), a) for (n, r, _, _), a in zip(case, arrs)), expected),
     }

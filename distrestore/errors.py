@@ -9,9 +9,15 @@ where they are known.
 
 from __future__ import annotations
 
+from .redact import redact_url
+
 
 class DistRestoreError(Exception):
-    """Base class of every error raised by distrestore."""
+    """Base class of every error raised by distrestore. URL user-info (``https://user:pass@``)
+    never reaches a message: it is masked when the error is made."""
+
+    def __init__(self, *args):
+        super().__init__(*(redact_url(a) if isinstance(a, str) else a for a in args))
 
 
 class CheckpointNotFoundError(DistRestoreError, FileNotFoundError):
@@ -47,8 +53,16 @@ class StorageError(DistRestoreError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+class DeadlineExceededError(StorageError, TimeoutError):
+    """The call's ``deadline=`` passed before its reads finished (names the file, range and tensors)."""
+
+
 class ShortReadError(StorageError):
-    """Storage returned fewer bytes than asked for (retried; permanent only past end of file)."""
+    """Storage returned fewer bytes than asked for: retried, like any transient failure."""
+
+
+class CheckpointPathError(DistRestoreError, ValueError):
+    """A ``checkpoint`` state file names a path outside its directory's filesystem or bucket."""
 
 
 class MismatchError(DistRestoreError, ValueError):

@@ -34,3 +34,9 @@ def load_expected(fixtures_dir, name):
     d = fixtures_dir / name
     exp = json.loads((d / "expected.json").read_text())
     return str(d / exp["prefix"]), exp
+
+
+def read_range(storage, url: str, start: int, end: int) -> tuple[bytes, str]:
+    """``storage.read(url, start, end)`` and the storage's type name; importable by a child
+    process (``multiprocessing`` spawn), to check a pickled Storage works elsewhere."""
+    return storage.read(url, start, end), type(storage).__name__

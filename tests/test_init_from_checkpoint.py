@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIO_DIR = REPO / "tests" / "scenarios" / "init_from_checkpoint"
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 from digest import value_digest  # noqa: E402
-from storage_wrappers import CountingStorage  # noqa: E402
+
+from distrestore.storage.wrappers import CountingStorage  # noqa: E402
 
 EXPECTED = json.loads((SCENARIO_DIR / "expected.json").read_text())
 SCENARIOS = {s["name"]: s for s in EXPECTED["scenarios"]}

@@ -17,6 +17,7 @@ from distrestore._native import mapped_read
 from distrestore.errors import StorageError
 from distrestore.format import crc
 from distrestore.storage import Storage
+from distrestore.storage import local as storage_mod
 
 readcrc = pytest.importorskip(
     "distrestore._native._mapped_read", reason="C kernel not built or this CPU lacks SSE4.2/PCLMULQDQ"
@@ -234,8 +235,8 @@ def test_storage_reports_truncation_during_read_as_permanent_storage_error(tmp_p
     path.write_bytes(bytes(5 * MiB))
     wfd = os.open(path, os.O_WRONLY)
     calls = []
-    real = Storage._preadv
-    monkeypatch.setattr(Storage, "_preadv", lambda self, *a: calls.append(1) or real(self, *a))
+    real = storage_mod.LocalStorage.read_attempt
+    monkeypatch.setattr(storage_mod.LocalStorage, "read_attempt", lambda self, *a: calls.append(1) or real(self, *a))
     try:
         readcrc._test_truncate_next(wfd, 3 * MiB)
         with pytest.raises(

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixtures.digest import value_digest
-from storage_wrappers import CountingStorage
 
 import distrestore as dr
 from distrestore.format import dtypes
 from distrestore.format.slices import parse_spec, to_box
 from distrestore.format.wire import LENGTH, iter_fields
+from distrestore.storage.wrappers import CountingStorage
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tf"
 V2_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if (p / "expected.json").exists() and p.name != "v1_format")

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from digest import value_digest
-from storage_wrappers import CountingStorage, LatencyStorage
 
 import distrestore as dr
 from distrestore.errors import CheckpointNotFoundError, ChecksumMismatchError, DistRestoreError, StorageError
 from distrestore.index import NoCheckpointInDirectoryError, get_checkpoint_state, latest_checkpoint, open_checkpoint
 from distrestore.restore import TensorRequest, fetch, restore_tensors
-from distrestore.storage import RetryPolicy
+from distrestore.storage import RetryPolicy, Storage
+from distrestore.storage.wrappers import CountingStorage, LatencyStorage
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures" / "tf"
 FAST = RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.005, deadline=10.0)
@@ -220,7 +220,7 @@ def test_state_file_naming_a_deleted_checkpoint(remote):
 def test_missing_data_shard(remote):
     missing = "model.ckpt-7.data-00002-of-00004"
     url, options = remote.upload("tf1_sharded", exclude=[missing])
-    storage = CountingStorage.for_url(url, options, retry=FAST)
+    storage = CountingStorage(Storage.for_url(url, options, retry=FAST))
     index = open_checkpoint(f"{url}/model.ckpt-7", storage=storage)  # the index alone is fine
     storage.reset()
     with pytest.raises(CheckpointNotFoundError) as info:
@@ -237,7 +237,7 @@ def test_truncated_data_shard(remote, fixtures_dir):
     name = "model.ckpt-7.data-00003-of-00004"
     url, options = remote.upload("tf1_sharded")
     remote.store.put(f"{url}/{name}", (fixtures_dir / "tf1_sharded" / name).read_bytes()[:1000])
-    storage = CountingStorage.for_url(url, options, retry=FAST)
+    storage = CountingStorage(Storage.for_url(url, options, retry=FAST))
     with pytest.raises(StorageError) as info:
         fetch([TensorRequest(open_checkpoint(f"{url}/model.ckpt-7", storage=storage), "big/part5")])
     assert isinstance(info.value, OSError)
@@ -261,7 +261,7 @@ def test_flipped_byte_in_data(remote, fixtures_dir):
 def test_many_small_tensors_are_coalesced(remote):
     url, options = remote("many_small")
     exp = expected("many_small")
-    storage = CountingStorage.for_url(url, options, retry=FAST)
+    storage = CountingStorage(Storage.for_url(url, options, retry=FAST))
     index = open_checkpoint(f"{url}/{exp['prefix']}", storage=storage)
     assert len(storage.requests) <= 3  # the index: a few reads, whatever its size
     storage.reset()
@@ -278,7 +278,7 @@ def test_many_small_tensors_are_coalesced(remote):
 
 def test_subsets_of_many_small(remote):
     url, options = remote("many_small")
-    storage = CountingStorage.for_url(url, options, retry=FAST)
+    storage = CountingStorage(Storage.for_url(url, options, retry=FAST))
     index = open_checkpoint(f"{url}/many", storage=storage)
     tensors = expected("many_small")["tensors"]
     all_names = list(index.entries)
@@ -309,7 +309,7 @@ CONCURRENT = [
 
 def test_requests_run_concurrently(remote):
     latency = 0.05
-    storage = LatencyStorage.for_url(remote.store.url(), remote.storage_options, retry=FAST, latency=latency)
+    storage = LatencyStorage(Storage.for_url(remote.store.url(), remote.storage_options, retry=FAST), latency=latency)
     requests, want = [], {}
     for fixture, prefix in CONCURRENT:
         url, _ = remote(fixture)

@@ -175,7 +175,7 @@ def _map(storage: Storage, req: ReadRequest) -> np.ndarray:
         return np.frombuffer(m, np.uint8, req.end - req.start, req.start - start)
 
     # Storage's error handling: not found, truncated, transient errors retried
-    return storage._call(req.file, (req.start, req.end), do)
+    return storage.call_with_retry(req.file, (req.start, req.end), do)
 
 
 def _read_one(state: _WorkerState, storage: Storage, req: ReadRequest, checks, out, index: int):
