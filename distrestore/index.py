@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 import warnings
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -20,6 +21,7 @@ import numpy as np
 from ._gc import gc_paused
 from .errors import (
     CheckpointNotFoundError,
+    CheckpointPathError,
     CorruptCheckpointError,
     DistRestoreError,
     NoCheckpointInDirectoryError,
@@ -33,7 +35,8 @@ from .format.entry_table import EntryTable, IndexColumns, decode_table
 from .format.messages import BIG, BundleHeader, TensorEntry, decode_entry, decode_header
 from .format.slices import Box, Extents, check_partition, slice_key
 from .format.state import CheckpointState, parse_state
-from .storage import Storage, is_absolute, join
+from .redact import redact_url
+from .storage import Storage, bucket_of, join
 
 CONSUMER = 1  # the bundle format version this reader implements (TF's kTensorBundleVersion)
 
@@ -259,7 +262,10 @@ class CheckpointIndex:
         return dict(zip(cols.names, map(numpy_of.__getitem__, cols.dtype.tolist())))
 
     def __repr__(self) -> str:
-        return f"CheckpointIndex({self.prefix!r}, {len(self.entries)} tensors, {self.header.num_shards} data file(s))"
+        return (
+            f"CheckpointIndex({redact_url(self.prefix)!r}, {len(self.entries)} tensors, "
+            f"{self.header.num_shards} data file(s))"
+        )
 
 
 def _check_version(header: BundleHeader, path: str) -> None:
@@ -277,17 +283,71 @@ def _check_version(header: BundleHeader, path: str) -> None:
 # -- resolution ----------------------------------------------------------------------------
 
 
+def deadline_at(deadline: float | None) -> float | None:
+    """The wall-clock time (``time.time()``) ``deadline`` seconds from now (None: no deadline)."""
+    return None if deadline is None else time.time() + deadline
+
+
+def call_storage(
+    path: str,
+    storage_options: dict | None,
+    storage: Storage | None,
+    timeout: float | None,
+    deadline_at: float | None,
+) -> tuple[Storage, Storage]:
+    """``(storage, for_this_call)``: the storage to keep (``timeout`` applied) and the same
+    storage bounded by the call's deadline."""
+    storage = (storage or Storage.for_url(path, storage_options)).limited(timeout=timeout)
+    return storage, storage.limited(deadline_at=deadline_at)
+
+
 def get_checkpoint_state(
     checkpoint_dir: str,
     latest_filename: str | None = None,
     *,
     storage_options: dict | None = None,
     storage: Storage | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
 ) -> CheckpointState | None:
     """The directory's ``checkpoint`` state, relative paths joined with the directory (TF's
-    ``get_checkpoint_state``); None when the file does not exist."""
+    ``get_checkpoint_state``); None when the file does not exist. Paths are resolved as TF
+    resolves them (see :func:`_resolve`)."""
     checkpoint_dir = os.fspath(checkpoint_dir)
-    storage = storage or Storage.for_url(checkpoint_dir, storage_options)
+    _, storage = call_storage(checkpoint_dir, storage_options, storage, timeout, deadline_at(deadline))
+    found = _read_state(checkpoint_dir, latest_filename, storage)
+    return None if found is None else found[0]
+
+
+def latest_checkpoint(
+    checkpoint_dir: str,
+    latest_filename: str | None = None,
+    *,
+    storage_options: dict | None = None,
+    storage: Storage | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
+) -> str | None:
+    """The newest checkpoint prefix listed in the directory's state file, if its files exist
+    inside the directory's filesystem and bucket (else None, as TF finds nothing there)."""
+    checkpoint_dir = os.fspath(checkpoint_dir)
+    _, storage = call_storage(checkpoint_dir, storage_options, storage, timeout, deadline_at(deadline))
+    found = _read_state(checkpoint_dir, latest_filename, storage)
+    return None if found is None else _existing(found, storage)
+
+
+def _existing(found: tuple[CheckpointState, bool, str], storage: Storage) -> str | None:
+    state, inside, _ = found
+    prefix = state.model_checkpoint_path
+    if inside and (storage.exists(prefix + ".index") or storage.exists(prefix)):
+        return prefix
+    return None
+
+
+def _read_state(checkpoint_dir: str, latest_filename: str | None, storage: Storage):
+    """``(state, inside, state file)``: the state with TF's paths, and whether its
+    ``model_checkpoint_path`` lies inside the directory's filesystem and bucket; None without
+    a (parseable) state file."""
     path = join(checkpoint_dir, latest_filename or "checkpoint")
     try:
         text = storage.read(path).decode("utf-8")
@@ -297,49 +357,52 @@ def get_checkpoint_state(
         state = parse_state(text, path)
     except (CorruptCheckpointError, UnicodeDecodeError) as e:
         # TF logs "<path>: Checkpoint ignored" and carries on as if there were no state file
-        warnings.warn(f"{path}: checkpoint state file ignored, it does not parse: {e}", stacklevel=2)
+        warnings.warn(f"{path}: checkpoint state file ignored, it does not parse: {e}", stacklevel=3)
         return None
     if not state.model_checkpoint_path:
         raise CorruptCheckpointError(f"Invalid checkpoint state loaded from {checkpoint_dir}")
-
-    def absolute(p: str) -> str:
-        return p if is_absolute(p) else join(checkpoint_dir, p)
-
-    return state._replace(
-        model_checkpoint_path=absolute(state.model_checkpoint_path),
-        all_model_checkpoint_paths=[absolute(p) for p in state.all_model_checkpoint_paths],
-    )
+    latest, inside = _resolve(checkpoint_dir, state.model_checkpoint_path, storage.local)
+    paths = [_resolve(checkpoint_dir, p, storage.local)[0] for p in state.all_model_checkpoint_paths]
+    return state._replace(model_checkpoint_path=latest, all_model_checkpoint_paths=paths), inside, path
 
 
-def latest_checkpoint(
-    checkpoint_dir: str,
-    latest_filename: str | None = None,
-    *,
-    storage_options: dict | None = None,
-    storage: Storage | None = None,
-) -> str | None:
-    """The newest checkpoint prefix listed in the directory's state file, if its files exist."""
-    checkpoint_dir = os.fspath(checkpoint_dir)
-    storage = storage or Storage.for_url(checkpoint_dir, storage_options)
-    state = get_checkpoint_state(checkpoint_dir, latest_filename, storage=storage)
-    if state is None:
-        return None
-    prefix = state.model_checkpoint_path
-    if storage.exists(prefix + ".index") or storage.exists(prefix):
-        return prefix
-    return None
+_ALIASES = {"s3a": "s3", "gcs": "gs"}
+
+
+def _resolve(directory: str, p: str, local: bool) -> tuple[str, bool]:
+    """A state-file path as TF resolves it (``os.path.isabs`` keeps it, anything else, URLs
+    included, is joined to the directory), and whether it is inside the directory's filesystem
+    and bucket. One extension: in a bucket, a full URL into the same bucket (what TF1's ``Saver``
+    writes there) is kept and inside; TF would join it into a name that does not exist."""
+    if local:
+        return (p, True) if os.path.isabs(p) else (os.path.join(directory, p), "://" not in p)
+    if "://" in p:
+        (scheme, bucket), (other_scheme, other_bucket) = bucket_of(directory), bucket_of(p)
+        if _ALIASES.get(other_scheme, other_scheme) == _ALIASES.get(scheme, scheme) and other_bucket == bucket:
+            return p, True
+        return directory.rstrip("/") + "/" + p, False  # TF's os.path.join: a key inside the directory
+    if p.startswith("/"):
+        return p, False  # TF reads this from the local disk: never followed from a bucket
+    return join(directory, p), True
 
 
 def resolve_prefix(ckpt_dir_or_file: str, storage: Storage) -> str:
     """Directory -> latest checkpoint (or a SavedModel's variables); anything else is a prefix."""
     path = str(ckpt_dir_or_file)
     if storage.isdir(path):
-        prefix = latest_checkpoint(path, storage=storage)
+        found = _read_state(path, None, storage)
+        prefix = None if found is None else _existing(found, storage)
         if prefix is not None:
             return prefix
         saved_model_vars = join(path, "variables", "variables")
         if storage.exists(saved_model_vars + ".index"):
             return saved_model_vars
+        if found is not None and not found[1]:
+            raise CheckpointPathError(
+                f"{found[2]} names checkpoint {found[0].model_checkpoint_path!r}, outside the filesystem or "
+                f"bucket of {path}; distrestore follows state-file paths only inside them (TF finds no "
+                "checkpoint there either)"
+            )
         raise NoCheckpointInDirectoryError(f"Couldn't find 'checkpoint' file or checkpoints in given directory {path}")
     return path
 
@@ -361,13 +424,41 @@ def _refuse_v1(prefix: str, storage: Storage) -> None:
 
 
 def open_checkpoint(
-    ckpt_dir_or_file, *, storage_options: dict | None = None, storage: Storage | None = None
+    ckpt_dir_or_file,
+    *,
+    storage_options: dict | None = None,
+    storage: Storage | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
 ) -> CheckpointIndex:
-    """Resolve a directory or prefix and read its index once."""
+    """Resolve a directory or prefix and read its index once. ``timeout``: seconds a request
+    may stall before it is retried (kept by the index for later reads); ``deadline``: seconds
+    for this call."""
+    return open_index(
+        ckpt_dir_or_file, storage_options=storage_options, storage=storage, timeout=timeout, at=deadline_at(deadline)
+    )
+
+
+def open_index(
+    ckpt_dir_or_file,
+    *,
+    storage_options: dict | None = None,
+    storage: Storage | None = None,
+    timeout: float | None = None,
+    at: float | None = None,
+) -> CheckpointIndex:
+    """:func:`open_checkpoint` under a deadline given as a wall-clock time ``at``."""
     if isinstance(ckpt_dir_or_file, CheckpointIndex):
         return ckpt_dir_or_file
     path = os.fspath(ckpt_dir_or_file)
-    storage = storage or Storage.for_url(path, storage_options)
+    keep, storage = call_storage(path, storage_options, storage, timeout, at)
+    index = _open(path, storage)
+    index.storage = keep  # the index outlives this call's deadline
+    return index
+
+
+def _open(path: str, storage: Storage) -> CheckpointIndex:
+    tried = None
     if not storage.local:
         # a prefix is the common case: its index in one GET, no metadata round trips first
         # (a path that is also a directory with a `checkpoint` file is resolved as TF would
@@ -375,13 +466,15 @@ def open_checkpoint(
         try:
             return CheckpointIndex.open(path, storage)
         except CheckpointNotFoundError:
-            pass
+            tried = path
     prefix = resolve_prefix(path, storage)
-    try:
-        return CheckpointIndex.open(prefix, storage)
-    except CheckpointNotFoundError:
-        _refuse_v1(prefix, storage)
-        raise CheckpointNotFoundError(
-            f"Unsuccessful TensorSliceReader constructor: Failed to find any matching files for "
-            f"{prefix} (no {prefix}.index)"
-        ) from None
+    if prefix != tried:
+        try:
+            return CheckpointIndex.open(prefix, storage)
+        except CheckpointNotFoundError:
+            pass
+    _refuse_v1(prefix, storage)
+    raise CheckpointNotFoundError(
+        f"Unsuccessful TensorSliceReader constructor: Failed to find any matching files for "
+        f"{prefix} (no {prefix}.index)"
+    )

@@ -2,10 +2,13 @@
 ``load_variable`` and ``CheckpointReader`` (``checkpoint_utils.py`` / ``py_checkpoint_reader``).
 
 The index is read once when the reader is made; ``get_tensor`` and ``get_slice`` read only the
-bytes of what they return (in parallel for big tensors), verifying checksums.
+bytes of what they return (in parallel for big tensors), verifying checksums. A reader made with
+``timeout=``/``deadline=`` applies them to each of its reading methods (the deadline per call).
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -13,15 +16,22 @@ from ._gc import gc_paused
 from .errors import UnsupportedCheckpointError
 from .format.checks import check_stored_size
 from .format.strings import decode_variants
-from .index import CheckpointIndex, open_checkpoint
+from .index import CheckpointIndex, deadline_at, open_index
+from .redact import redact_url
 from .restore import TensorRequest, fetch
 
 
 class CheckpointReader:
     """Reads one checkpoint: what TF's ``tf.train.load_checkpoint`` returns."""
 
-    def __init__(self, index: CheckpointIndex):
+    def __init__(self, index: CheckpointIndex, *, timeout: float | None = None, deadline: float | None = None):
         self.index = index
+        self.timeout = timeout
+        self.deadline = deadline
+
+    def _fetch(self, request: TensorRequest):
+        (arr,) = fetch([request], timeout=self.timeout, deadline=self.deadline)
+        return arr
 
     @property
     def prefix(self) -> str:
@@ -47,15 +57,14 @@ class CheckpointReader:
                 f"tensor {name!r} in {self.prefix} is a DT_VARIANT (e.g. a tf.data iterator) and "
                 "has no numpy value; use get_variant_records(name) for its raw records"
             )
-        (arr,) = fetch([TensorRequest(self.index, name)])
+        arr = self._fetch(TensorRequest(self.index, name))
         return arr[()] if arr.ndim == 0 else arr
 
     def get_slice(self, name: str, region) -> np.ndarray:
         """A region of a tensor (tuple of step-1 slices), reading only the bytes it needs."""
         if not isinstance(region, tuple):
             region = (region,)
-        (arr,) = fetch([TensorRequest(self.index, name, region)])
-        return arr
+        return self._fetch(TensorRequest(self.index, name, region))
 
     def get_variant_records(self, name: str) -> np.ndarray:
         """A DT_VARIANT tensor's elements as serialized ``VariantTensorDataProto`` bytes."""
@@ -68,30 +77,58 @@ class CheckpointReader:
         # allocated from a claimed size (each record is then read by its own decoded length)
         check_stored_size(entry.dtype, entry.num_elements, entry.size, name, file)
         self.index.check_location(entry)
-        data = self.index.storage.read(file, entry.offset, entry.offset + entry.size)
+        storage = self.index.storage.limited(timeout=self.timeout, deadline_at=deadline_at(self.deadline))
+        data = storage.read(file, entry.offset, entry.offset + entry.size)
         return decode_variants(data, entry.num_elements, entry.shape, stored_crc=entry.crc32c, where=where)
 
     def debug_string(self) -> str:
         return "\n".join(f"{n} ({e.dtype.name}) {list(e.shape)}" for n, e in self.index.entries.items())
 
     def __repr__(self) -> str:
-        return f"CheckpointReader({self.prefix!r})"
+        return f"CheckpointReader({redact_url(self.prefix)!r})"
 
 
-def load_checkpoint(ckpt_dir_or_file, *, storage_options: dict | None = None) -> CheckpointReader:
-    """A reader for a checkpoint prefix or a directory (its latest checkpoint)."""
-    return CheckpointReader(open_checkpoint(ckpt_dir_or_file, storage_options=storage_options))
+def load_checkpoint(
+    ckpt_dir_or_file,
+    *,
+    storage_options: dict | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
+) -> CheckpointReader:
+    """A reader for a checkpoint prefix or a directory (its latest checkpoint). ``timeout``:
+    seconds a request may stall before it is retried; ``deadline``: seconds for opening, and
+    again for each reading call of the reader."""
+    index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=deadline_at(deadline))
+    return CheckpointReader(index, timeout=timeout, deadline=deadline)
 
 
-def list_variables(ckpt_dir_or_file, *, storage_options: dict | None = None) -> list[tuple[str, list[int]]]:
+def list_variables(
+    ckpt_dir_or_file,
+    *,
+    storage_options: dict | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
+) -> list[tuple[str, list[int]]]:
     """``[(name, shape), ...]`` sorted by name, like ``tf.train.list_variables``."""
-    shapes = load_checkpoint(ckpt_dir_or_file, storage_options=storage_options).get_variable_to_shape_map()
+    reader = load_checkpoint(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, deadline=deadline)
+    shapes = reader.get_variable_to_shape_map()
     with gc_paused():
         return sorted(shapes.items())
 
 
-def load_variable(ckpt_dir_or_file, name: str, *, storage_options: dict | None = None):
-    """One tensor's value; one trailing ``":0"`` is stripped from ``name``, like TF."""
+def load_variable(
+    ckpt_dir_or_file,
+    name: str,
+    *,
+    storage_options: dict | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
+):
+    """One tensor's value; one trailing ``":0"`` is stripped from ``name``, like TF. ``deadline``
+    covers opening and reading together."""
     if name.endswith(":0"):
         name = name[:-2]
-    return load_checkpoint(ckpt_dir_or_file, storage_options=storage_options).get_tensor(name)
+    at = deadline_at(deadline)
+    index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)
+    left = None if at is None else at - time.time()  # what opening left of the deadline
+    return CheckpointReader(index, timeout=timeout, deadline=left).get_tensor(name)

@@ -3,6 +3,9 @@
 
 Every call plans all its reads at once, so many tensors, regions and checkpoints are read
 together, each byte once, and nothing is returned unless every read and checksum succeeded.
+Every reading call takes ``timeout=`` (seconds a request may stall before it is abandoned and
+retried) and ``deadline=`` (seconds for the whole call; for the streaming forms, from the first item asked
+for to the last, the consumer's time included): see ``docs/reliability.md``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from ._gc import gc_paused
 from .assemble import Assembly
 from .execute import Executor, get_executor
 from .format import dtypes
-from .index import CheckpointIndex, open_checkpoint
+from .index import CheckpointIndex, deadline_at, open_index
 from .plan import PlanOptions, ReadPlan, Wants, build_plan
 from .progress import make_progress
 
@@ -63,11 +66,15 @@ def plan_requests(
 
 
 class _Run:
-    """One plan, its executor, storages and assembly; ``batches()`` runs it."""
+    """One plan, its executor, storages and assembly; ``batches()`` runs it. The storages carry
+    the call's limits (``timeout``; ``at``: the deadline as a wall-clock time) to the executor."""
 
-    def __init__(self, wants: Wants, executor, verify: bool, max_inflight_bytes, progress):
+    def __init__(self, wants: Wants, executor, verify: bool, max_inflight_bytes, progress, timeout=None, at=None):
         self.executor = get_executor(executor)
-        self.storages = {f: index.storage for index in wants.distinct_checkpoints() for f in index.data_files()}
+        self.storages = {}
+        for index in wants.distinct_checkpoints():
+            storage = index.storage.limited(timeout=timeout, deadline_at=at)
+            self.storages.update((f, storage) for f in index.data_files())
         with gc_paused():  # the plan and the assembly's bookkeeping: 10^5 objects at once (see _gc)
             self.plan = plan_requests(wants, self.executor, max_inflight_bytes, verify=verify)
             allocator = getattr(self.executor, "allocator", None)  # optional: see Executor
@@ -96,6 +103,8 @@ def iter_fetch(
     verify: bool = True,
     max_inflight_bytes: int | None = None,
     progress=None,
+    timeout: float | None = None,
+    deadline: float | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(request index, array)`` as each request's array completes.
 
@@ -103,15 +112,21 @@ def iter_fetch(
     first read starts and forgotten once yielded, so a consumer that drops them restores a
     checkpoint larger than memory (peak: the budget plus the tensors being assembled).
     """
-    run = _Run(Wants.of(requests), executor, verify, max_inflight_bytes, progress)
+    yield from _iter_fetch(
+        Wants.of(requests), executor, verify, max_inflight_bytes, progress, timeout, deadline_at(deadline)
+    )
+
+
+def _iter_fetch(wants: Wants, executor, verify, max_inflight_bytes, progress, timeout, at):
+    run = _Run(wants, executor, verify, max_inflight_bytes, progress, timeout, at)
     for batch in run.batches():
         for i in batch:
             yield i, run.assembly.take(i)
 
 
-def _fetch_all(wants: Wants, executor, verify, max_inflight_bytes, progress) -> list[np.ndarray]:
+def _fetch_all(wants: Wants, executor, verify, max_inflight_bytes, progress, timeout, at) -> list[np.ndarray]:
     """Run one plan to completion and hand over every output (no per-tensor bookkeeping)."""
-    run = _Run(wants, executor, verify, max_inflight_bytes, progress)
+    run = _Run(wants, executor, verify, max_inflight_bytes, progress, timeout, at)
     for _ in run.batches():
         pass
     return run.assembly.take_all()
@@ -124,17 +139,22 @@ def fetch(
     verify: bool = True,
     max_inflight_bytes: int | None = None,
     progress=None,
+    timeout: float | None = None,
+    deadline: float | None = None,
 ) -> list[np.ndarray]:
     """Read every request as one parallel plan; arrays in request order, or an error and nothing.
     Identical requests are read once (later ones get copies)."""
-    wants = Wants.of(requests)
+    return _fetch(Wants.of(requests), executor, verify, max_inflight_bytes, progress, timeout, deadline_at(deadline))
+
+
+def _fetch(wants: Wants, executor, verify, max_inflight_bytes, progress, timeout, at) -> list[np.ndarray]:
     single = len(wants.distinct_checkpoints()) == 1
     if single and wants.all_whole():
         keys = wants.names
     else:
         keys = list(zip(map(id, wants.checkpoints), wants.names, map(_region_key, wants.regions)))
     if len(set(keys)) == len(keys):
-        return _fetch_all(wants, executor, verify, max_inflight_bytes, progress)
+        return _fetch_all(wants, executor, verify, max_inflight_bytes, progress, timeout, at)
     first: dict[tuple, int] = {}
     unique = Wants([], [], [])
     source = []
@@ -145,7 +165,7 @@ def fetch(
             unique.names.append(wants.names[i])
             unique.regions.append(wants.regions[i])
         source.append(first[key])
-    got = _fetch_all(unique, executor, verify, max_inflight_bytes, progress)
+    got = _fetch_all(unique, executor, verify, max_inflight_bytes, progress, timeout, at)
     out, used = [], set()
     for j in source:
         out.append(got[j] if j not in used else got[j].copy())
@@ -161,8 +181,8 @@ def _region_key(region):
     return tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in region)
 
 
-def _wants(ckpt_dir_or_file, names, storage_options) -> Wants:
-    index = open_checkpoint(ckpt_dir_or_file, storage_options=storage_options)
+def _wants(ckpt_dir_or_file, names, storage_options, timeout, at) -> Wants:
+    index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)
     if names is None:
         cols = index.columns()
         variant = cols.dtype == dtypes.VARIANT
@@ -183,16 +203,21 @@ def restore_tensors(
     verify: bool = True,
     max_inflight_bytes: int | None = None,
     progress=None,
+    timeout: float | None = None,
+    deadline: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Restore tensors (all of them by default; variants are skipped) as ``{name: array}``.
 
     ``executor``: "threads" (default), "ray", or an Executor. ``verify``: check every CRC32C.
     ``max_inflight_bytes``: cap on outstanding reads. ``progress``: True for a tqdm bar on a
     terminal (log lines otherwise) or a ``callback(bytes_done, bytes_total, tensors_done,
-    tensors_total)``. Scalars come back as 0-d arrays, strings as object arrays of bytes.
+    tensors_total)``. ``timeout``: seconds a request may stall before it is retried;
+    ``deadline``: seconds for the whole call, opening the checkpoint included. Scalars come back
+    as 0-d arrays, strings as object arrays of bytes.
     """
-    wants = _wants(ckpt_dir_or_file, names, storage_options)
-    arrays = fetch(wants, executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes, progress=progress)
+    at = deadline_at(deadline)
+    wants = _wants(ckpt_dir_or_file, names, storage_options, timeout, at)
+    arrays = _fetch(wants, executor, verify, max_inflight_bytes, progress, timeout, at)
     return dict(zip(wants.names, arrays))
 
 
@@ -205,10 +230,11 @@ def iter_restore_tensors(
     verify: bool = True,
     max_inflight_bytes: int | None = None,
     progress=None,
+    timeout: float | None = None,
+    deadline: float | None = None,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Streaming ``restore_tensors``: yield ``(name, array)`` as each tensor completes."""
-    wants = _wants(ckpt_dir_or_file, names, storage_options)
-    for i, arr in iter_fetch(
-        wants, executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes, progress=progress
-    ):
+    at = deadline_at(deadline)
+    wants = _wants(ckpt_dir_or_file, names, storage_options, timeout, at)
+    for i, arr in _iter_fetch(wants, executor, verify, max_inflight_bytes, progress, timeout, at):
         yield wants.names[i], arr

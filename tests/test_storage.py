@@ -183,8 +183,8 @@ def test_missing_file_is_checkpoint_not_found(backend):
             call()
         assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, DistRestoreError)
         assert url in str(info.value)
-    # one attempt each, never retried: readinto and the whole-file read (size is metadata)
-    assert s.attempts == 2
+    # one attempt each, never retried
+    assert s.attempts == 3
 
 
 def test_missing_bucket_or_directory(backend):

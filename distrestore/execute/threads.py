@@ -4,15 +4,21 @@ Threads suit both regimes: local reads (with their CRC32C) release the GIL, so a
 core keep copies out of the page cache running in parallel (1 and 2 per core measured the same wall
 time here, warm and cold; 2 stay the default for disks that want more requests in flight); object stores
 spend most of a request waiting, so many threads keep many requests in flight.
+
+A call's deadline (carried by its storages, ``Storage.deadline_at``) holds here too: each read's
+attempts are cut at it by the storage, and should a thread still be busy a moment after it (a
+stuck local read), the run fails with the reads outstanding named and leaves those threads behind
+instead of waiting for them.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from ..errors import CheckpointNotFoundError, StorageError
+from ..errors import CheckpointNotFoundError, DeadlineExceededError, StorageError
 from ..readplan import ReadPlan, ReadRequest
 from ..storage import Storage
 from .sink import ReadSink
@@ -50,14 +56,20 @@ class ThreadExecutor:
         pending = list(reversed(plan.requests))  # pop() from the end keeps plan order
         running: dict[Future, ReadRequest] = {}
         inflight = 0
+        deadline = min((s.deadline_at for s in storages.values() if s.deadline_at is not None), default=None)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="distrestore-read")
+        abandon = False
         try:
             while pending or running:
                 while pending and len(running) < workers and (not running or inflight + pending[-1].nbytes <= budget):
                     req = pending.pop()
                     inflight += req.nbytes
                     running[pool.submit(read_request, req, sink, storages[req.file])] = req
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                wait_for = None if deadline is None else max(0.0, deadline + GRACE - time.time())
+                done, _ = wait(running, timeout=wait_for, return_when=FIRST_COMPLETED)
+                if not done:
+                    abandon = True
+                    raise _overdue(list(running.values()), sink)
                 for fut in done:
                     req = running.pop(fut)
                     inflight -= req.nbytes
@@ -69,7 +81,17 @@ class ThreadExecutor:
         finally:
             for fut in running:
                 fut.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=not abandon, cancel_futures=True)
+
+
+GRACE = 0.25
+"""Seconds past the deadline the executor waits for reads the storage should already have cut."""
+
+
+def _overdue(reqs: list[ReadRequest], sink: ReadSink) -> DeadlineExceededError:
+    shown = "; ".join(f"{r.file} bytes [{r.start}, {r.end}) (tensors {sink.tensor_names(r)})" for r in reqs[:5])
+    more = f" and {len(reqs) - 5} more" if len(reqs) > 5 else ""
+    return DeadlineExceededError(f"the deadline passed with {len(reqs)} read(s) outstanding: {shown}{more}")
 
 
 def read_request(req: ReadRequest, sink: ReadSink, storage: Storage) -> list[int]:

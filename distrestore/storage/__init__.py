@@ -10,7 +10,7 @@ from ..errors import ShortReadError
 from .base import PERMANENT, REFUSED, TRANSIENT, RetryPolicy, Storage, failure_kind, is_transient
 from .fsspec import FsspecStorage
 from .local import LocalStorage
-from .paths import bucket_of, dirname, is_absolute, is_local, join, local_path, protocol_of
+from .paths import bucket_of, dirname, is_local, join, local_path, protocol_of
 
 __all__ = [
     "PERMANENT",
@@ -24,7 +24,6 @@ __all__ = [
     "bucket_of",
     "dirname",
     "failure_kind",
-    "is_absolute",
     "is_local",
     "is_transient",
     "join",

@@ -26,7 +26,7 @@ from ..errors import CheckpointNotFoundError, DeadlineExceededError, ShortReadEr
 from ..redact import RedactedOptions, redact_options, redact_text, secret_values
 from .paths import protocol_of
 
-UNCHANGED = object()
+_RAISE = object()  # _retry(not_found=...): raise CheckpointNotFoundError
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,11 @@ def failure_kind(exc: BaseException) -> str:
             return PERMANENT
         if isinstance(e, OSError) and e.errno in _UNREACHABLE:
             return PERMANENT
-        code = getattr(e, "code", None) or getattr(e, "status", None)
+        # an HTTP status on the error; aiohttp's own errors carry parser codes (400 for a
+        # malformed answer), not the server's status: the storage libraries check that themselves
+        code = (
+            None if type(e).__module__.startswith("aiohttp") else getattr(e, "code", None) or getattr(e, "status", None)
+        )
         if isinstance(code, int) and 400 <= code < 500 and code not in (408, 429):
             # gcsfs: a 401 "Invalid Credentials" is an expired token, refreshed on the next try
             if not (code == 401 and "Invalid Credentials" in str(e)):
@@ -189,14 +193,14 @@ class Storage(ABC):
         extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("timeout", "deadline_at") if getattr(self, k))
         return f"{type(self).__name__}({self.protocol!r}, {redact_options(self.storage_options)!r}{extra})"
 
-    def limited(self, *, timeout=UNCHANGED, deadline_at=UNCHANGED) -> Storage:
-        """This storage with another per-request ``timeout`` and/or call ``deadline_at`` (the
-        same object when neither changes). A wrapper returns a wrapper of the limited inner
-        storage that shares its counters."""
+    def limited(self, *, timeout: float | None = None, deadline_at: float | None = None) -> Storage:
+        """This storage with another per-request ``timeout`` and/or call ``deadline_at`` (None
+        keeps the current one; the same object when nothing changes). A wrapper returns a wrapper
+        of the limited inner storage that shares its counters."""
         settings = self.settings()
-        if timeout is not UNCHANGED and timeout is not None:
+        if timeout is not None:
             settings["timeout"] = timeout
-        if deadline_at is not UNCHANGED:
+        if deadline_at is not None:
             settings["deadline_at"] = deadline_at
         if settings == self.settings():
             return self
@@ -298,7 +302,7 @@ class Storage(ABC):
         """Seconds until the call's deadline (None without one)."""
         return None if self.deadline_at is None else self.deadline_at - time.time()
 
-    def _retry(self, url: str, byte_range, attempt, *, what: str = "", not_found=UNCHANGED):
+    def _retry(self, url: str, byte_range, attempt, *, what: str = "", not_found=_RAISE):
         now = time.monotonic()
         end = now + self.retry.deadline
         left = self.seconds_left()
@@ -316,7 +320,7 @@ class Storage(ABC):
             try:
                 return attempt(limit)
             except FileNotFoundError:
-                if not_found is not UNCHANGED:
+                if not_found is not _RAISE:
                     return not_found
                 raise CheckpointNotFoundError(f"file not found: {url}") from None
             except EOFError as e:

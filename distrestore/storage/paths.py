@@ -34,10 +34,6 @@ def dirname(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[0]
 
 
-def is_absolute(path: str) -> bool:
-    return "://" in path or os.path.isabs(path)
-
-
 def bucket_of(url: str) -> tuple[str, str]:
     """``(scheme, bucket)`` of an object-store URL (the first path component after the scheme)."""
     scheme, rest = url.split("://", 1)

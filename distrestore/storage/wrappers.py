@@ -19,7 +19,7 @@ import time
 from collections import Counter
 
 from ..errors import ShortReadError
-from .base import UNCHANGED, Storage
+from .base import Storage
 
 __all__ = ["CountingStorage", "FlakyStorage", "InjectedHTTPError", "LatencyStorage", "StorageWrapper"]
 
@@ -47,7 +47,7 @@ class StorageWrapper(Storage):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
 
-    def limited(self, *, timeout=UNCHANGED, deadline_at=UNCHANGED) -> Storage:
+    def limited(self, *, timeout=None, deadline_at=None) -> Storage:
         inner = self.inner.limited(timeout=timeout, deadline_at=deadline_at)
         if inner is self.inner:
             return self
@@ -129,7 +129,8 @@ class CountingStorage(StorageWrapper):
     * ``requests``: every range read (``readinto``) and whole-file read as ``(url, start, end)``,
       in call order;
     * ``bytes_read``: bytes of those reads;
-    * ``attempts``: read attempts (one per try of the retry loop, ``readinto`` and whole-file reads);
+    * ``attempts``: tries of the retry loop, for every call (reads and metadata; delays and
+      injected failures apply to read attempts only);
     * ``inflight`` / ``max_inflight``: ``readinto`` calls running now / at most at once;
     * ``inflight_bytes`` / ``max_inflight_bytes``: the same in bytes.
     """
@@ -224,6 +225,26 @@ class CountingStorage(StorageWrapper):
     def read_all_attempt(self, url, limit):
         self.before_attempt(url, 0, [])
         return super().read_all_attempt(url, limit)
+
+    def _meta_attempt(self) -> None:
+        with self._stats.lock:
+            self._stats.attempts += 1
+
+    def size_attempt(self, url, limit):
+        self._meta_attempt()
+        return super().size_attempt(url, limit)
+
+    def exists_attempt(self, url, limit):
+        self._meta_attempt()
+        return super().exists_attempt(url, limit)
+
+    def isdir_attempt(self, url, limit):
+        self._meta_attempt()
+        return super().isdir_attempt(url, limit)
+
+    def glob_attempt(self, pattern, limit):
+        self._meta_attempt()
+        return super().glob_attempt(pattern, limit)
 
 
 class LatencyStorage(CountingStorage):
