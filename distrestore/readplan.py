@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .format.slices import Box
+from .redact import redact_url
 
 __all__ = [
     "DIRECT",
@@ -251,7 +252,7 @@ class ReadPlan:
             f"{packed} small tensors in {len(self.packed)} packed groups"
         ]
         for path, (n, b) in files.items():
-            lines.append(f"  {path}: {n} requests, {_fmt(b)}")
+            lines.append(f"  {redact_url(path)}: {n} requests, {_fmt(b)}")
         if self.requests:
             per = [sum(self.requests[i].nbytes for i in idx) for idx in self.assign(workers)]
             lines.append(f"  per worker ({workers}): " + ", ".join(_fmt(b) for b in per))

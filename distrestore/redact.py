@@ -10,7 +10,11 @@ library, a log record) is scrubbed of the secret values themselves, which
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+import traceback
+from collections import deque
 from collections.abc import Iterable, Mapping
 
 MASK = "***"
@@ -98,3 +102,56 @@ class RedactedOptions(dict):
 
     def __reduce__(self):  # pickles as a dict subclass holding its items
         return (type(self), (dict(self),))
+
+
+# -- logs of the storage libraries ----------------------------------------------------------------
+
+LOGGERS = ("botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "google", "urllib3", "aiohttp", "distrestore")
+"""Loggers (and their children) whose records are scrubbed of known secrets."""
+
+_MAX_SECRET_SETS = 64
+
+
+class SecretFilter(logging.Filter):
+    """Masks the secrets of the storages distrestore made (the last :data:`_MAX_SECRET_SETS`
+    sets of options) and URL user-info in log records, message and traceback alike. It runs only
+    for records a logger emits (at DEBUG, botocore logs request headers and endpoints)."""
+
+    def __init__(self):
+        super().__init__("distrestore-secrets")
+        self._sets: deque[frozenset[str]] = deque(maxlen=_MAX_SECRET_SETS)
+        self._secrets: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+
+    def add(self, secrets: Iterable[str]) -> None:
+        secrets = frozenset(secrets)
+        with self._lock:
+            if secrets and secrets not in self._sets:
+                self._sets.append(secrets)
+                self._secrets = frozenset().union(*self._sets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a record that does not format is left to the handler to report
+            return True
+        clean = redact_text(msg, self._secrets)
+        if clean != msg:
+            record.msg, record.args = clean, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_text("".join(traceback.format_exception(*record.exc_info)), self._secrets).rstrip()
+        return True
+
+
+SECRET_FILTER = SecretFilter()
+
+
+def guard_logs(secrets: Iterable[str] = ()) -> None:
+    """Register ``secrets`` and put the filter on every logger of :data:`LOGGERS` that exists now
+    (a logger filter sees only the records of its own logger, so each one gets it)."""
+    SECRET_FILTER.add(secrets)
+    names = [n for n in list(logging.root.manager.loggerDict) if n.split(".", 1)[0] in LOGGERS]
+    for name in {*names, *LOGGERS}:
+        logger = logging.getLogger(name)
+        if SECRET_FILTER not in logger.filters:
+            logger.addFilter(SECRET_FILTER)

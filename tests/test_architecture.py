@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         "foundation",
         [
             "distrestore.errors",
+            "distrestore.redact",
             "distrestore._gc",
             "distrestore.progress",
             "distrestore._native",

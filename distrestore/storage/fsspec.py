@@ -24,6 +24,7 @@ import threading
 from collections import OrderedDict
 
 from ..errors import ShortReadError, StorageError
+from ..redact import guard_logs
 from .base import Storage
 
 DEFAULT_TIMEOUT = 30.0
@@ -50,9 +51,9 @@ class FsspecStorage(Storage):
         if self._fs is None:
             with self._lock:
                 if self._fs is None:
-                    self._fs = filesystem(
-                        self.protocol, backend_options(self.protocol, self.storage_options, self.timeout)
-                    )
+                    guard_logs(self.secrets())  # before the library logs its first request
+                    options = backend_options(self.protocol, self.storage_options, self.timeout)
+                    self._fs = filesystem(self.protocol, options)
         return self._fs
 
     def _call(self, method: str, *args, limit: float | None = None, **kwargs):
