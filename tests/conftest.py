@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent
 FIXTURES_DIR = TESTS_DIR / "fixtures" / "tf"
 
-# Test helpers import from tests/ (storage_wrappers) and tests/fixtures/ (digest); the package
+# Test helpers import from tests/ (checks, fault_proxy) and tests/fixtures/ (digest); the package
 # from the repo root when it is not installed.
 for _p in (str(TESTS_DIR / "fixtures"), str(TESTS_DIR), str(ROOT)):
     if _p == str(ROOT) and importlib.util.find_spec("distrestore") is not None:
