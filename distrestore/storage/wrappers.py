@@ -21,7 +21,7 @@ from collections import Counter
 from ..errors import ShortReadError
 from .base import Storage
 
-__all__ = ["CountingStorage", "FlakyStorage", "InjectedHTTPError", "LatencyStorage", "StorageWrapper"]
+__all__ = ["CountingStorage", "FlakyStorage", "LatencyStorage", "StorageWrapper", "http_error"]
 
 
 class StorageWrapper(Storage):
@@ -264,15 +264,11 @@ class LatencyStorage(CountingStorage):
         time.sleep(self.latency)
 
 
-class InjectedHTTPError(OSError):
-    """What an HTTP error answer looks like to the retry loop: an OSError with ``code``."""
-
-    def __init__(self, msg: str = "503 Service Unavailable (injected)", code: int = 503):
-        super().__init__(msg)
-        self.code = code
-
-    def __reduce__(self):
-        return type(self), (str(self), self.code)
+def http_error(message: str = "503 Service Unavailable (injected)", code: int = 503) -> OSError:
+    """What an HTTP error answer looks like to the retry loop: an ``OSError`` with ``code``."""
+    err = OSError(message)
+    err.code = code
+    return err
 
 
 TRANSIENT_KINDS = ("timeout", "503", "short")
@@ -283,7 +279,7 @@ class FlakyStorage(CountingStorage):
     """Fails the first ``failures`` read attempts of each range ``(url, start, end)``.
 
     ``kinds`` are cycled per attempt of a range: ``"timeout"`` (``TimeoutError``), ``"503"``
-    (:class:`InjectedHTTPError`, code 503), ``"throttle"`` (code 429), ``"short"`` (half the buffer
+    (:func:`http_error`, code 503), ``"throttle"`` (code 429), ``"short"`` (half the buffer
     filled with junk, then ``ShortReadError``; a later success must overwrite the junk),
     ``"reset"`` (``ConnectionResetError``), ``"refused"`` (``ConnectionRefusedError``); and
     permanent ones, never to be retried: ``"missing"`` (``FileNotFoundError``), ``"denied"``
@@ -324,9 +320,9 @@ def _raise(kind: str, url: str, start: int, end: int, n: int, views) -> None:
     if kind == "timeout":
         raise TimeoutError(f"injected timeout: {where}")
     if kind == "503":
-        raise InjectedHTTPError(f"503 Service Unavailable (injected): {where}")
+        raise http_error(f"503 Service Unavailable (injected): {where}")
     if kind == "throttle":
-        raise InjectedHTTPError(f"429 SlowDown (injected): {where}", code=429)
+        raise http_error(f"429 SlowDown (injected): {where}", code=429)
     if kind == "reset":
         raise ConnectionResetError(f"injected connection reset: {where}")
     if kind == "refused":
@@ -345,5 +341,5 @@ def _raise(kind: str, url: str, start: int, end: int, n: int, views) -> None:
     if kind == "denied":
         raise PermissionError(f"injected access denied: {where}")
     if kind == "404":
-        raise InjectedHTTPError(f"404 Not Found (injected): {where}", code=404)
+        raise http_error(f"404 Not Found (injected): {where}", code=404)
     raise ValueError(f"unknown injected failure kind {kind!r}")
