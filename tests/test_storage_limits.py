@@ -22,11 +22,11 @@ import psutil
 import pytest
 
 import distrestore as dr
-from distrestore.errors import DeadlineExceededError, ShortReadError
+from distrestore.errors import DeadlineExceededError, ShortReadError, StorageError
 from distrestore.storage import PERMANENT, REFUSED, TRANSIENT, RetryPolicy, Storage, failure_kind
 from distrestore.storage import fsspec as fsspec_backend
 from distrestore.storage.fsspec import MAX_FILESYSTEMS, backend_options, cached_filesystems, filesystem
-from distrestore.storage.wrappers import CountingStorage, FlakyStorage
+from distrestore.storage.wrappers import CountingStorage, FlakyStorage, StorageWrapper
 
 ENTRY_POINTS = [
     dr.restore_tensors,
@@ -263,3 +263,31 @@ def test_100_consecutive_s3_restores_hold_descriptors_threads_and_memory(s3_serv
     assert proc.num_fds() <= fds + 2 and peak_fds <= fds + 40, (fds, proc.num_fds(), peak_fds)
     assert threading.active_count() <= threads and peak_threads <= threads + 40, (threads, peak_threads)
     assert growth <= 20, f"RSS grew {growth:.1f} MB over 100 restores"
+
+
+# -- writes --------------------------------------------------------------------------------------------
+
+
+class FailingWrites(StorageWrapper):
+    """Fails the first ``n`` write attempts with ``error``."""
+
+    def __init__(self, inner, n, error):
+        super().__init__(inner)
+        self.n, self.error, self.tries = n, error, 0
+
+    def write_attempt(self, url, data, limit):
+        self.tries += 1
+        if self.tries <= self.n:
+            raise self.error
+        return super().write_attempt(url, data, limit)
+
+
+def test_idempotent_writes_are_retried_and_a_full_disk_is_not(tmp_path):
+    fast = RetryPolicy(attempts=4, initial_backoff=0.001, max_backoff=0.002)
+    s = FailingWrites(Storage(retry=fast), 2, ConnectionResetError("reset"))
+    s.write_bytes(str(tmp_path / "a"), b"abc")
+    assert (tmp_path / "a").read_bytes() == b"abc" and s.tries == 3
+    full = FailingWrites(Storage(retry=fast), 10, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(StorageError, match="writing .* after 1 attempt"):
+        full.write_bytes(str(tmp_path / "b"), b"abc")
+    assert full.tries == 1

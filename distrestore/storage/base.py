@@ -52,6 +52,7 @@ PERMANENT, TRANSIENT, REFUSED = "permanent", "transient", "refused"
 
 _PERMANENT_TYPES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, TypeError)
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}  # a write that cannot succeed now
 # error codes object stores answer with that no retry can change
 _PERMANENT_TEXT = (
     "NoSuchKey",
@@ -98,7 +99,7 @@ def failure_kind(exc: BaseException) -> str:
         names = [c.__name__ for c in type(e).__mro__]
         if any(p in n for n in names for p in _PERMANENT_NAMES) or "ClientConnectorDNSError" in names:
             return PERMANENT
-        if isinstance(e, OSError) and e.errno in _UNREACHABLE:
+        if isinstance(e, OSError) and (e.errno in _UNREACHABLE or e.errno in _FULL):
             return PERMANENT
         # an HTTP status on the error; aiohttp's own errors carry parser codes (400 for a
         # malformed answer), not the server's status: the storage libraries check that themselves
@@ -234,21 +235,38 @@ class Storage(ABC):
     @abstractmethod
     def glob_attempt(self, pattern: str, limit: float | None) -> list[str]: ...
 
-    # writing (the writer and tests): not retried
+    # writing (the writer): single attempts of idempotent calls, retried below
     @abstractmethod
-    def write_bytes(self, url: str, data: bytes) -> None: ...
+    def write_attempt(self, url: str, data: bytes, limit: float | None) -> None:
+        """One try at writing ``data`` as the whole file."""
 
     @abstractmethod
-    def open_write(self, url: str): ...
+    def makedirs_attempt(self, url: str, limit: float | None) -> None: ...
 
     @abstractmethod
-    def makedirs(self, url: str) -> None: ...
+    def rename_attempt(self, src: str, dst: str, limit: float | None) -> None: ...
 
     @abstractmethod
-    def rename(self, src: str, dst: str) -> None: ...
+    def remove_attempt(self, url: str, limit: float | None) -> None: ...
 
     @abstractmethod
-    def remove(self, url: str) -> None: ...
+    def open_write(self, url: str):
+        """A writable binary file (streamed; not retried: a failed stream is written again by
+        its caller)."""
+
+    # -- writing, retried ------------------------------------------------------------------------
+
+    def write_bytes(self, url: str, data: bytes) -> None:
+        self._retry(url, None, lambda limit: self.write_attempt(url, data, limit), verb="writing")
+
+    def makedirs(self, url: str) -> None:
+        self._retry(url, None, lambda limit: self.makedirs_attempt(url, limit), verb="making")
+
+    def rename(self, src: str, dst: str) -> None:
+        self._retry(src, None, lambda limit: self.rename_attempt(src, dst, limit), verb="renaming")
+
+    def remove(self, url: str) -> None:
+        self._retry(url, None, lambda limit: self.remove_attempt(url, limit), verb="removing")
 
     # -- reading, retried ------------------------------------------------------------------------
 
@@ -302,7 +320,7 @@ class Storage(ABC):
         """Seconds until the call's deadline (None without one)."""
         return None if self.deadline_at is None else self.deadline_at - time.time()
 
-    def _retry(self, url: str, byte_range, attempt, *, what: str = "", not_found=_RAISE):
+    def _retry(self, url: str, byte_range, attempt, *, what: str = "", not_found=_RAISE, verb: str = "reading"):
         now = time.monotonic()
         end = now + self.retry.deadline
         left = self.seconds_left()
@@ -315,7 +333,7 @@ class Storage(ABC):
         while True:
             limit = end - time.monotonic()
             if limit <= 0:
-                raise self._failure(url, byte_range, what, n, last, deadline=call_bound) from self._cause(last)
+                raise self._failure(verb, url, byte_range, what, n, last, deadline=call_bound) from self._cause(last)
             n += 1
             try:
                 return attempt(limit)
@@ -338,7 +356,7 @@ class Storage(ABC):
                         kind = PERMANENT
                 if kind == PERMANENT or n >= self.retry.attempts or now >= end:
                     deadline = call_bound and kind != PERMANENT and now >= end
-                    raise self._failure(url, byte_range, what, n, e, deadline=deadline) from self._cause(e)
+                    raise self._failure(verb, url, byte_range, what, n, e, deadline=deadline) from self._cause(e)
                 time.sleep(max(0.0, min(self.retry.backoff(n), end - now)))
 
     def _cause(self, exc: BaseException | None) -> BaseException | None:
@@ -349,12 +367,12 @@ class Storage(ABC):
         text = "".join(traceback.format_exception(exc))
         return None if redact_text(text, self.secrets()) != text else exc
 
-    def _failure(self, url, byte_range, what, attempts, exc, *, deadline: bool) -> StorageError:
+    def _failure(self, verb, url, byte_range, what, attempts, exc, *, deadline: bool) -> StorageError:
         where = _where(url, byte_range, what)
         cause = "" if exc is None else f": {type(exc).__name__}: {redact_text(str(exc), self.secrets())}"
         if deadline:
-            return DeadlineExceededError(f"reading {where}: the deadline passed after {attempts} attempt(s){cause}")
-        return StorageError(f"reading {where} failed after {attempts} attempt(s){cause}")
+            return DeadlineExceededError(f"{verb} {where}: the deadline passed after {attempts} attempt(s){cause}")
+        return StorageError(f"{verb} {where} failed after {attempts} attempt(s){cause}")
 
 
 def _where(url: str, byte_range, what: str) -> str:

@@ -92,20 +92,20 @@ class FsspecStorage(Storage):
         prefix = self.protocol + "://"
         return [p if "://" in p else prefix + p for p in self._call("glob", pattern, limit=limit)]
 
-    def write_bytes(self, url, data) -> None:
-        self.fs.pipe_file(url, data)
+    def write_attempt(self, url, data, limit=None) -> None:
+        self._call("pipe_file", url, data, limit=limit)
 
     def open_write(self, url):
         return self.fs.open(url, "wb")
 
-    def makedirs(self, url) -> None:
-        self.fs.makedirs(url, exist_ok=True)
+    def makedirs_attempt(self, url, limit=None) -> None:
+        self._call("makedirs", url, exist_ok=True, limit=limit)
 
-    def rename(self, src, dst) -> None:
-        self.fs.mv(src, dst)
+    def rename_attempt(self, src, dst, limit=None) -> None:
+        self.fs.mv(src, dst)  # copy + delete in fsspec, not one call that a time limit could cut
 
-    def remove(self, url) -> None:
-        self.fs.rm_file(url)
+    def remove_attempt(self, url, limit=None) -> None:
+        self._call("rm_file", url, limit=limit)
 
 
 def backend_options(protocol: str, options, timeout: float | None) -> dict:

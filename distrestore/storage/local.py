@@ -52,20 +52,20 @@ class LocalStorage(Storage):
     def glob_attempt(self, pattern, limit=None) -> list[str]:
         return glob.glob(local_path(pattern))
 
-    def write_bytes(self, url, data) -> None:
+    def write_attempt(self, url, data, limit=None) -> None:
         with open(local_path(url), "wb") as f:
             f.write(data)
 
     def open_write(self, url):
         return open(local_path(url), "wb")
 
-    def makedirs(self, url) -> None:
+    def makedirs_attempt(self, url, limit=None) -> None:
         os.makedirs(local_path(url) or ".", exist_ok=True)
 
-    def rename(self, src, dst) -> None:
+    def rename_attempt(self, src, dst, limit=None) -> None:
         os.replace(local_path(src), local_path(dst))
 
-    def remove(self, url) -> None:
+    def remove_attempt(self, url, limit=None) -> None:
         os.remove(local_path(url))
 
 

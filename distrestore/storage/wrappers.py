@@ -82,20 +82,20 @@ class StorageWrapper(Storage):
     def glob_attempt(self, pattern, limit):
         return self.inner.glob_attempt(pattern, limit)
 
-    def write_bytes(self, url, data):
-        return self.inner.write_bytes(url, data)
+    def write_attempt(self, url, data, limit):
+        return self.inner.write_attempt(url, data, limit)
 
     def open_write(self, url):
         return self.inner.open_write(url)
 
-    def makedirs(self, url):
-        return self.inner.makedirs(url)
+    def makedirs_attempt(self, url, limit):
+        return self.inner.makedirs_attempt(url, limit)
 
-    def rename(self, src, dst):
-        return self.inner.rename(src, dst)
+    def rename_attempt(self, src, dst, limit):
+        return self.inner.rename_attempt(src, dst, limit)
 
-    def remove(self, url):
-        return self.inner.remove(url)
+    def remove_attempt(self, url, limit):
+        return self.inner.remove_attempt(url, limit)
 
 
 class _Stats:
