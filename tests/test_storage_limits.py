@@ -222,6 +222,10 @@ def _wrapped(inner: BaseException, outer: BaseException) -> BaseException:
         (OSError("An error occurred (AccessDenied) when calling GetObject"), PERMANENT),
         (OSError("An error occurred (ExpiredToken)"), PERMANENT),
         (OSError(errno.EIO, "An error occurred (InternalError)"), TRANSIENT),
+        # an error raised while handling an unrelated one is not classified by that one
+        (_wrapped(ValueError("a parse detail"), OSError(errno.EIO, "payload not completed")), TRANSIENT),
+        (_wrapped(KeyError("x"), TimeoutError("read timed out")), TRANSIENT),
+        (OSError(errno.ENOSPC, "No space left on device"), PERMANENT),
     ],
 )
 def test_failure_kind(exc, kind):

@@ -71,30 +71,34 @@ _PERMANENT_NAMES = ("Credential", "NoRegionError", "NoAuthToken", "UnknownSignat
 
 
 def _chain(exc: BaseException, depth: int = 8):
-    """``exc`` and the exceptions it wraps (cause, context, a library's ``os_error``/``error``)."""
+    """``(e, wrapped)`` for ``exc`` and the exceptions it wraps: its cause, a library's
+    ``os_error``/``kwargs["error"]`` (botocore) and exception arguments (``wrapped`` True), and
+    the exception it was raised while handling (``__context__``: ``wrapped`` False, since that
+    one may be unrelated)."""
     seen: set[int] = set()
-    todo = [exc]
+    todo = [(exc, True)]
     while todo and len(seen) < depth:
-        e = todo.pop(0)
+        e, wrapped = todo.pop(0)
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        yield e
-        kwargs = getattr(e, "kwargs", None)  # botocore keeps the wrapped error in kwargs["error"]
-        inner = kwargs.get("error") if isinstance(kwargs, dict) else None
-        todo += [e.__cause__, e.__context__, getattr(e, "os_error", None), inner]
-        todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+        yield e, wrapped
+        kwargs = getattr(e, "kwargs", None)
+        inner = [kwargs.get("error")] if isinstance(kwargs, dict) else []
+        args = [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+        todo += [(x, wrapped) for x in (e.__cause__, getattr(e, "os_error", None), *inner, *args)]
+        todo.append((e.__context__, False))
 
 
 def failure_kind(exc: BaseException) -> str:
     """``PERMANENT`` (not found, access denied, no credentials, name resolution, unreachable
-    network, bad request), ``REFUSED`` (a refused connection) or ``TRANSIENT`` (timeouts,
-    resets, throttling, 5xx, short reads: anything else)."""
-    if isinstance(exc, ShortReadError):
+    network, a full disk, a bad request), ``REFUSED`` (a refused connection) or ``TRANSIENT``
+    (timeouts, resets, throttling, 5xx, short reads: anything else)."""
+    if isinstance(exc, (ShortReadError, TimeoutError, ConnectionResetError, ConnectionAbortedError)):
         return TRANSIENT
     refused = False
-    for e in _chain(exc):
-        if isinstance(e, _PERMANENT_TYPES) or isinstance(e, socket.gaierror):
+    for e, wrapped in _chain(exc):
+        if (wrapped and isinstance(e, _PERMANENT_TYPES)) or isinstance(e, socket.gaierror):
             return PERMANENT
         names = [c.__name__ for c in type(e).__mro__]
         if any(p in n for n in names for p in _PERMANENT_NAMES) or "ClientConnectorDNSError" in names:
