@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 import warnings
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -36,7 +35,7 @@ from .format.messages import BIG, BundleHeader, TensorEntry, decode_entry, decod
 from .format.slices import Box, Extents, check_partition, slice_key
 from .format.state import CheckpointState, parse_state
 from .redact import redact_url
-from .storage import Storage, bucket_of, join
+from .storage import Storage, bucket_of, deadline_at, join
 
 CONSUMER = 1  # the bundle format version this reader implements (TF's kTensorBundleVersion)
 
@@ -283,22 +282,17 @@ def _check_version(header: BundleHeader, path: str) -> None:
 # -- resolution ----------------------------------------------------------------------------
 
 
-def deadline_at(deadline: float | None) -> float | None:
-    """The wall-clock time (``time.time()``) ``deadline`` seconds from now (None: no deadline)."""
-    return None if deadline is None else time.time() + deadline
-
-
 def call_storage(
     path: str,
     storage_options: dict | None,
     storage: Storage | None,
     timeout: float | None,
-    deadline_at: float | None,
+    at: float | None,
 ) -> tuple[Storage, Storage]:
     """``(storage, for_this_call)``: the storage to keep (``timeout`` applied) and the same
-    storage bounded by the call's deadline."""
+    storage bounded by the call's deadline (``at``, a wall-clock time)."""
     storage = (storage or Storage.for_url(path, storage_options)).limited(timeout=timeout)
-    return storage, storage.limited(deadline_at=deadline_at)
+    return storage, storage.limited(deadline_at=at)
 
 
 def get_checkpoint_state(

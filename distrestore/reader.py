@@ -16,9 +16,10 @@ from ._gc import gc_paused
 from .errors import UnsupportedCheckpointError
 from .format.checks import check_stored_size
 from .format.strings import decode_variants
-from .index import CheckpointIndex, deadline_at, open_index
+from .index import CheckpointIndex, open_index
 from .redact import redact_url
 from .restore import TensorRequest, fetch
+from .storage import deadline_at
 
 
 class CheckpointReader:

@@ -19,9 +19,10 @@ from ._gc import gc_paused
 from .assemble import Assembly
 from .execute import Executor, get_executor
 from .format import dtypes
-from .index import CheckpointIndex, deadline_at, open_index
+from .index import CheckpointIndex, open_index
 from .plan import PlanOptions, ReadPlan, Wants, build_plan
 from .progress import make_progress
+from .storage import deadline_at
 
 
 class TensorRequest(NamedTuple):

@@ -7,7 +7,7 @@ backend (the tests and benchmarks use them).
 """
 
 from ..errors import ShortReadError
-from .base import PERMANENT, REFUSED, TRANSIENT, RetryPolicy, Storage, failure_kind, is_transient
+from .base import PERMANENT, REFUSED, TRANSIENT, RetryPolicy, Storage, deadline_at, failure_kind, is_transient
 from .fsspec import FsspecStorage
 from .local import LocalStorage
 from .paths import bucket_of, dirname, is_local, join, local_path, protocol_of
@@ -22,6 +22,7 @@ __all__ = [
     "ShortReadError",
     "Storage",
     "bucket_of",
+    "deadline_at",
     "dirname",
     "failure_kind",
     "is_local",

@@ -14,6 +14,7 @@ filesystem again where it is unpickled, so Ray workers and forked processes neve
 from __future__ import annotations
 
 import errno
+import os
 import random
 import socket
 import time
@@ -44,6 +45,13 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         return random.uniform(0, min(self.max_backoff, self.initial_backoff * 2**attempt))
+
+
+def deadline_at(deadline: float | None) -> float | None:
+    """The wall-clock time (``time.time()``) ``deadline`` seconds from now (None: no deadline):
+    what ``Storage.limited(deadline_at=)`` takes. Wall-clock, so it means the same on a Ray
+    worker."""
+    return None if deadline is None else time.time() + deadline
 
 
 # -- which failures are worth retrying ------------------------------------------------------------
@@ -167,8 +175,6 @@ class Storage(ABC):
     @classmethod
     def for_url(cls, url, storage_options: Mapping | None = None, **kw) -> Storage:
         """The storage for ``url``'s scheme (``retry=``, ``timeout=``, ``deadline_at=`` as keywords)."""
-        import os
-
         return Storage(protocol_of(os.fspath(url)), dict(storage_options or {}), **kw)
 
     # -- identity, pickling, display -----------------------------------------------------------

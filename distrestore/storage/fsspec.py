@@ -40,7 +40,7 @@ _GCS = ("gs", "gcs")
 class FsspecStorage(Storage):
     """Any fsspec URL scheme; ``storage_options`` are the filesystem's constructor arguments."""
 
-    def __init__(self, protocol: str = "s3", storage_options=None, retry=None, **limits):
+    def __init__(self, protocol: str, storage_options=None, retry=None, **limits):
         super().__init__(protocol, storage_options, retry, **limits)
         self._fs = None
         self._lock = threading.Lock()
