@@ -307,9 +307,7 @@ def get_checkpoint_state(
     """The directory's ``checkpoint`` state, relative paths joined with the directory (TF's
     ``get_checkpoint_state``); None when the file does not exist. Paths are resolved as TF
     resolves them (see :func:`_resolve`)."""
-    checkpoint_dir = os.fspath(checkpoint_dir)
-    _, storage = call_storage(checkpoint_dir, storage_options, storage, timeout, deadline_at(deadline))
-    found = _read_state(checkpoint_dir, latest_filename, storage)
+    found, _ = _state_file(checkpoint_dir, latest_filename, storage_options, storage, timeout, deadline)
     return None if found is None else found[0]
 
 
@@ -324,10 +322,15 @@ def latest_checkpoint(
 ) -> str | None:
     """The newest checkpoint prefix listed in the directory's state file, if its files exist
     inside the directory's filesystem and bucket (else None, as TF finds nothing there)."""
+    found, storage = _state_file(checkpoint_dir, latest_filename, storage_options, storage, timeout, deadline)
+    return None if found is None else _existing(found, storage)
+
+
+def _state_file(checkpoint_dir, latest_filename, storage_options, storage, timeout, deadline):
+    """``(_read_state(...), the call's storage)`` for the public state-file functions."""
     checkpoint_dir = os.fspath(checkpoint_dir)
     _, storage = call_storage(checkpoint_dir, storage_options, storage, timeout, deadline_at(deadline))
-    found = _read_state(checkpoint_dir, latest_filename, storage)
-    return None if found is None else _existing(found, storage)
+    return _read_state(checkpoint_dir, latest_filename, storage), storage
 
 
 def _existing(found: tuple[CheckpointState, bool, str], storage: Storage) -> str | None:
@@ -351,7 +354,7 @@ def _read_state(checkpoint_dir: str, latest_filename: str | None, storage: Stora
         state = parse_state(text, path)
     except (CorruptCheckpointError, UnicodeDecodeError) as e:
         # TF logs "<path>: Checkpoint ignored" and carries on as if there were no state file
-        warnings.warn(f"{path}: checkpoint state file ignored, it does not parse: {e}", stacklevel=3)
+        warnings.warn(f"{path}: checkpoint state file ignored, it does not parse: {e}", stacklevel=4)
         return None
     if not state.model_checkpoint_path:
         raise CorruptCheckpointError(f"Invalid checkpoint state loaded from {checkpoint_dir}")
