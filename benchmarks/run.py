@@ -1115,7 +1115,7 @@ class Bench:
             entries,
             nbytes=nb,
             note="The consumer hashes each array (inside the timer) and drops it. Bytes in flight "
-            "are counted by a Storage subclass around every readinto.",
+            "are counted by distrestore.storage.wrappers.CountingStorage around the storage.",
         )
         for b in budgets:
             row = g["rows"].get(f"iter_restore_tensors, max_inflight_bytes={b // MiB} MiB", {})
