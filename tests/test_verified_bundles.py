@@ -10,7 +10,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from storage_wrappers import CountingStorage
 from verify_support import flip, touched
 
 import distrestore as dr
@@ -20,6 +19,7 @@ from distrestore.format import crc, dtypes, sstable
 from distrestore.format.messages import BIG, encode_entry, encode_header
 from distrestore.format.slices import slice_key
 from distrestore.plan import PlanOptions, build_plan
+from distrestore.storage.wrappers import CountingStorage
 
 R = slice
 

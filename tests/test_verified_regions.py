@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from storage_wrappers import CountingStorage, wrap
 from verify_support import flip, flip_positions, touched
 
 import distrestore as dr
 from distrestore.assemble import Assembly
 from distrestore.format.slices import box_from_region, box_size, intersect, to_box
 from distrestore.plan import PlanOptions, build_plan
+from distrestore.storage.wrappers import CountingStorage
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 SHARDED = "tf1_sharded/model.ckpt-7"
@@ -314,7 +314,7 @@ def test_remote_region_reads_are_verified(remote, tmp_path):
     where = re.escape(f"bytes [{entry.offset}, {entry.offset + entry.size})")
     with pytest.raises(dr.ChecksumMismatchError, match=where):
         dr.fetch([dr.TensorRequest(dr.open_checkpoint(prefix, storage_options=so), "big/part5", region)])
-    counting = wrap(CountingStorage, dr.open_checkpoint(prefix, storage_options=so).storage)
+    counting = CountingStorage(dr.open_checkpoint(prefix, storage_options=so).storage)
     index = dr.open_checkpoint(prefix, storage=counting)
     counting.reset()
     (got,) = dr.fetch([dr.TensorRequest(index, "big/part5", region)], verify=False)
