@@ -9,6 +9,7 @@ refused with a message saying so.
 
 from __future__ import annotations
 
+import copy
 import os
 import struct
 import warnings
@@ -139,6 +140,13 @@ class CheckpointIndex:
             self._referenced = [self.data_file(i) for i in sorted(shards) if 0 <= i < self.header.num_shards]
         return list(self._referenced)
 
+    def with_storage(self, storage: Storage) -> CheckpointIndex:
+        """This index read through ``storage`` (the same one with a call's limits): everything
+        else is shared, the data file sizes it learns included."""
+        view = copy.copy(self)
+        view.storage = storage
+        return view
+
     def data_file_size(self, shard_id: int) -> int:
         """Size of data file ``shard_id``, asked once (``Storage.size``) and kept."""
         size = self._file_sizes.get(shard_id)
@@ -146,15 +154,20 @@ class CheckpointIndex:
             size = self._file_sizes[shard_id] = self.storage.size(self.data_file(shard_id))
         return size
 
-    def _sizes_of(self, shard_ids) -> None:
+    def _sizes_of(self, shard_ids, reading=None) -> None:
         """Ask the sizes of several data files not known yet, concurrently where remote; a file
-        that is missing stays unknown (the tensors in it then fail by name)."""
+        that is missing stays unknown (the tensors in it then fail by name). ``reading(i)``: what
+        a storage error (a deadline, say) asking file ``i`` names as read from it."""
 
         def ask(i: int) -> None:
             try:
                 self.data_file_size(i)
             except CheckpointNotFoundError:
                 pass
+            except StorageError as e:
+                if reading is None:
+                    raise
+                raise type(e)(f"{e} (reading {reading(i)})") from e
 
         missing = [i for i in shard_ids if i not in self._file_sizes]
         if len(missing) > 1 and not self.storage.local:
@@ -174,6 +187,9 @@ class CheckpointIndex:
             size = self.data_file_size(entry.shard_id)
         except CheckpointNotFoundError:
             raise CheckpointNotFoundError(f"file not found: {file} (reading tensors {entry.name!r})") from None
+        except StorageError as e:  # e.g. the call's deadline, while asking the file's size
+            where = f"bytes [{entry.offset}, {entry.offset + entry.size}) (tensors {entry.name!r})"
+            raise type(e)(f"{e} (reading {where})") from e
         if entry.offset + entry.size > size:
             raise StorageError(
                 f"{file} bytes [{entry.offset}, {entry.offset + entry.size}): file is shorter than the checkpoint "
@@ -194,7 +210,14 @@ class CheckpointIndex:
         else:
             ids_arr, where = np.unique(np.where(ok, shard, -1), return_inverse=True)
             ids = ids_arr.tolist()
-        self._sizes_of([i for i in ids if i >= 0])
+
+        def reading(i: int) -> str:
+            picked = rows[shard == i][:3].tolist()
+            return ", ".join(
+                f"bytes [{cols.offset[r]}, {cols.offset[r] + cols.size[r]}) (tensors {cols.names[r]!r})" for r in picked
+            )
+
+        self._sizes_of([i for i in ids if i >= 0], reading)
         limit = np.array([self._file_sizes.get(i, -1) for i in ids], np.int64)[where]
         # offset <= limit - size: offset + size could wrap int64 (each is below 2^63, not their sum)
         return ok & (cols.offset[rows] <= limit - cols.size[rows])

@@ -77,8 +77,8 @@ class CheckpointReader:
         # the element count against the entry's bytes, the bytes against the file: nothing is
         # allocated from a claimed size (each record is then read by its own decoded length)
         check_stored_size(entry.dtype, entry.num_elements, entry.size, name, file)
-        self.index.check_location(entry)
         storage = self.index.storage.limited(timeout=self.timeout, deadline_at=deadline_at(self.deadline))
+        self.index.with_storage(storage).check_location(entry)
         data = storage.read(file, entry.offset, entry.offset + entry.size)
         return decode_variants(data, entry.num_elements, entry.shape, stored_crc=entry.crc32c, where=where)
 

@@ -73,9 +73,14 @@ class _Run:
     def __init__(self, wants: Wants, executor, verify: bool, max_inflight_bytes, progress, timeout=None, at=None):
         self.executor = get_executor(executor)
         self.storages = {}
+        views = {}  # each index read through its storage with the call's limits (planning asks sizes)
         for index in wants.distinct_checkpoints():
             storage = index.storage.limited(timeout=timeout, deadline_at=at)
             self.storages.update((f, storage) for f in index.data_files())
+            if storage is not index.storage:
+                views[id(index)] = index.with_storage(storage)
+        if views:
+            wants = Wants([views.get(id(c), c) for c in wants.checkpoints], wants.names, wants.regions)
         with gc_paused():  # the plan and the assembly's bookkeeping: 10^5 objects at once (see _gc)
             self.plan = plan_requests(wants, self.executor, max_inflight_bytes, verify=verify)
             allocator = getattr(self.executor, "allocator", None)  # optional: see Executor

@@ -161,6 +161,7 @@ def test_stalled_request_is_abandoned_at_timeout_and_retried(faulty):
     url = faulty.url("tf1_sharded")
     storage = CountingStorage(faulty.storage(retry=RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02)))
     index = dr.open_checkpoint(url, storage=storage, timeout=0.5)
+    dr.restore_tensors(index)  # the index learns its data files' sizes: what stalls now is the range read
     faulty.proxy.clear()
     faulty.proxy.add_rule("stall", match="data-00002")
     storage.reset()
@@ -206,12 +207,14 @@ def test_access_denied_fails_at_once(faulty):
 
 def test_missing_key_fails_at_once(faulty):
     url = faulty.store.upload(FIXTURES_DIR / "tf1_sharded", exclude=["model.ckpt-7.data-00001-of-00004"])
-    index = dr.open_checkpoint(url, storage=faulty.storage())
-    faulty.proxy.clear()
+    storage = CountingStorage(faulty.storage())
+    index = dr.open_checkpoint(url, storage=storage)
+    storage.reset()
+    t0 = time.monotonic()
     with pytest.raises(CheckpointNotFoundError, match="data-00001"):
         dr.restore_tensors(index)
-    requests = [p for _, p, _ in faulty.proxy.log if "data-00001" in p]
-    assert len(requests) == len(set(requests))  # no request was repeated
+    assert time.monotonic() - t0 < 2.0 + SLACK
+    assert storage.attempts + storage.meta_attempts == sum(storage.calls.values())  # one attempt each
 
 
 def test_missing_bucket_fails_at_once(faulty):
@@ -221,7 +224,7 @@ def test_missing_bucket_fails_at_once(faulty):
     with pytest.raises(CheckpointNotFoundError):
         dr.open_checkpoint(f"{scheme}://distrestore-no-such-bucket-x/ckpt/model", storage=storage)
     assert time.monotonic() - t0 < 2.0 + SLACK
-    assert storage.attempts == sum(storage.calls.values())  # each call one attempt, none retried
+    assert storage.attempts + storage.meta_attempts == sum(storage.calls.values())  # one attempt each
 
 
 def test_no_credentials_fails_at_once(s3_server, monkeypatch, tmp_path):

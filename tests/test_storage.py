@@ -183,8 +183,8 @@ def test_missing_file_is_checkpoint_not_found(backend):
             call()
         assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, DistRestoreError)
         assert url in str(info.value)
-    # one attempt each, never retried
-    assert s.attempts == 3
+    # one attempt each, never retried (size is metadata)
+    assert s.attempts == 2 and s.meta_attempts == 1
 
 
 def test_missing_bucket_or_directory(backend):

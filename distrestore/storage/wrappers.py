@@ -109,7 +109,7 @@ class _Stats:
         self.calls: Counter = Counter()
         self.requests: list[tuple[str, int, int]] = []
         self.bytes_read = 0
-        self.attempts = 0
+        self.attempts = self.meta_attempts = 0
         self.inflight = self.max_inflight = 0
         self.inflight_bytes = self.max_inflight_bytes = 0
         self.range_attempts: Counter = Counter()
@@ -129,8 +129,9 @@ class CountingStorage(StorageWrapper):
     * ``requests``: every range read (``readinto``) and whole-file read as ``(url, start, end)``,
       in call order;
     * ``bytes_read``: bytes of those reads;
-    * ``attempts``: tries of the retry loop, for every call (reads and metadata; delays and
-      injected failures apply to read attempts only);
+    * ``attempts``: read attempts (one per try of the retry loop, ranges and whole files; delays
+      and injected failures apply to these); ``meta_attempts``: tries of metadata calls (``size``,
+      ``exists``, ``isdir``, ``glob``);
     * ``inflight`` / ``max_inflight``: ``readinto`` calls running now / at most at once;
     * ``inflight_bytes`` / ``max_inflight_bytes``: the same in bytes.
     """
@@ -139,6 +140,7 @@ class CountingStorage(StorageWrapper):
     requests = _stat("requests")
     bytes_read = _stat("bytes_read")
     attempts = _stat("attempts")
+    meta_attempts = _stat("meta_attempts")
     inflight = _stat("inflight")
     max_inflight = _stat("max_inflight")
     inflight_bytes = _stat("inflight_bytes")
@@ -228,7 +230,7 @@ class CountingStorage(StorageWrapper):
 
     def _meta_attempt(self) -> None:
         with self._stats.lock:
-            self._stats.attempts += 1
+            self._stats.meta_attempts += 1
 
     def size_attempt(self, url, limit):
         self._meta_attempt()
