@@ -36,12 +36,17 @@ from distrestore.coordination.ranges import (
 )
 from distrestore.coordination.reading import read_order
 from distrestore.coordination.state import Answer, Coordinator, Evicted, Failure, Planned, Registration
-from distrestore.errors import ChecksumMismatchError, CorruptCheckpointError, GroupMismatchError, ServiceTimeoutError
+from distrestore.errors import (
+    ChecksumMismatchError,
+    CorruptCheckpointError,
+    GroupMismatchError,
+    ServiceTimeoutError,
+    StorageError,
+)
 from distrestore.format import crc
 from distrestore.index import open_checkpoint
 from distrestore.plan import PlanOptions, build_plan
 from distrestore.restore import TensorRequest, fetch
-from distrestore.storage import StorageError
 
 MiB = 1 << 20
 
