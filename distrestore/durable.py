@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 
 from .errors import CheckpointNotFoundError, DistRestoreError, StorageError
 from .index import CheckpointIndex
 from .storage import Storage, dirname, local_path
+from .storage.base import COPY_CHUNK
 
 TEMP_MARK = ".tempstate"  # TF's mark for writer debris: readers never open such files
-_COPY_CHUNK = 16 << 20
 # os.link refusals that mean "copy instead": another filesystem, or one without hard links
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
@@ -105,17 +107,17 @@ def _same_store(a: Storage, b: Storage) -> bool:
     return a.protocol == b.protocol and a.storage_options == b.storage_options
 
 
-def _copy_stream(src_storage: Storage, src: str, out) -> None:
-    """Copy ``src`` into the writable file ``out`` in bounded chunks (retried reads)."""
+def _pieces(src_storage: Storage, src: str) -> Iterator[bytes]:
+    """The bytes of ``src`` in bounded pieces (each read retried by its storage)."""
     size = src_storage.size(src)
-    for start in range(0, size, _COPY_CHUNK):
-        out.write(src_storage.read(src, start, min(size, start + _COPY_CHUNK)))
+    for start in range(0, size, COPY_CHUNK):
+        yield src_storage.read(src, start, min(size, start + COPY_CHUNK))
 
 
 class BundlePublisher:
     """Writes the bundle ``prefix`` with ``num_shards`` data files; use as a context manager.
 
-    Stage every data file with :meth:`open_data` or :meth:`place_data`, then :meth:`commit` the
+    Stage every data file with :meth:`write_data` or :meth:`place_data`, then :meth:`commit` the
     index. Leaving the block with an exception before the commit removes everything staged.
     """
 
@@ -173,35 +175,37 @@ class BundlePublisher:
 
     # -- staging data files ------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def open_data(self, shard: int):
-        """A binary file to write data file ``shard`` into; complete (and fsynced) on exit."""
+    def write_data(self, shard: int, chunks: Callable[[], Iterable]) -> None:
+        """Write data file ``shard`` from the pieces ``chunks()`` yields (bytes-like); complete
+        (and fsynced) on return. On an object store the upload is retried as a whole, each
+        attempt calling ``chunks()`` again: it must yield the same bytes every time."""
         final = self.data_file(shard)
         if not self.storage.local:
-            self._placed.append(final)  # before the upload: a partial object is removed on failure
-            with _io("writing", final), self.storage.open_write(final) as f:
-                yield f
+            self._placed.append(final)  # before the upload: removed again if the write fails
+            with _io("writing", final):
+                self.storage.upload(final, chunks)
             return
         tmp = self._temps[final] = temp_name(final)
         with _io("writing", final), open(local_path(tmp), "wb") as f:
-            yield f
+            for chunk in chunks():
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
 
     def place_data(self, shard: int, src_storage: Storage, src: str) -> None:
         """Make data file ``shard`` hold the bytes of ``src``, leaving ``src`` untouched: a hard
         link where the filesystem allows, a server-side copy within one object store, a streamed
-        copy otherwise."""
+        copy otherwise. Copies into an object store are retried as a whole (each writes one
+        whole object)."""
         final = self.data_file(shard)
         if not self.storage.local:
             self._placed.append(final)
             with _io("copying", f"{src} to {final}"):
                 try:
                     if _same_store(src_storage, self.storage):
-                        self.storage.fs.copy(src, final)
+                        self.storage.copy(src, final)
                     else:
-                        with self.storage.open_write(final) as out:
-                            _copy_stream(src_storage, src, out)
+                        self.storage.upload(final, lambda: _pieces(src_storage, src))
                 except FileNotFoundError:
                     raise CheckpointNotFoundError(f"data file not found: {src}") from None
             return
@@ -221,7 +225,8 @@ class BundlePublisher:
                 _fsync_file(local_path(tmp))
             else:
                 with open(local_path(tmp), "wb") as out:
-                    _copy_stream(src_storage, src, out)
+                    for piece in _pieces(src_storage, src):
+                        out.write(piece)
                     out.flush()
                     os.fsync(out.fileno())
 
@@ -259,26 +264,43 @@ class BundlePublisher:
         """Best effort: data files of this prefix with another shard count. No index can name
         them any more (the prefix's one index now says ``num_shards``); they are what an
         overwritten bundle, or an earlier killed write, left behind."""
-        parent = dirname(self.prefix)
-        base = self.prefix[len(parent) :].lstrip("/" if not self.storage.local else os.sep)
-        pattern = re.compile(re.escape(base) + r"\.data-\d{5,}-of-(\d{5,})")
         try:
-            if self.storage.local:
-                names = os.listdir(self._dir or ".")
-            else:
-                names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.storage.glob(self.prefix + ".data-*")]
+            found = existing_data_files(self.prefix, self.storage)
         except (OSError, DistRestoreError):
             return
-        for name in names:
-            m = pattern.fullmatch(name)
-            if m and int(m.group(1)) != self.num_shards:
-                path = os.path.join(self._dir, name) if self.storage.local else f"{parent}/{name}"
+        for path, _, num_shards in found:
+            if num_shards != self.num_shards:
                 _remove_quietly(self.storage, path)
 
 
-def delete_bundle(prefix: str, data_files: list[str], storage: Storage) -> None:
-    """Remove a bundle: its index first (what readers open), then its data files, so a reader
-    never finds an index that names a removed file. Files already gone are skipped."""
+_DATA_NAME = re.compile(r"\.data-(\d{5,})-of-(\d{5,})")
+
+
+def existing_data_files(prefix: str, storage: Storage) -> list[tuple[str, int, int]]:
+    """``(path, shard, num_shards)`` of every file named like a data file of ``prefix``
+    (``<prefix>.data-SSSSS-of-NNNNN``) that exists: listed, never built from a shard count an
+    index claims (a hostile one can claim 10^7)."""
+    parent = dirname(prefix)
+    sep = os.sep if storage.local else "/"
+    base = prefix[len(parent) :].lstrip(sep)
+    if storage.local:
+        names = os.listdir(local_path(parent) or ".")
+    else:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in storage.glob(glob.escape(prefix) + ".data-*")]
+    out = []
+    for name in sorted(names):
+        m = _DATA_NAME.fullmatch(name[len(base) :]) if name.startswith(base) else None
+        if m:
+            path = os.path.join(local_path(parent), name) if storage.local else f"{parent}/{name}"
+            out.append((path, int(m.group(1)), int(m.group(2))))
+    return out
+
+
+def delete_bundle(prefix: str, num_shards: int, storage: Storage) -> None:
+    """Remove a bundle: its index first (what readers open), then every data file of its
+    ``num_shards`` that exists — those its entries use and any other, so nothing of the bundle
+    is left — so a reader never finds an index that names a removed file. Files already gone
+    are skipped."""
     with _io("removing", prefix + ".index"):
         try:
             if storage.local:
@@ -288,7 +310,11 @@ def delete_bundle(prefix: str, data_files: list[str], storage: Storage) -> None:
                 storage.remove(prefix + ".index")
         except FileNotFoundError:
             pass
-    for path in data_files:
+    with _io("listing the data files of", prefix):
+        found = existing_data_files(prefix, storage)
+    for path, shard, n in found:
+        if n != num_shards or shard >= num_shards:
+            continue
         with _io("removing", path):
             try:
                 if storage.local:

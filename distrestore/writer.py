@@ -10,8 +10,9 @@ each file under a temporary name, fsynced, then renamed.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def save_tensors(
         raise ValueError("num_shards must be at least 1")
     prefix = os.fspath(prefix)  # a str or a path-like, as TF's savers accept
     storage = Storage.for_url(prefix, storage_options)
-    items = sorted(((n, *_as_array(n, v)) for n, v in tensors.items()), key=lambda t: t[0].encode())
+    items = sorted(((n, *_as_array(n, v)) for n, v in tensors.items()), key=lambda t: _key(t[0]))
     if any(n == "" for n, _, _ in items):
         raise ValueError("a tensor name must not be empty (the empty key holds the header)")
     # balance shards by bytes, biggest first, then write each shard in name order
@@ -84,21 +85,31 @@ def save_tensors(
         shard_of[n] = s
         loads[s] += arr.nbytes
     entries = {}
+
+    def shard_bytes(shard: int) -> Iterator:
+        # the same bytes and entries at every call: an object store's retried upload calls it again
+        offset = 0
+        for name, arr, dt in items:
+            if shard_of[name] != shard:
+                continue
+            data, checksum = _encode(arr, dt)
+            size = len(data) if isinstance(data, bytes) else data.nbytes
+            entries[name] = encode_entry(dt.enum, arr.shape, shard, offset, size, checksum)
+            offset += size
+            yield data
+
     with BundlePublisher(prefix, num_shards, storage) as publisher:
         for shard in range(num_shards):
-            with publisher.open_data(shard) as f:
-                offset = 0
-                for name, arr, dt in items:
-                    if shard_of[name] != shard:
-                        continue
-                    data, checksum = _encode(arr, dt)
-                    f.write(data)
-                    size = len(data) if isinstance(data, bytes) else data.nbytes
-                    entries[name] = encode_entry(dt.enum, arr.shape, shard, offset, size, checksum)
-                    offset += size
-        index_items = [(b"", encode_header(num_shards))] + [(n.encode(), entries[n]) for n, _, _ in items]
+            publisher.write_data(shard, functools.partial(shard_bytes, shard))
+        index_items = [(b"", encode_header(num_shards))] + [(_key(n), entries[n]) for n, _, _ in items]
         publisher.commit(sstable.build_table(index_items))
     return prefix
+
+
+def _key(name: str) -> bytes:
+    """A tensor's index key: its name's bytes. Names read from an index that are not UTF-8 were
+    kept with ``surrogateescape``: they are written back as the same bytes."""
+    return name.encode("utf-8", "surrogateescape")
 
 
 def _same_prefix(a: str, b: str) -> bool:
@@ -144,13 +155,15 @@ def merge_checkpoints(
     shard_ids: dict[str, int] = {}  # source data file -> new shard id, in order of first reference
     storage_of: dict[str, Storage] = {}
     merged: dict[bytes, bytes] = {}
-    full: dict[str, tuple] = {}  # sliced tensors: name -> (dtype, shape, slices)
+    full: dict[str, tuple] = {}  # sliced tensors: name -> (dtype, shape, slices, shard id)
+
+    def new_shard(idx: CheckpointIndex, shard_id: int) -> int:
+        src = idx.data_file(shard_id)
+        storage_of[src] = idx.storage
+        return shard_ids.setdefault(src, len(shard_ids))
 
     def relocate(idx: CheckpointIndex, e: TensorEntry) -> bytes:
-        src = idx.data_file(e.shard_id)
-        new = shard_ids.setdefault(src, len(shard_ids))
-        storage_of[src] = idx.storage
-        return encode_entry(e.dtype.enum, e.shape, new, e.offset, e.size, e.crc32c)
+        return encode_entry(e.dtype.enum, e.shape, new_shard(idx, e.shard_id), e.offset, e.size, e.crc32c)
 
     for idx in indexes:
         # TF walks each index in key order, where every slice key (it starts with a 0 byte) sorts
@@ -165,17 +178,19 @@ def merge_checkpoints(
                 prev = full.get(name)
                 if prev is not None and (prev[0], prev[1]) != (e.dtype.enum, e.shape):
                     raise MergeConflictError(f"tensor {name!r} has a different dtype or shape in {idx.prefix}")
-                full[name] = (e.dtype.enum, e.shape, (prev[2] if prev else ()) + e.slices)
+                # the full entry keeps the shard of its first source's entry, remapped, as TF's does
+                shard = prev[3] if prev else new_shard(idx, e.shard_id)
+                full[name] = (e.dtype.enum, e.shape, (prev[2] if prev else ()) + e.slices, shard)
                 continue
-            key = name.encode("utf-8", "surrogateescape")
+            key = _key(name)
             if key in merged or name in full:
                 raise MergeConflictError(f"Duplicate tensor keyed by {name} in {idx.prefix}")
             merged[key] = relocate(idx, e)
-    for name, (dt, shape, slices) in full.items():
-        key = name.encode("utf-8", "surrogateescape")
+    for name, (dt, shape, slices, shard) in full.items():
+        key = _key(name)
         if key in merged:
             raise MergeConflictError(f"Duplicate tensor keyed by {name}")
-        merged[key] = encode_entry(dt, shape, slices=slices)
+        merged[key] = encode_entry(dt, shape, shard, slices=slices)
 
     in_place = [idx for idx in indexes if _same_prefix(idx.prefix, destination)]
     if in_place and in_place[0].header.num_shards == total:
@@ -191,5 +206,5 @@ def merge_checkpoints(
     if delete_sources:
         for idx in indexes:
             if not _same_prefix(idx.prefix, destination):  # its data files went with the commit
-                delete_bundle(idx.prefix, idx.data_files(), idx.storage)
+                delete_bundle(idx.prefix, idx.header.num_shards, idx.storage)
     return destination

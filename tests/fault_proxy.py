@@ -153,7 +153,7 @@ class FaultProxy:
         reader = conn.makefile("rb")
         try:
             while not self._stopping.is_set():
-                request = _read_request(reader)
+                request = _read_request(reader, conn)
                 if request is None:
                     return
                 method, path, headers, body = request
@@ -210,7 +210,7 @@ class FaultProxy:
         return head.encode() + (b"" if method == "HEAD" else body)
 
 
-def _read_request(reader):
+def _read_request(reader, conn):
     line = reader.readline(65537)
     if not line:
         return None
@@ -223,6 +223,8 @@ def _read_request(reader):
         k, v = h.decode("latin-1").split(":", 1)
         headers[k.strip().lower()] = v.strip()
     body = b""
+    if headers.pop("expect", "").lower() == "100-continue":  # botocore's uploads wait for it
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
     if "content-length" in headers:
         body = reader.read(int(headers["content-length"]))
     elif headers.get("transfer-encoding", "").lower() == "chunked":

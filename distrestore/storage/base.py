@@ -20,14 +20,15 @@ import socket
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from ..errors import CheckpointNotFoundError, DeadlineExceededError, ShortReadError, StorageError
+from ..errors import CheckpointNotFoundError, DeadlineExceededError, DistRestoreError, ShortReadError, StorageError
 from ..redact import RedactedOptions, redact_options, redact_text, secret_values
 from .paths import protocol_of
 
 _RAISE = object()  # _retry(not_found=...): raise CheckpointNotFoundError
+COPY_CHUNK = 16 << 20  # bytes per piece of a copy streamed through this process
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,40 @@ class Storage(ABC):
     @abstractmethod
     def open_write(self, url: str):
         """A writable binary file (streamed; not retried: a failed stream is written again by
-        its caller)."""
+        its caller, or use :meth:`upload`)."""
+
+    def upload_attempt(self, url: str, chunks: Callable[[], Iterable], limit: float | None) -> None:
+        """One try at writing the pieces ``chunks()`` yields (bytes-like) as the whole file ``url``,
+        streamed through :meth:`open_write`. Nothing partial is left published: on failure ``url``
+        is removed (a backend whose uploads can be aborted aborts instead, keeping what was
+        there). A stream cannot be cut at ``limit``: a stalled request ends at the backend's
+        ``timeout``."""
+        f = self.open_write(url)
+        try:
+            for chunk in chunks():
+                f.write(chunk)
+            f.close()
+        except BaseException:
+            for undo in (f.close, lambda: self.remove_attempt(url, limit)):
+                try:
+                    undo()
+                except Exception:  # the attempt's own error is the one to report
+                    pass
+            raise
+
+    def copy_attempt(self, src: str, dst: str, limit: float | None) -> None:
+        """One try at making ``dst`` a copy of ``src``, both in this storage: a server-side copy
+        where the backend has one; by default the bytes stream through :meth:`upload_attempt` in
+        pieces of :data:`COPY_CHUNK` bytes (bounded memory)."""
+        size = self.size_attempt(src, limit)
+
+        def chunks() -> Iterator[bytearray]:
+            for start in range(0, size, COPY_CHUNK):
+                piece = bytearray(min(COPY_CHUNK, size - start))
+                self.read_attempt(src, start, [memoryview(piece)], limit)
+                yield piece
+
+        self.upload_attempt(dst, chunks, limit)
 
     # -- writing, retried ------------------------------------------------------------------------
 
@@ -277,6 +311,34 @@ class Storage(ABC):
 
     def remove(self, url: str) -> None:
         self._retry(url, None, lambda limit: self.remove_attempt(url, limit), verb="removing")
+
+    def copy(self, src: str, dst: str) -> None:
+        """Make ``dst`` a copy of ``src`` within this storage (a server-side copy on object
+        stores), retried as a whole: a copy writes one whole object, so a repeat is harmless."""
+        self._retry(src, None, lambda limit: self.copy_attempt(src, dst, limit), what=f"to {dst}", verb="copying")
+
+    def upload(self, url: str, chunks: Callable[[], Iterable]) -> None:
+        """Write the pieces that ``chunks()`` yields (bytes-like) as the whole file ``url``,
+        retried as a whole: each attempt calls ``chunks()`` again and streams every piece from the
+        first (so ``chunks`` must yield the same bytes each time), and a failed attempt publishes
+        nothing (an object store's multipart upload is aborted). An error raised while
+        producing a piece is not this storage's: it ends the upload at once, as it was raised."""
+        failed: list[Exception] = []
+
+        def produced() -> Iterator:
+            try:
+                yield from chunks()
+            except Exception as e:
+                failed.append(e)
+                # permanent to the retry loop (one attempt); the producer's own error is raised below
+                raise ValueError("the bytes to write could not be produced") from e
+
+        try:
+            self._retry(url, None, lambda limit: self.upload_attempt(url, produced, limit), verb="writing")
+        except DistRestoreError:
+            if failed:
+                raise failed[-1] from failed[-1].__cause__
+            raise
 
     # -- reading, retried ------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ bound: at most :data:`MAX_FILESYSTEMS` made here stay cached; older ones are dro
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 
@@ -98,6 +99,31 @@ class FsspecStorage(Storage):
     def open_write(self, url):
         return self.fs.open(url, "wb")
 
+    def upload_attempt(self, url, chunks, limit=None) -> None:
+        f = self.fs.open(url, "wb")
+        try:
+            for chunk in chunks():
+                f.write(chunk)
+            f.close()
+        except BaseException:
+            from fsspec.spec import AbstractBufferedFile
+
+            if isinstance(f, AbstractBufferedFile):  # s3fs, gcsfs: nothing is visible before the end
+                _abandon(f)
+            else:  # memory:// and the like: visible while being written
+                for undo in (f.close, lambda: self._call("rm_file", url)):
+                    with contextlib.suppress(Exception):  # the attempt's own error is the one to report
+                        undo()
+            raise
+
+    def copy_attempt(self, src, dst, limit=None) -> None:
+        # a server-side copy takes the time the store needs for the object's size: only a call's
+        # deadline cuts it (a stalled request still ends at the backend's timeout)
+        try:
+            self._call("cp_file", src, dst, limit=limit if self.deadline_at is not None else None)
+        except NotImplementedError:  # no server-side copy here: stream it
+            super().copy_attempt(src, dst, limit)
+
     def makedirs_attempt(self, url, limit=None) -> None:
         self._call("makedirs", url, exist_ok=True, limit=limit)
 
@@ -106,6 +132,16 @@ class FsspecStorage(Storage):
 
     def remove_attempt(self, url, limit=None) -> None:
         self._call("rm_file", url, limit=limit)
+
+
+def _abandon(f) -> None:
+    """Drop an unfinished upload of an fsspec buffered file without publishing it. Such a file
+    publishes what it holds when it is closed (also by ``__exit__`` and ``__del__``): abort its
+    multipart (s3fs) or resumable (gcsfs) upload instead, and mark it closed so that nothing
+    closes it later."""
+    with contextlib.suppress(Exception):  # best effort: an upload never completed stays invisible
+        f.discard()
+    f.closed = True
 
 
 def backend_options(protocol: str, options, timeout: float | None) -> dict:

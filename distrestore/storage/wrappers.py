@@ -88,6 +88,12 @@ class StorageWrapper(Storage):
     def open_write(self, url):
         return self.inner.open_write(url)
 
+    def upload_attempt(self, url, chunks, limit):
+        return self.inner.upload_attempt(url, chunks, limit)
+
+    def copy_attempt(self, src, dst, limit):
+        return self.inner.copy_attempt(src, dst, limit)
+
     def makedirs_attempt(self, url, limit):
         return self.inner.makedirs_attempt(url, limit)
 
