@@ -36,8 +36,10 @@ from typing import Any, NamedTuple
 
 from .errors import TensorNotFoundError, UnsupportedCheckpointError
 from .format.object_graph import VARIABLE_VALUE_KEY, ObjectGraph, unescape_local_name
-from .index import open_checkpoint
+from .index import open_index
 from .objects import Checkpoint, Node, NodeDict, NodeList, Optimizer, read_object_graph
+from .objects.checkpoint import left_of
+from .storage import deadline_at
 from .variable import Variable
 
 __all__ = ["ObjectSpec", "format_object_tree", "load_object_tree", "plan_object_tree"]
@@ -215,6 +217,8 @@ def load_object_tree(
     max_inflight_bytes: int | None = None,
     progress=None,
     return_status: bool = False,
+    timeout: float | None = None,
+    deadline: float | None = None,
     **read_kwargs,
 ):
     """The object tree of a TF2 checkpoint (``tf.train.Checkpoint``, Keras, SavedModel variables),
@@ -224,7 +228,9 @@ def load_object_tree(
         tree.model.dense1._kernel.numpy()  # the paths `distrestore tree` prints
 
     Every value is read in one parallel plan (``executor``, ``verify``, ``max_inflight_bytes``,
-    ``progress`` and other keywords as for ``Checkpoint.read``). ``path`` restores one subtree
+    ``progress`` and other keywords as for ``Checkpoint.read``). ``timeout``: seconds a storage
+    request may stall before it is retried; ``deadline``: seconds for the whole call (opening,
+    the object graph and every value; a ``StorageError`` when either runs out). ``path`` restores one subtree
     and returns its object: ``".model._functional"`` (as ``distrestore tree`` prints paths),
     ``"model/_functional"`` (as checkpoint keys write them) or a sequence of local names. With
     ``return_status=True`` the result is ``(tree, status)``, the ``CheckpointLoadStatus`` whose
@@ -233,8 +239,9 @@ def load_object_tree(
     an unused-values warning. The rules for what each node becomes are in this module's docstring.
     A TF1 checkpoint has no object graph: ``UnsupportedCheckpointError``.
     """
-    index = open_checkpoint(ckpt_dir_or_file, storage_options=storage_options)
-    graph = read_object_graph(index)
+    at = deadline_at(deadline)
+    index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)
+    graph = read_object_graph(index, **left_of(timeout, at))
     if not graph.nodes:
         raise UnsupportedCheckpointError(f"{index.prefix}: the object graph is empty")
     specs = plan_object_tree(graph, index.entries)
@@ -253,7 +260,13 @@ def load_object_tree(
         parent[name] = child
         parent = child
     status = Checkpoint(root=root).read(
-        index, executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes, progress=progress, **read_kwargs
+        index,
+        executor=executor,
+        verify=verify,
+        max_inflight_bytes=max_inflight_bytes,
+        progress=progress,
+        **left_of(timeout, at),
+        **read_kwargs,
     )
     result = objects[target]
     if return_status:

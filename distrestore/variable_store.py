@@ -169,16 +169,26 @@ class VariableStore:
     # -- checkpoints ---------------------------------------------------------------------
 
     def checkpoint(
-        self, ckpt_dir_or_file, *, storage_options: dict | None = None, storage: Storage | None = None
+        self,
+        ckpt_dir_or_file,
+        *,
+        storage_options: dict | None = None,
+        storage: Storage | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> CheckpointIndex:
-        """The checkpoint's index, read once per path (and storage) for this store."""
+        """The checkpoint's index, read once per path (and storage) for this store. ``timeout``
+        (seconds a storage request may stall; the index keeps it for its later reads) and
+        ``deadline`` (seconds for opening) apply when the index is read."""
         if isinstance(ckpt_dir_or_file, CheckpointIndex):
             return ckpt_dir_or_file
         path = os.fspath(ckpt_dir_or_file)
         key = (path, repr(sorted((storage_options or {}).items())), id(storage))
         index = self._indexes.get(key)
         if index is None:
-            index = open_checkpoint(path, storage_options=storage_options, storage=storage)
+            index = open_checkpoint(
+                path, storage_options=storage_options, storage=storage, timeout=timeout, deadline=deadline
+            )
             # a directory and its latest prefix share one index
             same = (index.prefix, key[1], key[2])
             index = self._indexes.setdefault(same, index)
@@ -265,14 +275,21 @@ def init_from_checkpoint(
     store: VariableStore,
     storage_options: dict | None = None,
     storage: Storage | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
 ) -> None:
     """Map checkpoint tensors onto ``store``'s variables (``tf.compat.v1.train.init_from_checkpoint``).
 
     Validates now and records pending restores; ``store.initialize()`` loads them. See the module
-    docstring for the syntax and where this differs from TF.
+    docstring for the syntax and where this differs from TF. The checkpoint's index is read here
+    (once per store): ``timeout`` (seconds a storage request may stall, kept for the index's
+    later reads) and ``deadline`` (seconds for this call) bound that read; TF has neither, as
+    it has no storage of its own to bound. ``store.initialize`` takes its own.
     """
     if not isinstance(store, VariableStore):
         raise TypeError(f"store must be a VariableStore, got {type(store).__name__}")
-    index = store.checkpoint(ckpt_dir_or_file, storage_options=storage_options, storage=storage)
+    index = store.checkpoint(
+        ckpt_dir_or_file, storage_options=storage_options, storage=storage, timeout=timeout, deadline=deadline
+    )
     ckpt = index.prefix if isinstance(ckpt_dir_or_file, CheckpointIndex) else os.fspath(ckpt_dir_or_file)
     store.record(resolve_assignment_map(assignment_map, index, ckpt, MappingProxyType(store._vars)))

@@ -40,10 +40,17 @@ ENTRY_POINTS = [
     dr.latest_checkpoint,
     dr.get_checkpoint_state,
     dr.CheckpointReader,
+    dr.Checkpoint.restore,
+    dr.Checkpoint.read,
+    dr.read_object_graph,
+    dr.load_object_tree,
+    dr.init_from_checkpoint,
+    dr.VariableStore.checkpoint,
+    dr.VariableStore.initialize,
 ]
 
 
-@pytest.mark.parametrize("fn", ENTRY_POINTS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", ENTRY_POINTS, ids=lambda f: f.__qualname__)
 def test_every_reading_entry_point_takes_timeout_and_deadline(fn):
     params = inspect.signature(fn).parameters
     for name in ("timeout", "deadline"):

@@ -4,6 +4,7 @@ and ``read``, and ``read_object_graph``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -11,8 +12,9 @@ import numpy as np
 from .. import restore as engine
 from ..errors import UnsupportedCheckpointError
 from ..format.object_graph import OBJECT_GRAPH_PROTO_KEY, ObjectGraph, parse_object_graph
-from ..index import CheckpointIndex, open_checkpoint
+from ..index import CheckpointIndex, open_index
 from ..restore import TensorRequest, time_limits
+from ..storage import deadline_at
 from ..variable import Variable
 from .status import CheckpointLoadStatus, GraphView, InitializationOnlyStatus
 from .tree import Node, children_of, is_data_descriptor, wrap
@@ -38,11 +40,25 @@ def _read_graph(index: CheckpointIndex, fetch: FetchFn, fetch_kwargs: dict) -> O
     return parse_object_graph(bytes(data), source=index.prefix)
 
 
-def read_object_graph(ckpt_dir_or_file, *, storage_options: dict | None = None) -> ObjectGraph:
+def left_of(timeout: float | None, at: float | None) -> dict:
+    """The ``timeout=``/``deadline=`` keywords for the next step of a call whose deadline is the
+    wall-clock time ``at`` (``deadline``: what is left of it; none when there is no deadline)."""
+    return time_limits(timeout, None if at is None else max(0.0, at - time.time()))
+
+
+def read_object_graph(
+    ckpt_dir_or_file,
+    *,
+    storage_options: dict | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
+) -> ObjectGraph:
     """The decoded object graph of a TF2 checkpoint: ``print(graph)`` shows the tree,
-    ``graph.checkpoint_key("model/dense1/_kernel")`` finds a value's key."""
-    index = open_checkpoint(ckpt_dir_or_file, storage_options=storage_options)
-    return _read_graph(index, _engine_fetch, {})
+    ``graph.checkpoint_key("model/dense1/_kernel")`` finds a value's key. ``timeout``: seconds a
+    storage request may stall; ``deadline``: seconds for the call, opening included."""
+    at = deadline_at(deadline)
+    index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)
+    return _read_graph(index, _engine_fetch, left_of(timeout, at))
 
 
 class Checkpoint(Node):
@@ -135,14 +151,14 @@ class Checkpoint(Node):
         ``fetch`` (default ``distrestore.restore.fetch``, same signature; a service's for
         example) with the given ``executor``/``verify``/``max_inflight_bytes``/``progress``
         and, when given, ``timeout`` (seconds per storage request) and ``deadline`` (seconds
-        for the call; a ``StorageError`` when either runs out); deferred restores of this
-        checkpoint later use the same, each attach with its own ``deadline``.
+        for the call: opening the checkpoint, reading its object graph and the values together;
+        a ``StorageError`` when either runs out); deferred restores of this checkpoint later use
+        the same, each attach with its own ``deadline``.
         """
-        limits = time_limits(timeout, deadline)
-        restore = self._dr_open(
-            save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch, limits
+        restore, at = self._dr_open(
+            save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch, timeout, deadline
         )
-        return self._dr_walk(restore)
+        return self._dr_walk(restore, at)
 
     def restore(
         self,
@@ -164,14 +180,13 @@ class Checkpoint(Node):
         if save_path is None:
             self._dr_maybe_create_save_counter()
             return InitializationOnlyStatus(self._dr_view.root)
-        limits = time_limits(timeout, deadline)
-        restore = self._dr_open(
-            save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch, limits
+        restore, at = self._dr_open(
+            save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch, timeout, deadline
         )
         created = self._dr_save_counter is None
         self._dr_maybe_create_save_counter()
         try:
-            status = self._dr_walk(restore)
+            status = self._dr_walk(restore, at)
         except BaseException:
             if created:  # leave the object tree as it was before the call
                 self._dr_remove_save_counter()
@@ -193,16 +208,29 @@ class Checkpoint(Node):
         self._dr_attached[:] = [(n, o) for n, o in self._dr_attached if o is not counter]
 
     def _dr_open(
-        self, save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch, limits
-    ) -> Restore:
-        index = open_checkpoint(save_path, storage_options=storage_options)
+        self, save_path, storage_options, executor, verify, max_inflight_bytes, progress, fetch, timeout, deadline
+    ) -> tuple[Restore, float | None]:
+        """The restore of ``save_path`` (index and object graph read) and the call's deadline as
+        a wall-clock time (None without one)."""
+        at = deadline_at(deadline)
+        index = open_index(save_path, storage_options=storage_options, timeout=timeout, at=at)
         kwargs = dict(executor=executor, verify=verify, max_inflight_bytes=max_inflight_bytes, progress=progress)
-        kwargs.update(limits)
         fetch_fn = fetch if fetch is not None else _engine_fetch
-        graph = _read_graph(index, fetch_fn, kwargs)
-        return Restore(index, graph, fetch_fn, kwargs)
+        graph = _read_graph(index, fetch_fn, {**kwargs, **left_of(timeout, at)})
+        # deferred restores of this checkpoint get the call's own limits, each its whole deadline
+        return Restore(index, graph, fetch_fn, {**kwargs, **time_limits(timeout, deadline)}), at
 
-    def _dr_walk(self, restore: Restore) -> CheckpointLoadStatus:
+    def _dr_walk(self, restore: Restore, at: float | None = None) -> CheckpointLoadStatus:
+        if at is None:
+            return self._dr_walk_now(restore)
+        kept = restore.fetch_kwargs  # this call's values get what is left of its deadline
+        restore.fetch_kwargs = {**kept, **left_of(kept.get("timeout"), at)}
+        try:
+            return self._dr_walk_now(restore)
+        finally:
+            restore.fetch_kwargs = kept
+
+    def _dr_walk_now(self, restore: Restore) -> CheckpointLoadStatus:
         view = self._dr_view
         batch = Batch()
 
