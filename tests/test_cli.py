@@ -21,7 +21,7 @@ from checks import assert_one_line_error
 
 import distrestore as dr
 from distrestore.cli import COMMANDS, main
-from distrestore.cli.common import key_value, reliability_kwargs
+from distrestore.cli.common import key_value
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -303,20 +303,78 @@ def test_storage_option_overrides_storage_options(remote, capsys):
     assert len(json.loads(capsys.readouterr().out)) == 2000
 
 
-def test_timeout_and_deadline_reach_the_library_when_it_takes_them(sharded, capsys):
-    def takes(path, *, timeout=None, deadline=None):
-        pass
+def test_timeout_and_deadline_are_taken_by_every_reading_command(sharded, tmp_path, capsys):
+    for argv in (
+        ["ls", sharded],
+        ["tree", sharded],
+        ["plan", sharded],
+        ["restore", sharded, "--no-progress"],
+        ["convert", sharded, str(tmp_path / "out.safetensors"), "--regex", "^part_", "--no-progress"],
+    ):
+        assert main([*argv, "--timeout", "30", "--deadline", "120"]) == 0, argv
+    capsys.readouterr()
+    assert main(["restore", sharded, "--deadline", "0", "--no-progress"]) == 2  # not a number of seconds
+    assert main(["ls", sharded, "--timeout", "-1"]) == 2
+    assert "positive number of seconds" in capsys.readouterr().err
 
-    def old(path):
-        pass
 
-    class Args:
-        timeout, deadline = 5.0, 60.0
+@pytest.fixture(params=["s3", "gcs"])
+def stalling(request):
+    """``(checkpoint URL, proxy, storage-option arguments)`` of tf1_sharded behind a fault proxy."""
+    from conftest import FIXTURES_DIR
+    from fault_proxy import FaultProxy
 
-    assert reliability_kwargs(takes, Args) == {"timeout": 5.0, "deadline": 60.0}
-    assert reliability_kwargs(old, Args) == {}
-    assert "not supported" in capsys.readouterr().err
-    assert main(["restore", sharded, "--timeout", "30", "--deadline", "120", "--no-progress"]) == 0
+    store = request.getfixturevalue({"s3": "s3_server", "gcs": "gcs_server"}[request.param])
+    url = store.upload_fixture(FIXTURES_DIR / "tf1_sharded") + "/model.ckpt-7"
+    proxy = FaultProxy(store.endpoint, request.param).start()
+    options = {**store.storage_options, "endpoint_url": proxy.url}
+    try:
+        yield url, proxy, ["--storage-options", json.dumps(options)]
+    finally:
+        proxy.stop()
+
+
+DEADLINE, SLACK = 1.5, 1.0
+
+
+@pytest.mark.parametrize("command", ["ls", "tree", "plan", "restore", "convert"])
+def test_deadline_bounds_each_command_against_a_stalled_endpoint(stalling, command, tmp_path, capsys):
+    import time
+
+    url, proxy, options = stalling
+    proxy.add_rule("stall")  # every request accepted, never answered
+    argv = [command, url, *options, "--deadline", str(DEADLINE)]
+    argv += [str(tmp_path / "o.safetensors"), "--regex", "^part_"] if command == "convert" else []
+    argv += ["--no-progress"] if command in ("restore", "convert") else []
+    t0 = time.monotonic()
+    assert main(argv) == 1
+    elapsed = time.monotonic() - t0
+    assert elapsed <= DEADLINE * 1.1 + SLACK, elapsed
+    err = capsys.readouterr().err
+    assert_one_line_error(err, f"distrestore {command}: DeadlineExceededError", "model.ckpt-7.index")
+
+
+def test_deadline_bounds_a_restore_whose_data_file_stalls(stalling, capsys):
+    import time
+
+    url, proxy, options = stalling
+    proxy.add_rule("stall", match="data-00002")  # the index answers; one data file never does
+    t0 = time.monotonic()
+    assert main(["restore", url, *options, "--deadline", str(DEADLINE), "--no-progress"]) == 1
+    elapsed = time.monotonic() - t0
+    assert elapsed <= DEADLINE * 1.1 + SLACK, elapsed
+    err = capsys.readouterr().err
+    # the file, and the byte ranges and tensors that were waiting for it (its size or its bytes)
+    assert_one_line_error(err, "distrestore restore: DeadlineExceededError", "model.ckpt-7.data-00002-of-00004")
+    assert re.search(r"bytes \[\d+, \d+\)", err) and "tensors" in err
+
+
+def test_the_process_exits_1_with_one_line_when_the_deadline_passes(stalling):
+    url, proxy, options = stalling
+    proxy.add_rule("stall", match="data-00001")
+    run = run_cli("restore", url, *options, "--deadline", "2", "--no-progress", timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert_one_line_error(run.stderr, "distrestore restore: DeadlineExceededError", "data-00001-of-00004", "bytes [")
 
 
 def test_progress_bar_on_a_terminal(sharded):

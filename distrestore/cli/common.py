@@ -1,15 +1,12 @@
 """What the commands share: the checkpoint and storage-option arguments, tensor selection,
-executors, keywords the installed library may not have yet, and the one-line summaries."""
+executors, time limits and the one-line summaries."""
 
 from __future__ import annotations
 
 import argparse
-import functools
-import inspect
 import json
 import os
 import re
-import sys
 import time
 
 STREAM_BUDGET = 256 << 20  # the default --max-inflight-bytes: restores stream, memory stays bounded
@@ -126,9 +123,25 @@ def add_reading(parser: argparse.ArgumentParser, *, executor: bool = True) -> No
         default=STREAM_BUDGET,
         help="at most N bytes of reads outstanding (e.g. 64MiB, 2GB; default 256MiB)",
     )
-    g.add_argument("--timeout", type=positive_float, metavar="S", help="seconds for each storage request")
-    g.add_argument("--deadline", type=positive_float, metavar="S", help="seconds for the whole command's reads")
+    add_limits(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar (one is shown on a terminal)")
+
+
+def add_limits(parser) -> None:
+    """``--timeout`` and ``--deadline`` (read by :class:`Limits`)."""
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="S",
+        help="seconds a storage request may wait to connect or for its next bytes before it is retried (default 30)",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=positive_float,
+        metavar="S",
+        help="seconds for all of the command's reads, opening the checkpoint included (default: none); "
+        "past it the command fails (exit code 1) naming the file and byte range it was reading",
+    )
 
 
 def storage_options(args) -> dict | None:
@@ -162,30 +175,19 @@ def selected_names(args, index) -> list[str]:
 # -- the library ----------------------------------------------------------------------------
 
 
-@functools.cache
-def _accepted(func) -> frozenset:
-    return frozenset(inspect.signature(func).parameters)
+class Limits:
+    """``--timeout`` and ``--deadline`` for a command's reads. The deadline is for the whole
+    command: each library call gets what is left of it (``deadline()``, from the moment the
+    command started)."""
 
+    def __init__(self, args):
+        self.timeout = getattr(args, "timeout", None)
+        seconds = getattr(args, "deadline", None)
+        self._end = None if seconds is None else time.monotonic() + seconds
 
-def reliability_kwargs(func, args) -> dict:
-    """``timeout=``/``deadline=`` for ``func`` from ``--timeout``/``--deadline``, each only if
-    ``func`` takes it (the keywords are arriving in the library one entry point at a time); a
-    flag the installed library cannot honour is reported once on stderr."""
-    out = {}
-    for key in ("timeout", "deadline"):
-        value = getattr(args, key, None)
-        if value is None:
-            continue
-        if key in _accepted(func):
-            out[key] = value
-        else:
-            _warn_once(f"--{key} is not supported by this version of distrestore's {func.__name__}; ignored")
-    return out
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    print(f"distrestore: warning: {message}", file=sys.stderr)
+    def deadline(self) -> float | None:
+        """Seconds left of ``--deadline`` (None without one)."""
+        return None if self._end is None else max(0.0, self._end - time.monotonic())
 
 
 def executor(name: str):

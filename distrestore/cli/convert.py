@@ -36,9 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-verify", action="store_true", help="skip the CRC32C checks")
 
 
-def convert(args, index, names, output: str, max_shard_bytes) -> int:
+def convert(args, index, names, output: str, max_shard_bytes, limits: common.Limits) -> int:
     from ..export.to_safetensors import convert_to_safetensors
-    from ..restore import iter_restore_tensors
 
     timer = common.Timer()
     files = convert_to_safetensors(
@@ -50,7 +49,8 @@ def convert(args, index, names, output: str, max_shard_bytes) -> int:
         max_inflight_bytes=args.max_inflight_bytes,
         max_shard_bytes=max_shard_bytes,
         progress=common.progress(args),
-        **common.reliability_kwargs(iter_restore_tensors, args),  # where they go
+        timeout=limits.timeout,
+        deadline=limits.deadline(),
     )
     nbytes = sum(index.entries[n].num_elements * index.entries[n].dtype.itemsize for n in names)
     checked = "CRC32C not checked" if args.no_verify else "every CRC32C checked"
@@ -64,9 +64,11 @@ def run(args) -> int:
 
     if not args.output.endswith(".safetensors"):
         args.parser.error(f"the output must end in .safetensors, got {args.output!r}")
+    limits = common.Limits(args)
     index = open_checkpoint(
         args.checkpoint,
         storage_options=common.storage_options(args),
-        **common.reliability_kwargs(open_checkpoint, args),
+        timeout=limits.timeout,
+        deadline=limits.deadline(),
     )
-    return convert(args, index, common.selected_names(args, index), args.output, args.max_shard_bytes)
+    return convert(args, index, common.selected_names(args, index), args.output, args.max_shard_bytes, limits)

@@ -19,6 +19,7 @@ HELP = "list tensors: name, dtype, shape, bytes, data files"
 def add_arguments(parser) -> None:
     common.add_checkpoint(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of lines")
+    common.add_limits(parser.add_argument_group("reading"))
 
 
 def describe(index) -> list[dict]:
@@ -43,10 +44,12 @@ def describe(index) -> list[dict]:
 def run(args) -> int:
     from ..index import open_checkpoint
 
+    limits = common.Limits(args)
     index = open_checkpoint(
         args.checkpoint,
         storage_options=common.storage_options(args),
-        **common.reliability_kwargs(open_checkpoint, args),
+        timeout=limits.timeout,
+        deadline=limits.deadline(),
     )
     rows = describe(index)
     if args.json:

@@ -40,12 +40,14 @@ def add_arguments(parser) -> None:
         default=common.STREAM_BUDGET,
         help="as for restore (default 256MiB)",
     )
+    common.add_limits(parser.add_argument_group("reading"))
 
 
 def run(args) -> int:
     from ..execute.threads import ThreadExecutor
     from ..index import open_checkpoint
     from ..restore import TensorRequest, plan_requests
+    from ..storage import deadline_at
 
     if args.workers is not None and args.workers < 1:
         args.parser.error(f"--workers must be at least 1, got {args.workers}")
@@ -54,7 +56,15 @@ def run(args) -> int:
             "the Ray executor's plan depends on the cluster's size: pass --workers N "
             "(read actors x tasks per actor x threads per task)"
         )
-    index = open_checkpoint(args.checkpoint, storage_options=common.storage_options(args))
+    limits = common.Limits(args)
+    index = open_checkpoint(
+        args.checkpoint,
+        storage_options=common.storage_options(args),
+        timeout=limits.timeout,
+        deadline=limits.deadline(),
+    )
+    if limits.deadline() is not None:  # planning asks each data file's size: under the deadline too
+        index = index.with_storage(index.storage.limited(deadline_at=deadline_at(limits.deadline())))
     names = common.selected_names(args, index)
     local = index.storage.local
     where = "local files" if local else "object storage"

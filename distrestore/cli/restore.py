@@ -46,16 +46,18 @@ def run(args) -> int:
         args.parser.error("--verify-only reads and checks without writing: drop --output and --no-verify")
     if args.output and not args.output.endswith((".npz", ".safetensors")):
         args.parser.error(f"--output must end in .npz or .safetensors, got {args.output!r}")
+    limits = common.Limits(args)
     index = open_checkpoint(
         args.checkpoint,
         storage_options=common.storage_options(args),
-        **common.reliability_kwargs(open_checkpoint, args),
+        timeout=limits.timeout,
+        deadline=limits.deadline(),
     )
     names = common.selected_names(args, index)
     if args.output and args.output.endswith(".safetensors"):
         from .convert import convert
 
-        return convert(args, index, names, args.output, max_shard_bytes=None)
+        return convert(args, index, names, args.output, max_shard_bytes=None, limits=limits)
     timer = common.Timer()
     count = nbytes = 0
     stream = iter_restore_tensors(
@@ -65,7 +67,8 @@ def run(args) -> int:
         verify=not args.no_verify,
         max_inflight_bytes=args.max_inflight_bytes,
         progress=common.progress(args),
-        **common.reliability_kwargs(iter_restore_tensors, args),
+        timeout=limits.timeout,
+        deadline=limits.deadline(),
     )
     if args.output:
         from ..export.npz import NpzWriter
@@ -78,7 +81,7 @@ def run(args) -> int:
         for _, arr in stream:
             count, nbytes = count + 1, nbytes + _nbytes(arr)
     if args.verify_only:
-        count, nbytes = count + _verify_variants(args, index), nbytes
+        count, nbytes = count + _verify_variants(args, index, limits), nbytes
     checked = "CRC32C not checked" if args.no_verify else "every CRC32C checked"
     verb = "verified" if args.verify_only else "restored"
     line = common.summary(verb, count, nbytes, timer.seconds, f"executor={args.executor}, {checked}")
@@ -86,7 +89,7 @@ def run(args) -> int:
     return 0
 
 
-def _verify_variants(args, index) -> int:
+def _verify_variants(args, index, limits: common.Limits) -> int:
     """Variants have no array value: check their records' CRC32C through the reader."""
     from ..reader import CheckpointReader
 
@@ -96,9 +99,8 @@ def _verify_variants(args, index) -> int:
         variants = [n for n, e in index.entries.items() if e.dtype.is_variant]
         if args.regex is not None:
             variants = [n for n in variants if args.regex.search(n)]
-    reader = CheckpointReader(index)
-    for name in variants:
-        reader.get_variant_records(name)
+    for name in variants:  # a reader per call: each gets what is left of --deadline
+        CheckpointReader(index, timeout=limits.timeout, deadline=limits.deadline()).get_variant_records(name)
     if variants and not common.progress(args):
         print(f"checked {len(variants)} variant tensors", file=sys.stderr)
     return len(variants)

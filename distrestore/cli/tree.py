@@ -22,6 +22,7 @@ HELP = "print the object tree of a TF2 checkpoint (names by scope for TF1)"
 
 def add_arguments(parser) -> None:
     common.add_checkpoint(parser)
+    common.add_limits(parser.add_argument_group("reading"))
 
 
 def scope_tree(entries) -> str:
@@ -46,13 +47,16 @@ def run(args) -> int:
     from ..object_tree import format_object_tree
     from ..objects import read_object_graph
 
+    limits = common.Limits(args)
     index = open_checkpoint(
         args.checkpoint,
         storage_options=common.storage_options(args),
-        **common.reliability_kwargs(open_checkpoint, args),
+        timeout=limits.timeout,
+        deadline=limits.deadline(),
     )
     if not index.has_tensor(OBJECT_GRAPH_PROTO_KEY):
         print(scope_tree(index.entries))
         return 0
-    print(format_object_tree(read_object_graph(index), index.entries))
+    graph = read_object_graph(index, timeout=limits.timeout, deadline=limits.deadline())
+    print(format_object_tree(graph, index.entries))
     return 0
