@@ -8,15 +8,18 @@ spend most of a request waiting, so many threads keep many requests in flight.
 A call's deadline (carried by its storages, ``Storage.deadline_at``) holds here too: each read's
 attempts are cut at it by the storage, and should a thread still be busy a moment after it (a
 stuck local read), the run fails with the reads outstanding named and leaves those threads behind
-instead of waiting for them.
+instead of waiting for them. The threads are daemon threads, so reads left behind do not delay the
+interpreter's exit either.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from ..errors import CheckpointNotFoundError, DeadlineExceededError, StorageError
 from ..readplan import ReadPlan, ReadRequest
@@ -57,7 +60,7 @@ class ThreadExecutor:
         running: dict[Future, ReadRequest] = {}
         inflight = 0
         deadline = min((s.deadline_at for s in storages.values() if s.deadline_at is not None), default=None)
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="distrestore-read")
+        pool = DaemonPool(workers, "distrestore-read")
         abandon = False
         try:
             while pending or running:
@@ -81,7 +84,53 @@ class ThreadExecutor:
         finally:
             for fut in running:
                 fut.cancel()
-            pool.shutdown(wait=not abandon, cancel_futures=True)
+            pool.shutdown(wait=not abandon)
+
+
+class DaemonPool:
+    """At most ``workers`` daemon threads running submitted calls, started as needed.
+    ``ThreadPoolExecutor`` joins its threads at interpreter exit, so a read left behind at a
+    deadline (a local read cannot be cut) would hold the exit until it ended; a daemon thread does
+    not. What such a read writes lands in buffers of a failed run, which are never handed out."""
+
+    def __init__(self, workers: int, name: str):
+        self.workers = workers
+        self.name = name
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        self._work.put((fut, fn, args))
+        with self._lock:
+            if self._idle:
+                self._idle -= 1  # an idle thread takes it
+            elif len(self._threads) < self.workers:
+                t = threading.Thread(target=self._serve, name=f"{self.name}_{len(self._threads)}", daemon=True)
+                self._threads.append(t)
+                t.start()
+        return fut
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            fut, fn, args = item
+            if fut.set_running_or_notify_cancel():  # else cancelled before it started
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as e:
+                    fut.set_exception(e)
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the threads once their calls end (``wait``: until then)."""
+        for _ in self._threads:
+            self._work.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
 
 
 GRACE = 0.25
