@@ -31,7 +31,8 @@ def run_cli(*args, **kw) -> subprocess.CompletedProcess:
     env.update(kw.pop("env", {}))
     if "stdout" not in kw and "stderr" not in kw:
         kw["capture_output"] = True
-    return subprocess.run([sys.executable, "-m", "distrestore", *map(str, args)], text=True, env=env, **kw)
+    kw.setdefault("text", True)
+    return subprocess.run([sys.executable, "-m", "distrestore", *map(str, args)], env=env, **kw)
 
 
 @pytest.fixture
@@ -50,6 +51,39 @@ def test_help_is_plain_text(command, capsys):
     assert "``" not in out and ":func:" not in out and ":class:" not in out
     if command is None:
         assert all(name in out for name in COMMANDS) and "Exit codes" in out
+
+
+def test_help_examples_run_in_the_readme(capsys):
+    """The examples of ``distrestore --help`` are lines of the README's command-line block, which
+    ``test_readme.py`` runs against real checkpoints."""
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    examples = out.split("Examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert len(examples) >= 3
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Command line", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    for line in examples:
+        assert line.strip().replace("distrestore ", "python -m distrestore ", 1) in block, line
+
+
+def test_names_that_are_not_utf8_print_as_their_bytes(tmp_path):
+    from distrestore.format import crc, messages, sstable
+
+    raw = np.arange(3, dtype=np.float32).tobytes()
+    entry = messages.encode_entry(1, (3,), 0, 0, len(raw), crc.mask(crc.value(raw)))
+    (tmp_path / "m.data-00000-of-00001").write_bytes(raw)
+    index = sstable.build_table([(b"", messages.encode_header(1)), (b"bad\xffname", entry)])
+    (tmp_path / "m.index").write_bytes(index)
+    prefix = str(tmp_path / "m")
+    utf8 = run_cli("ls", prefix, env={"PYTHONIOENCODING": "utf-8"}, capture_output=True, text=False)
+    assert utf8.returncode == 0, utf8.stderr
+    assert utf8.stdout.startswith(b"bad\xffname\tfloat32\t[3]")  # the name's own bytes
+    ascii_ = run_cli("tree", prefix, env={"PYTHONIOENCODING": "ascii"})
+    assert ascii_.returncode == 0 and "bad\\udcffname" in ascii_.stdout, ascii_.stderr
+    listed = run_cli("ls", prefix, "--json")
+    assert json.loads(listed.stdout)[0]["name"] == "bad\udcffname"
+    by_bytes = run_cli("restore", prefix, "--names", "bad\udcffname", "--no-progress")  # argv: the same bytes
+    assert by_bytes.returncode == 0 and "restored 1 tensors" in by_bytes.stdout, by_bytes.stderr
 
 
 def test_no_command_is_a_usage_error(capsys):

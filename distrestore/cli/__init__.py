@@ -5,11 +5,17 @@ restore, verification or write failed (corrupt data, a checksum mismatch, a stor
 conflicting merge sources); 2 for bad usage, something not found (a path, a tensor), or a
 request the tool cannot do (a V1-format checkpoint, a dtype the output format cannot hold).
 Errors are one line on stderr; --debug adds the traceback.
+
+Examples:
+  distrestore ls s3://bucket/run7/model.ckpt-7 --storage-option profile=ml
+  distrestore restore gs://bucket/run7 --verify-only --timeout 10 --deadline 600
+  distrestore restore ckpts/run7 --output tensors.npz
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import os
 import sys
@@ -80,6 +86,16 @@ def exit_code(exc: BaseException) -> int:
     return FAILED
 
 
+def _tolerant_stdout() -> None:
+    """Tensor names that are not UTF-8 (kept with ``surrogateescape`` when the index is read)
+    print as their own bytes on a UTF-8 stdout, escaped on any other; never an encoding error."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    if reconfigure is not None:
+        utf8 = codecs.lookup(encoding).name == "utf-8"
+        reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+
+
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or repr(exc)
     return f"{type(exc).__name__}: {text}"
@@ -87,6 +103,7 @@ def one_line(exc: BaseException) -> str:
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit code (``python -m distrestore`` exits with it)."""
+    _tolerant_stdout()
     try:
         args = parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed

@@ -101,7 +101,13 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
 
 def add_selection(parser: argparse.ArgumentParser) -> None:
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("--names", nargs="+", metavar="NAME", help="these tensors only (default: all but variants)")
+    g.add_argument(
+        "--names",
+        nargs="+",
+        metavar="NAME",
+        help="these tensors only (default: all but variants); the list takes every word up to the next "
+        "option, so give the checkpoint before it",
+    )
     g.add_argument(
         "--regex", type=regex, metavar="RE", help="the tensors whose names match RE anywhere (anchor with ^ and $)"
     )

@@ -3,10 +3,10 @@
 The output's header is written first (every size is known from the checkpoint's index), then
 each tensor is written into place as the parallel restore delivers it, so memory stays near
 --max-inflight-bytes (default 256MiB) whatever the checkpoint's size. Names are kept; values
-are bit-exact. With --max-shard-bytes the tensors are split over several files named like Hugging Face's
-(OUT "model.safetensors" -> "model-00001-of-00003.safetensors", ...) with an index
-"model.safetensors.index.json" ({"metadata": {"total_size": N}, "weight_map": {name: file}}).
-Files appear complete or not at all.
+are bit-exact. With --max-shard-bytes the tensors are split over several files named like
+Hugging Face's (OUT "model.safetensors" -> "model-00001-of-00003.safetensors", ...) with an
+index "model.safetensors.index.json" ({"metadata": {"total_size": N}, "weight_map": {name:
+file}}). Files appear complete or not at all.
 
 safetensors holds bool, (u)int8-64, float16, bfloat16, float32, float64, complex64 and the
 float8 types e5m2, e4m3fn, e4m3fnuz and e5m2fnuz; TF's quantized types are written as their

@@ -27,7 +27,9 @@ def add_arguments(parser) -> None:
     common.add_reading(parser)
     parser.add_argument("--no-verify", action="store_true", help="skip the CRC32C checks")
     parser.add_argument(
-        "--verify-only", action="store_true", help="read and check every CRC32C, keep nothing (bounded memory)"
+        "--verify-only",
+        action="store_true",
+        help="as without --output, and check the variant tensors' records too: every CRC32C of the selection",
     )
     parser.add_argument("--output", metavar="FILE", help="write the tensors to FILE.npz or FILE.safetensors")
 
