@@ -85,6 +85,13 @@ def test_delete_sources_on_an_object_store(remote, tmp_path):
 # -- names that are not UTF-8 ---------------------------------------------------------------------
 
 BAD = [b"bad\xffname", b"caf\xe9", b"ok"]
+VALUES = [np.arange(3, dtype=np.float32), np.arange(4, dtype=np.int64), np.ones(2)]
+
+
+def _save_bad_names(tf, prefix: str) -> None:
+    """A bundle written by TF whose tensor names ``BAD`` are not all UTF-8."""
+    tensors = [tf.constant(v) for v in VALUES]
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=tf.constant(BAD), shape_and_slices=[""] * 3, tensors=tensors)
 
 
 def _raw_table(prefix: str) -> dict[bytes, tuple]:
@@ -101,13 +108,7 @@ def test_merge_carries_names_that_are_not_utf8_as_tf_does(tf, tmp_path):
 
     base = tmp_path / "base"
     base.mkdir()
-    values = [np.arange(3, dtype=np.float32), np.arange(4, dtype=np.int64), np.ones(2)]
-    tf.raw_ops.SaveV2(
-        prefix=str(base / "a"),
-        tensor_names=tf.constant(BAD),
-        shape_and_slices=["", "", ""],
-        tensors=[tf.constant(v) for v in values],
-    )
+    _save_bad_names(tf, str(base / "a"))
     for i, spec in enumerate(("4 0,2", "4 2,2")):  # one tensor with a non-UTF-8 name, in two slices
         tf.raw_ops.SaveV2(
             prefix=str(base / f"s{i}"),
@@ -128,18 +129,12 @@ def test_merge_carries_names_that_are_not_utf8_as_tf_does(tf, tmp_path):
     )
     np.testing.assert_array_equal(got.numpy(), np.arange(4, dtype=np.float32))
     out = dr.restore_tensors(str(ours / "m"))
-    np.testing.assert_array_equal(out["bad\udcffname"], values[0])
+    np.testing.assert_array_equal(out["bad\udcffname"], VALUES[0])
     np.testing.assert_array_equal(out["sl\udcfeced"], np.arange(4, dtype=np.float32))
 
 
 def test_save_writes_names_read_from_an_index_back_as_the_same_bytes(tf, tmp_path):
-    values = [np.arange(3, dtype=np.float32), np.arange(4, dtype=np.int64), np.ones(2)]
-    tf.raw_ops.SaveV2(
-        prefix=str(tmp_path / "a"),
-        tensor_names=tf.constant(BAD),
-        shape_and_slices=["", "", ""],
-        tensors=[tf.constant(v) for v in values],
-    )
+    _save_bad_names(tf, str(tmp_path / "a"))
     restored = dr.restore_tensors(str(tmp_path / "a"))
     dr.save_tensors(str(tmp_path / "b"), restored)
     assert set(_raw_table(str(tmp_path / "b"))) == set(BAD)
@@ -149,5 +144,5 @@ def test_save_writes_names_read_from_an_index_back_as_the_same_bytes(tf, tmp_pat
         shape_and_slices=["", "", ""],
         dtypes=[tf.float32, tf.int64, tf.float64],
     )
-    for g, v in zip(got, values):
+    for g, v in zip(got, VALUES):
         np.testing.assert_array_equal(g.numpy(), v)

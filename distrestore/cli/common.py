@@ -196,6 +196,15 @@ class Limits:
         return None if self._end is None else max(0.0, self._end - time.monotonic())
 
 
+def open_checkpoint(args, limits: Limits):
+    """The index of ``args.checkpoint`` (``--storage-options``), opened under ``limits``."""
+    from ..index import open_checkpoint
+
+    return open_checkpoint(
+        args.checkpoint, storage_options=storage_options(args), timeout=limits.timeout, deadline=limits.deadline()
+    )
+
+
 def executor(name: str):
     """``"threads"``, or a Ray executor that joins Ray as a Ray job's driver must (the library
     never calls ``ray.init`` unasked): the cluster ``RAY_ADDRESS`` names when it is set, else a

@@ -60,15 +60,9 @@ def convert(args, index, names, output: str, max_shard_bytes, limits: common.Lim
 
 
 def run(args) -> int:
-    from ..index import open_checkpoint
 
     if not args.output.endswith(".safetensors"):
         args.parser.error(f"the output must end in .safetensors, got {args.output!r}")
     limits = common.Limits(args)
-    index = open_checkpoint(
-        args.checkpoint,
-        storage_options=common.storage_options(args),
-        timeout=limits.timeout,
-        deadline=limits.deadline(),
-    )
+    index = common.open_checkpoint(args, limits)
     return convert(args, index, common.selected_names(args, index), args.output, args.max_shard_bytes, limits)

@@ -42,15 +42,9 @@ def describe(index) -> list[dict]:
 
 
 def run(args) -> int:
-    from ..index import open_checkpoint
 
     limits = common.Limits(args)
-    index = open_checkpoint(
-        args.checkpoint,
-        storage_options=common.storage_options(args),
-        timeout=limits.timeout,
-        deadline=limits.deadline(),
-    )
+    index = common.open_checkpoint(args, limits)
     rows = describe(index)
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -45,7 +45,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..execute.threads import ThreadExecutor
-    from ..index import open_checkpoint
     from ..restore import TensorRequest, plan_requests
     from ..storage import deadline_at
 
@@ -57,12 +56,7 @@ def run(args) -> int:
             "(read actors x tasks per actor x threads per task)"
         )
     limits = common.Limits(args)
-    index = open_checkpoint(
-        args.checkpoint,
-        storage_options=common.storage_options(args),
-        timeout=limits.timeout,
-        deadline=limits.deadline(),
-    )
+    index = common.open_checkpoint(args, limits)
     if limits.deadline() is not None:  # planning asks each data file's size: under the deadline too
         index = index.with_storage(index.storage.limited(deadline_at=deadline_at(limits.deadline())))
     names = common.selected_names(args, index)

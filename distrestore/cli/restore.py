@@ -41,7 +41,6 @@ def _nbytes(arr) -> int:
 
 
 def run(args) -> int:
-    from ..index import open_checkpoint
     from ..restore import iter_restore_tensors
 
     if args.verify_only and (args.output or args.no_verify):
@@ -49,12 +48,7 @@ def run(args) -> int:
     if args.output and not args.output.endswith((".npz", ".safetensors")):
         args.parser.error(f"--output must end in .npz or .safetensors, got {args.output!r}")
     limits = common.Limits(args)
-    index = open_checkpoint(
-        args.checkpoint,
-        storage_options=common.storage_options(args),
-        timeout=limits.timeout,
-        deadline=limits.deadline(),
-    )
+    index = common.open_checkpoint(args, limits)
     names = common.selected_names(args, index)
     if args.output and args.output.endswith(".safetensors"):
         from .convert import convert

@@ -43,17 +43,11 @@ def scope_tree(entries) -> str:
 
 def run(args) -> int:
     from ..format.object_graph import OBJECT_GRAPH_PROTO_KEY
-    from ..index import open_checkpoint
     from ..object_tree import format_object_tree
     from ..objects import read_object_graph
 
     limits = common.Limits(args)
-    index = open_checkpoint(
-        args.checkpoint,
-        storage_options=common.storage_options(args),
-        timeout=limits.timeout,
-        deadline=limits.deadline(),
-    )
+    index = common.open_checkpoint(args, limits)
     if not index.has_tensor(OBJECT_GRAPH_PROTO_KEY):
         print(scope_tree(index.entries))
         return 0
