@@ -368,7 +368,7 @@ def stalling(request):
         proxy.stop()
 
 
-DEADLINE, SLACK = 1.5, 1.0
+DEADLINE, SLACK = 1.0, 1.0
 
 
 @pytest.mark.parametrize("command", ["ls", "tree", "plan", "restore", "convert"])
