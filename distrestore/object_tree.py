@@ -230,14 +230,15 @@ def load_object_tree(
     Every value is read in one parallel plan (``executor``, ``verify``, ``max_inflight_bytes``,
     ``progress`` and other keywords as for ``Checkpoint.read``). ``timeout``: seconds a storage
     request may stall before it is retried; ``deadline``: seconds for the whole call (opening,
-    the object graph and every value; a ``StorageError`` when either runs out). ``path`` restores one subtree
-    and returns its object: ``".model._functional"`` (as ``distrestore tree`` prints paths),
-    ``"model/_functional"`` (as checkpoint keys write them) or a sequence of local names. With
-    ``return_status=True`` the result is ``(tree, status)``, the ``CheckpointLoadStatus`` whose
-    assertions behave as TF's (``assert_consumed()`` passes on a full load of a checkpoint whose
-    every value the tree holds); otherwise the status is dropped, partial loads included, without
-    an unused-values warning. The rules for what each node becomes are in this module's docstring.
-    A TF1 checkpoint has no object graph: ``UnsupportedCheckpointError``.
+    the object graph and every value; a ``StorageError`` when either runs out). ``path``
+    restores one subtree and returns its object: ``".model._functional"`` (as ``distrestore
+    tree`` prints paths), ``"model/_functional"`` (as checkpoint keys write them) or a sequence
+    of local names. With ``return_status=True`` the result is ``(tree, status)``, the
+    ``CheckpointLoadStatus`` whose assertions behave as TF's (``assert_consumed()`` passes on a
+    full load of a checkpoint whose every value the tree holds); otherwise the status is
+    dropped, partial loads included, without an unused-values warning. The rules for what each
+    node becomes are in this module's docstring. A TF1 checkpoint has no object graph:
+    ``UnsupportedCheckpointError``.
     """
     at = deadline_at(deadline)
     index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)

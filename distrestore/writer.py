@@ -165,6 +165,14 @@ def merge_checkpoints(
     def relocate(idx: CheckpointIndex, e: TensorEntry) -> bytes:
         return encode_entry(e.dtype.enum, e.shape, new_shard(idx, e.shard_id), e.offset, e.size, e.crc32c)
 
+    def full_entry_shard(idx: CheckpointIndex, shard_id: int) -> int:
+        """TF's merge gives a sliced tensor's full entry its first source's shard, remapped (in
+        what TF writes, a file its slices were read from). No reader uses it: a file no entry
+        was read from is not placed for it (0 then)."""
+        if not 0 <= shard_id < idx.header.num_shards:
+            return 0
+        return shard_ids.get(idx.data_file(shard_id), 0)
+
     for idx in indexes:
         # TF walks each index in key order, where every slice key (it starts with a 0 byte) sorts
         # before every name: that order numbers the merged shards
@@ -178,8 +186,7 @@ def merge_checkpoints(
                 prev = full.get(name)
                 if prev is not None and (prev[0], prev[1]) != (e.dtype.enum, e.shape):
                     raise MergeConflictError(f"tensor {name!r} has a different dtype or shape in {idx.prefix}")
-                # the full entry keeps the shard of its first source's entry, remapped, as TF's does
-                shard = prev[3] if prev else new_shard(idx, e.shard_id)
+                shard = prev[3] if prev else full_entry_shard(idx, e.shard_id)
                 full[name] = (e.dtype.enum, e.shape, (prev[2] if prev else ()) + e.slices, shard)
                 continue
             key = _key(name)

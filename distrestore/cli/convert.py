@@ -60,7 +60,6 @@ def convert(args, index, names, output: str, max_shard_bytes, limits: common.Lim
 
 
 def run(args) -> int:
-
     if not args.output.endswith(".safetensors"):
         args.parser.error(f"the output must end in .safetensors, got {args.output!r}")
     limits = common.Limits(args)

@@ -42,7 +42,6 @@ def describe(index) -> list[dict]:
 
 
 def run(args) -> int:
-
     limits = common.Limits(args)
     index = common.open_checkpoint(args, limits)
     rows = describe(index)
