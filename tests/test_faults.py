@@ -33,6 +33,9 @@ PATIENT = RetryPolicy(attempts=12, initial_backoff=0.01, max_backoff=0.2)
 # restored together under faults: ~60 requests per backend (indexes, state files, data shards)
 FIXTURES = ("tf1_sharded", "many_small", "all_dtypes", "merged", "tf2_keras")
 SLACK = 1.0  # seconds: a loaded CI machine, on top of the 10 %
+# Permanent errors: the attempt counts are the check; this bound only catches a return of the old
+# retry loops (55 s for an unreachable endpoint), with room for a loaded 2-core CI machine.
+AT_ONCE = 5.0
 
 
 class Faulty:
@@ -200,7 +203,7 @@ def test_access_denied_fails_at_once(faulty):
     t0 = time.monotonic()
     with pytest.raises(StorageError) as info:
         dr.restore_tensors(index)
-    assert time.monotonic() - t0 < 2.0 + SLACK
+    assert time.monotonic() - t0 < AT_ONCE
     assert "data-00003-of-00004" in str(info.value) and "after 1 attempt(s)" in str(info.value)
     assert faulty.proxy.faults("403") == faulty.proxy.requests("data-00003")  # never repeated
 
@@ -213,7 +216,7 @@ def test_missing_key_fails_at_once(faulty):
     t0 = time.monotonic()
     with pytest.raises(CheckpointNotFoundError, match="data-00001"):
         dr.restore_tensors(index)
-    assert time.monotonic() - t0 < 2.0 + SLACK
+    assert time.monotonic() - t0 < AT_ONCE
     assert storage.attempts + storage.meta_attempts == sum(storage.calls.values())  # one attempt each
 
 
@@ -223,7 +226,7 @@ def test_missing_bucket_fails_at_once(faulty):
     t0 = time.monotonic()
     with pytest.raises(CheckpointNotFoundError):
         dr.open_checkpoint(f"{scheme}://distrestore-no-such-bucket-x/ckpt/model", storage=storage)
-    assert time.monotonic() - t0 < 2.0 + SLACK
+    assert time.monotonic() - t0 < AT_ONCE
     assert storage.attempts + storage.meta_attempts == sum(storage.calls.values())  # one attempt each
 
 
@@ -239,7 +242,7 @@ def test_no_credentials_fails_at_once(s3_server, monkeypatch, tmp_path):
     with pytest.raises(StorageError, match="(?i)credentials"):
         dr.open_checkpoint(f"{url}/model.ckpt-7", storage=storage)
     assert storage.attempts == 1
-    assert time.monotonic() - t0 < 2.0 + SLACK
+    assert time.monotonic() - t0 < AT_ONCE
 
 
 @pytest.mark.parametrize("scheme,options", [("s3", {"key": "k", "secret": "s"}), ("gs", {"token": "anon"})])
@@ -250,7 +253,7 @@ def test_name_resolution_failure_fails_at_once(scheme, options):
     with pytest.raises(StorageError):
         storage.read(f"{scheme}://b/ckpt.index")
     assert storage.attempts == 1
-    assert time.monotonic() - t0 < 2.0 + SLACK
+    assert time.monotonic() - t0 < AT_ONCE
 
 
 def _closed_port() -> int:
