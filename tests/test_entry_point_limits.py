@@ -1,7 +1,8 @@
 """``timeout=``/``deadline=`` on the object and name-based entry points: ``Checkpoint.restore`` and
-``read``, ``read_object_graph``, ``load_object_tree``, ``init_from_checkpoint`` and
-``VariableStore.checkpoint`` bound the opening of the index (and the state-file read of a
-directory) too, not only the values' reads; a deadline covers the whole call.
+``read``, ``read_object_graph``, ``load_object_tree``, ``init_from_checkpoint``,
+``VariableStore.checkpoint`` and ``convert_to_safetensors`` bound the opening of the index (and
+the state-file read of a directory) too, not only the values' reads; a deadline covers the whole
+call.
 
 Against S3 (moto) and GCS (fake-gcs-server) behind the fault proxy: a stalled endpoint (every
 request accepted, never answered) fails each of them with a ``DeadlineExceededError`` naming what
@@ -11,6 +12,8 @@ graph's data file) fails within the same one deadline for the call.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -52,10 +55,14 @@ CALLS = {
         url, {"big/part5": "big/part5"}, store=_store_with_w(), storage_options=o, **kw
     ),
     "VariableStore.checkpoint": lambda url, o, **kw: dr.VariableStore().checkpoint(url, storage_options=o, **kw),
+    "convert_to_safetensors": lambda url, o, **kw: dr.convert_to_safetensors(
+        url, os.path.join(tempfile.mkdtemp(), "m.safetensors"), storage_options=o, **kw
+    ),
 }
 FIXTURE_OF = {name: "tf2_keras" for name in CALLS} | {  # name-based restore: a TF1 checkpoint
     "init_from_checkpoint": "tf1_sharded",
     "VariableStore.checkpoint": "tf1_sharded",
+    "convert_to_safetensors": "tf1_sharded",
 }
 
 

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
-from ..index import CheckpointIndex, open_checkpoint
-from ..restore import iter_restore_tensors
+from ..index import CheckpointIndex, open_index
+from ..restore import iter_restore_tensors, time_limits
+from ..storage.base import deadline_at
 from .files import AtomicFiles, write_at
 
 __all__ = ["SAFETENSORS_DTYPES", "convert_to_safetensors", "safetensors_dtype"]
@@ -133,14 +135,18 @@ def convert_to_safetensors(
     max_inflight_bytes: int | None = 256 << 20,
     max_shard_bytes: int | None = None,
     progress=None,
+    timeout: float | None = None,
+    deadline: float | None = None,
     **restore_kwargs,
 ) -> list[str]:
     """Write the checkpoint's tensors (all but variants by default, or ``names``) to ``output``
     (a local ``.safetensors`` path), streaming; returns the files written (with
     ``max_shard_bytes``, the shards and then the index file). Names are kept as they are in the
     checkpoint; values are bit-exact. At most ``max_inflight_bytes`` of reads are outstanding
-    (None: the executor's own limit, which does not bound memory). Extra keywords go to
-    ``iter_restore_tensors``.
+    (None: the executor's own limit, which does not bound memory). ``timeout``: seconds a
+    storage request may stall before it is retried; ``deadline``: seconds for the whole call
+    (opening the index and every read; a ``StorageError`` when either runs out). Extra keywords
+    go to ``iter_restore_tensors``.
 
     >>> dr.convert_to_safetensors("gs://bucket/run7", "model.safetensors", max_inflight_bytes=256 << 20)
     ['model.safetensors']
@@ -150,7 +156,8 @@ def convert_to_safetensors(
         raise ValueError(f"the output must be a .safetensors file, got {output!r}")
     if max_shard_bytes is not None and max_shard_bytes < 1:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-    index: CheckpointIndex = open_checkpoint(ckpt_dir_or_file, storage_options=storage_options)
+    at = deadline_at(deadline)
+    index: CheckpointIndex = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)
     if names is None:
         names = [n for n, e in index.entries.items() if not e.dtype.is_variant]
     tensors, tf_dtypes = [], {}
@@ -184,6 +191,7 @@ def convert_to_safetensors(
             verify=verify,
             max_inflight_bytes=max_inflight_bytes,
             progress=progress,
+            **time_limits(timeout, None if at is None else max(0.0, at - time.time())),
             **restore_kwargs,
         ):
             fd, offset, nbytes = where[name]

@@ -22,7 +22,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--namespace", default=None, help="Ray namespace: other jobs connect through it")
     parser.add_argument("--detached", action="store_true", help="start a coordinator that outlives this command")
     parser.add_argument(
-        "--cache-bytes", type=common.byte_count, metavar="N", default=None, help="read results kept once taken"
+        "--cache-bytes",
+        type=common.byte_count,
+        metavar="N",
+        default=None,
+        help="bytes of read results the coordinator keeps after every registered worker took them, "
+        "so that late registrations need no new reads (default: half the cluster's object store)",
     )
 
 
