@@ -50,6 +50,37 @@ class ReadOrder(NamedTuple):
     part_hi: np.ndarray
 
 
+_INSIDE = ("inside_rows", "inside_offset", "inside_size", "inside_crc", "inside_check", "inside_count")
+_PART = ("part_rows", "part_lo", "part_hi")
+
+
+def pack_orders(orders: list[ReadOrder]) -> tuple:
+    """Orders as a few columns: what a read task's arguments cost to send is then a few arrays,
+    not nine per piece (pickling small numpy arrays costs microseconds each)."""
+    paths = list(dict.fromkeys(o.path for o in orders))
+    where = {p: i for i, p in enumerate(paths)}
+    head = np.array([(o.piece, o.checkpoint, where[o.path], o.start, o.end) for o in orders], np.int64).reshape(-1, 5)
+    counts = np.array([(len(o.inside_rows), len(o.part_rows)) for o in orders], np.int64).reshape(-1, 2)
+    inside = [np.concatenate([getattr(o, k) for o in orders]) for k in _INSIDE]
+    part = [np.concatenate([getattr(o, k) for o in orders]) for k in _PART]
+    return paths, orders[0].node if orders else "", head, counts, inside, part
+
+
+def unpack_orders(packed: tuple) -> list[ReadOrder]:
+    """``pack_orders``'s orders again (their arrays are views of the columns)."""
+    paths, node, head, counts, inside, part = packed
+    bounds_in = np.concatenate([[0], np.cumsum(counts[:, 0])]).tolist()
+    bounds_part = np.concatenate([[0], np.cumsum(counts[:, 1])]).tolist()
+    out = []
+    for k, (piece, ckpt, path, start, end) in enumerate(head.tolist()):
+        a, b = bounds_in[k], bounds_in[k + 1]
+        c, d = bounds_part[k], bounds_part[k + 1]
+        out.append(
+            ReadOrder(piece, ckpt, paths[path], start, end, node, *(x[a:b] for x in inside), *(x[c:d] for x in part))
+        )
+    return out
+
+
 class FileTable:
     """Files of every checkpoint served, by file id."""
 
@@ -89,6 +120,29 @@ class FileTable:
 
     def extend(self, r: Ranges) -> Ranges:
         """``r`` (merged) grown to whole stored entries, merged."""
+        return merge(self._grow(r))
+
+    def extend_each(self, parts: list[Ranges]) -> list[Ranges]:
+        """``[extend(r) for r in parts]``, in one pass over the entry tables (a batch of many
+        small registrations costs a few numpy calls, not a few per registration)."""
+        if len(parts) <= 1:
+            return [self.extend(r) for r in parts]
+        cat = Ranges.concat(parts)
+        order = np.argsort(cat.start, kind="stable")
+        grown = self._grow(Ranges(cat.start[order], cat.end[order]))
+        start, end = np.empty_like(cat.start), np.empty_like(cat.end)
+        start[order], end[order] = grown.start, grown.end
+        out, a = [], 0
+        for r in parts:
+            b = a + len(r)
+            s, e = start[a:b], end[a:b]
+            # still disjoint (ranges of a merged input stay sorted): nothing to merge
+            out.append(Ranges(s, e) if b - a < 2 or (s[1:] > e[:-1]).all() else merge(Ranges(s, e)))
+            a = b
+        return out
+
+    def _grow(self, r: Ranges) -> Ranges:
+        """Each range of ``r`` (sorted by file) grown to the whole entries it touches; not merged."""
         starts, ends = r.start.copy(), r.end.copy()
         for f, sl in self._by_file(r):
             t = self.entries[f]
@@ -101,7 +155,7 @@ class FileTable:
             lo = np.where(hit, np.minimum(lo, t.offset[np.minimum(a, len(t.offset) - 1)]), lo)
             hi = np.where(hit, np.maximum(hi, t.end[np.maximum(b - 1, 0)]), hi)
             starts[sl], ends[sl] = position(f, lo), position(f, hi)
-        return merge(Ranges(starts, ends))
+        return Ranges(starts, ends)
 
     def edges(self, start: int, end: int) -> tuple[tuple[int, int], ...]:
         """``(file, row)`` of the fixed-width entries that bytes ``[start, end)`` cut through

@@ -75,40 +75,55 @@ class Edge:
 
 
 class PieceStore:
-    """Pieces by id and by position."""
+    """Pieces by id and by position. The position index is kept sorted as pieces come and go
+    (a few memmoves per batch), not rebuilt: a cache of 10^5 pieces is searched as it grows."""
 
     def __init__(self):
         self.pieces: dict[int, Piece] = {}
-        self._sorted: tuple[np.ndarray, np.ndarray, list[Piece]] | None = None
+        self._starts = np.empty(0, np.int64)
+        self._ends = np.empty(0, np.int64)
+        self._ordered: list[Piece] = []
         self.nbytes = 0
 
     def __len__(self) -> int:
         return len(self.pieces)
 
     def add(self, piece: Piece) -> None:
-        self.pieces[piece.id] = piece
-        self.nbytes += piece.size
-        self._sorted = None
+        self.add_many([piece])
+
+    def add_many(self, pieces: list[Piece]) -> None:
+        """Add pieces that overlap none of the store's nor each other."""
+        if not pieces:
+            return
+        pieces = sorted(pieces, key=lambda p: p.start)
+        starts = np.fromiter((p.start for p in pieces), np.int64, len(pieces))
+        ends = np.fromiter((p.end for p in pieces), np.int64, len(pieces))
+        at = np.searchsorted(self._starts, starts)
+        self._starts = np.insert(self._starts, at, starts)
+        self._ends = np.insert(self._ends, at, ends)
+        for k, (p, i) in enumerate(zip(pieces, at.tolist())):
+            self._ordered.insert(i + k, p)
+            self.pieces[p.id] = p
+            self.nbytes += p.size
 
     def remove(self, piece: Piece) -> None:
-        if self.pieces.pop(piece.id, None) is not None:
-            self.nbytes -= piece.size
-            self._sorted = None
+        self.remove_many([piece])
 
-    def _index(self) -> tuple[np.ndarray, np.ndarray, list[Piece]]:
-        if self._sorted is None:
-            ordered = sorted(self.pieces.values(), key=lambda p: p.start)
-            self._sorted = (
-                np.fromiter((p.start for p in ordered), np.int64, len(ordered)),
-                np.fromiter((p.end for p in ordered), np.int64, len(ordered)),
-                ordered,
-            )
-        return self._sorted
+    def remove_many(self, pieces: list[Piece]) -> None:
+        gone = [p for p in pieces if self.pieces.pop(p.id, None) is not None]
+        if not gone:
+            return
+        self.nbytes -= sum(p.size for p in gone)
+        at = np.searchsorted(self._starts, np.fromiter((p.start for p in gone), np.int64, len(gone)))
+        keep = np.ones(len(self._starts), bool)
+        keep[at] = False
+        self._starts, self._ends = self._starts[keep], self._ends[keep]
+        self._ordered = [p for p, k in zip(self._ordered, keep.tolist()) if k]
 
     def overlapping(self, r: Ranges) -> list[Piece]:
         """Pieces that overlap ``r`` (merged), in position order."""
-        starts, ends, ordered = self._index()
-        return [ordered[i] for i in overlapping(starts, ends, r).tolist()]
+        ordered = self._ordered
+        return [ordered[i] for i in overlapping(self._starts, self._ends, r).tolist()]
 
     @staticmethod
     def extent(pieces: list[Piece]) -> Ranges:

@@ -21,7 +21,6 @@ coalesced and cut at every member's boundary.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -34,8 +33,8 @@ from .files import CheckpointInfo, FileTable, ReadOrder
 from .pieces import READY, Edge, Piece, PieceStore
 from .ranges import Ranges, file_of, merge, position, subtract
 from .ranges import overlapping as overlapping_rows
+from .scheduling import ReadQueue
 
-MAX_PIECES_PER_READ = 256
 MIN_CHUNK_BYTES = 4 << 20
 
 
@@ -55,7 +54,7 @@ class ReadReport(NamedTuple):
     node: str  # where it ran
     seconds: float
     requests: int  # storage requests it made
-    bad_rows: np.ndarray  # rows of the entries inside that failed their check
+    bad_rows: np.ndarray  # rows of the entries inside that failed their check (or a list)
     part_rows: np.ndarray  # rows of the entries it cut through ...
     part_crcs: np.ndarray  # ... and the CRC32C of its part of each
 
@@ -115,7 +114,8 @@ class Coordinator:
     still waited for are kept regardless). ``chunk_bytes``: most bytes one read reads.
     ``min_piece_bytes``: smaller neighbouring runs are read (and delivered) together; also the
     unused bytes above which a delivery across nodes is sliced. ``reads_per_node``: reads in
-    flight per node (each read task is a Ray worker process)."""
+    flight per node (each read task is a Ray worker process). ``small_piece_bytes``: pieces this
+    small are read wherever there is room, together (the service hands them over by value)."""
 
     def __init__(
         self,
@@ -124,6 +124,7 @@ class Coordinator:
         chunk_bytes: int = 16 << 20,
         min_piece_bytes: int = 256 << 10,
         reads_per_node: int = 2,
+        small_piece_bytes: int = 0,
     ):
         if chunk_bytes <= 0 or reads_per_node < 1 or cache_bytes < 0:
             raise ValueError("chunk_bytes and reads_per_node must be positive, cache_bytes not negative")
@@ -136,11 +137,13 @@ class Coordinator:
         self.edges: dict[tuple[int, int], Edge] = {}
         self.waiting: dict[int, _Waiting] = {}
         self.groups: dict[str, _Group] = {}
-        self.queues: dict[str, deque[Piece]] = {}
-        self.inflight: dict[str, int] = {}  # read tasks running per node
-        self.inflight_bytes: dict[str, int] = {}
-        self.task_of: dict[int, int] = {}  # piece id -> its read task
-        self.tasks_left: dict[int, int] = {}  # read task -> pieces not yet reported
+        self.reads = ReadQueue(
+            self.files,
+            self.store,
+            chunk_bytes=chunk_bytes,
+            reads_per_node=reads_per_node,
+            small_piece_bytes=small_piece_bytes,
+        )
         self._ids = itertools.count()
         self._clock = itertools.count()
         self.counters = dict.fromkeys(
@@ -230,13 +233,14 @@ class Coordinator:
         return []
 
     def _plan(self, members: list[tuple[int, Registration]]) -> list:
-        spans = [self.files.extend(reg.need) if reg.verify else reg.need for _, reg in members]
+        verified = iter(self.files.extend_each([reg.need for _, reg in members if reg.verify]))
+        spans = [next(verified) if reg.verify else reg.need for _, reg in members]
         union = merge(Ranges.concat(spans))
         todo = subtract(union, PieceStore.extent(self.store.overlapping(union)))
         if len(todo):
             nodes = list(dict.fromkeys(reg.node for _, reg in members))
             node_index = {n: i for i, n in enumerate(nodes)}
-            load = [sum(p.size for p in self.queues.get(n, ())) + self.inflight_bytes.get(n, 0) for n in nodes]
+            load = [self.reads.load(n) for n in nodes]
             new = cut(
                 todo,
                 [reg.need for _, reg in members],
@@ -246,14 +250,17 @@ class Coordinator:
                 atoms=self.files.atoms,
                 load=load,
             )
+            added = []
             for s, e, k in zip(new.start.tolist(), new.end.tolist(), new.node.tolist()):
                 node = nodes[k] if k != NO_NODE else nodes[0]
                 piece = Piece(next(self._ids), s, e, node, edges=self.files.edges(s, e))
                 for key in piece.edges:
                     if key not in self.edges:
                         self.edges[key] = Edge(*self.files.edge_span(*key))
-                self.store.add(piece)
-                self.queues.setdefault(node, deque()).append(piece)
+                added.append(piece)
+            self.store.add_many(added)
+            for piece in added:
+                self.reads.add(piece)
         events = []
         for (rid, reg), span in zip(members, spans):
             events += self._wait(rid, reg, span)
@@ -296,52 +303,15 @@ class Coordinator:
     # -- reads ----------------------------------------------------------------------------------
 
     def take_reads(self) -> list[list[ReadOrder]]:
-        """Read tasks to start now, as many as each node has room for: one big piece each, or
-        small pieces of one checkpoint together (up to ``chunk_bytes``, 256 pieces), so that many
-        small registrations do not cost a Ray task each."""
-        tasks = []
-        for node, queue in self.queues.items():
-            while queue and self.inflight.get(node, 0) < self.reads_per_node:
-                batch: list[Piece] = []
-                size = 0
-                while queue and len(batch) < MAX_PIECES_PER_READ:
-                    p = queue[0]
-                    if self.store.pieces.get(p.id) is not p:
-                        queue.popleft()
-                        continue
-                    if batch and (
-                        size + p.size > self.chunk_bytes or self._checkpoint(p) != self._checkpoint(batch[0])
-                    ):
-                        break
-                    batch.append(queue.popleft())
-                    size += p.size
-                if not batch:
-                    continue
-                tid = next(self._ids)
-                self.tasks_left[tid] = len(batch)
-                for p in batch:
-                    self.task_of[p.id] = tid
-                self.inflight[node] = self.inflight.get(node, 0) + 1
-                self.inflight_bytes[node] = self.inflight_bytes.get(node, 0) + size
-                tasks.append([self.files.order(p.id, p.start, p.end, node) for p in batch])
-        return tasks
-
-    def _checkpoint(self, p: Piece) -> int:
-        return self.files.checkpoint_of[int(file_of(p.start))]
-
-    def _finished(self, p: Piece) -> None:
-        self.inflight_bytes[p.node] -= p.size
-        tid = self.task_of.pop(p.id)
-        self.tasks_left[tid] -= 1
-        if not self.tasks_left[tid]:
-            del self.tasks_left[tid]
-            self.inflight[p.node] -= 1
+        """Read tasks to start now (``scheduling.ReadQueue``: a few per node at a time, small
+        pieces together)."""
+        return self.reads.take()
 
     def read_done(self, piece_id: int, report: ReadReport) -> list:
         p = self.store.pieces.get(piece_id)
         if p is None:
             return []
-        self._finished(p)
+        self.reads.finished(p)
         p.state, p.ran_on, p.bad = READY, report.node, np.asarray(report.bad_rows, np.int64)
         self.counters["bytes_read"] += p.size
         self.counters["requests"] += report.requests
@@ -378,8 +348,8 @@ class Coordinator:
         p = self.store.pieces.get(piece_id)
         if p is None:
             return []
-        self._finished(p)
-        self._remove(p)
+        self.reads.finished(p)
+        self._remove([p])
         events: list = []
         waiters, p.waiters = p.waiters, set()
         for rid in waiters:
@@ -466,27 +436,28 @@ class Coordinator:
 
     # -- the cache ------------------------------------------------------------------------------
 
-    def _remove(self, p: Piece) -> None:
-        self.store.remove(p)
-        for key in p.edges:
-            e = self.edges.get(key)
-            if e is not None:
-                e.remove(p.id)
-                if not e.parts and not e.waiters:
-                    del self.edges[key]
+    def _remove(self, pieces: list[Piece]) -> None:
+        self.store.remove_many(pieces)
+        for p in pieces:
+            for key in p.edges:
+                e = self.edges.get(key)
+                if e is not None:
+                    e.remove(p.id)
+                    if not e.parts and not e.waiters:
+                        del self.edges[key]
 
     def _evict(self) -> list:
         if self.store.nbytes <= self.cache_bytes and not self._dropping:
             return []
         gone = []
-        self._dropping = False
+        over = self.store.nbytes - self.cache_bytes
         for p in self.store.evictable():
-            if not p.drop and self.store.nbytes <= self.cache_bytes:
-                continue
-            self._remove(p)
-            gone.append(p.id)
+            if p.drop or over > 0:
+                gone.append(p)
+                over -= p.size
+        self._remove(gone)
         self._dropping = any(p.drop for p in self.store.pieces.values())
-        return [Evicted(gone)] if gone else []
+        return [Evicted([p.id for p in gone])] if gone else []
 
     def release(self) -> list:
         """Drop every cached read result: now where nothing waits for it, else once answered."""
@@ -506,7 +477,7 @@ class Coordinator:
             "pieces": len(self.store),
             "waiting": len(self.waiting),
             "groups_gathering": {n: len(g.members) for n, g in self.groups.items()},
-            "reads_queued": sum(len(q) for q in self.queues.values()),
-            "reads_in_flight": sum(self.inflight.values()),
+            "reads_queued": self.reads.queued,
+            "reads_in_flight": self.reads.running,
             "checkpoints": [c.prefix for c in self.files.checkpoints],
         }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import time
 from collections.abc import Mapping, Sequence
 
@@ -38,6 +39,7 @@ from ..execute.sink import ReadSink
 from ..index import CheckpointIndex
 from ..readplan import ReadPlan
 from ..storage import Storage
+from .channel import channel
 from .service import Opened, RestoreService, ServiceOptions
 
 __all__ = ["ServiceClient", "connect", "serve"]
@@ -342,44 +344,51 @@ class _ServiceReads:
     def run(self, plan: ReadPlan, sink: ReadSink, storages: Mapping[str, Storage], *, progress=None, **_):
         client = self.client
         file_ids = client._file_ids_for({f: storages[f] for f in {r.file for r in plan.requests}})
-        node = ray.get_runtime_context().get_node_id()
-        reg = Registration(needed_ranges(plan, file_ids), node, self.verify, self.group, self.world_size)
+        reg = Registration(needed_ranges(plan, file_ids), _node_id(), self.verify, self.group, self.world_size)
         until = time.monotonic() + self.deadline + _MARGIN
-        reply = client._call("register", reg, self.deadline, deadline=self.deadline)
+        ticket = channel(client.actor, client._unavailable).register(reg, self.deadline)
         placer = Placer(plan, sink, file_ids, progress)
-        where: dict = {}
-        pending: list = []
-        asking = None  # the coordinator's next hand-over, asked for in the background
-
-        def take(r) -> None:
-            nonlocal asking
-            where.update(zip(r.refs, zip(r.starts.tolist(), r.ends.tolist())))
-            pending.extend(r.refs)
-            asking = None if r.done else client.actor.updates.remote(r.token)
-
-        take(reply)
-        try:
-            while pending or asking is not None:  # copy each object as it arrives
-                waiting = pending + ([asking] if asking is not None else [])
-                ready, _ = ray.wait(waiting, num_returns=1, timeout=max(0.0, until - time.monotonic()))
-                if not ready:
-                    raise ServiceTimeoutError(f"the objects of the restore service {client._service} did not arrive")
-                ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
-                if asking is not None and asking in ready:
-                    ready.remove(asking)
-                    take(client._result(asking, self.deadline))  # raises what failed the registration
-                if ready:
-                    for ref in ready:
-                        pending.remove(ref)
-                    for ref, buf in zip(ready, ray.get(ready, timeout=max(0.0, until - time.monotonic()))):
-                        placer.add(*where.pop(ref), buf)
-                del ready
-        except ray.exceptions.OwnerDiedError as e:
-            raise client._unavailable(e) from e
-        except ray.exceptions.RayError as e:
-            while asking is not None:  # the coordinator names what failed: a read, a check
-                take(client._result(asking, self.deadline))
-            raise ReadWorkerLostError(f"a read result of the restore service {client._service} was lost: {e}") from e
+        arriving = 0  # objects handed over, not yet placed
+        done = False  # the coordinator said every byte is read and checked
+        lost = None  # the first object that could not be fetched
+        while not done or arriving:
+            try:
+                event = ticket.get(until - time.monotonic())
+            except queue.Empty:
+                raise ServiceTimeoutError(f"the restore service {client._service} did not answer in time") from None
+            if event[0] == "error":
+                raise event[1]
+            if event[0] == "reply":
+                reply = event[1]
+                for obj, start, end in zip(reply.refs, reply.starts, reply.ends):
+                    if isinstance(obj, ray.ObjectRef):
+                        ticket.watch(obj, start, end)
+                        arriving += 1
+                    else:  # a small piece's bytes, handed over with the reply
+                        placer.add(start, end, obj)
+                done = reply.done
+                continue
+            _, start, end, fut = event
+            arriving -= 1
+            try:
+                placer.add(start, end, fut.result())
+            except ray.exceptions.OwnerDiedError as e:
+                raise client._unavailable(e) from e
+            except ray.exceptions.RayError as e:
+                lost = lost or e  # the coordinator names what failed (a read, a check) next
+        if lost is not None:
+            raise ReadWorkerLostError(
+                f"a read result of the restore service {client._service} was lost: {lost}"
+            ) from lost
         if not placer.finished():
             raise StorageError(f"the restore service {client._service} delivered nothing for {placer.missing()}")
         yield placer.completed
+
+
+_NODE: list = []  # this process's Ray node id, once asked
+
+
+def _node_id() -> str:
+    if not _NODE:
+        _NODE.append(ray.get_runtime_context().get_node_id())
+    return _NODE[0]
