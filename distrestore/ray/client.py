@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import queue
+import threading
 import time
 from collections.abc import Mapping, Sequence
 
@@ -155,6 +156,21 @@ def connect(name: str = "distrestore", namespace: str | None = None, *, timeout:
     return ServiceClient(name, namespace, actor=actor)
 
 
+class _Known:
+    """A coordinator's checkpoints as this process knows them: their indexes (by path and
+    storage options) and the service's file id of each data file."""
+
+    def __init__(self):
+        self.indexes: dict[tuple, CheckpointIndex] = {}
+        self.file_ids: dict[str, int] = {}
+
+
+_KNOWN: dict = {}  # coordinator actor handle -> _Known, least recently used first
+_KNOWN_LOCK = threading.Lock()
+_KNOWN_SERVICES = 8
+_KNOWN_INDEXES = 8  # per service: an index of 10^6 tensors holds tens of MB
+
+
 class ServiceClient:
     """A worker's handle on the restore service (see ``docs/service.md``).
 
@@ -171,8 +187,6 @@ class ServiceClient:
         self.namespace = namespace
         self.deadline = deadline
         self._actor = actor
-        self._indexes: dict[tuple, CheckpointIndex] = {}
-        self._file_ids: dict[str, int] = {}  # data file path -> service file id
 
     def __reduce__(self):
         return (ServiceClient, (self.name, self.namespace), {"deadline": self.deadline})
@@ -209,6 +223,16 @@ class ServiceClient:
             raise self._unavailable(e) from e
 
     @property
+    def _known(self) -> _Known:
+        """What this process learnt from the coordinator (shared by its clients of it)."""
+        with _KNOWN_LOCK:
+            known = _KNOWN.pop(self.actor, None) or _Known()
+            _KNOWN[self.actor] = known  # most recently used last
+            while len(_KNOWN) > _KNOWN_SERVICES:
+                del _KNOWN[next(iter(_KNOWN))]
+        return known
+
+    @property
     def _service(self) -> str:
         return _where(self.name, self.namespace)
 
@@ -219,35 +243,40 @@ class ServiceClient:
 
     def checkpoint(self, path=None, *, storage_options: dict | None = None) -> CheckpointIndex:
         """The index of checkpoint ``path`` (a prefix or directory; None: the service's first),
-        read by the service once and shared; cached per client."""
+        read by the service once and shared; cached in this process (for every client of this
+        coordinator: the checkpoints it opened do not change)."""
         if isinstance(path, CheckpointIndex):
             return path
         path = None if path is None else os.fspath(path)
         key = (path, repr(sorted((storage_options or {}).items())))
-        index = self._indexes.get(key)
+        known = self._known
+        index = known.indexes.get(key)
         if index is None:
             opened: Opened = self._call("open", path, storage_options)
             data = self._result(opened.index_bytes)
             index = CheckpointIndex.from_bytes(opened.prefix, data, opened.storage, file_sizes=opened.file_sizes)
             for i, f in enumerate(index.data_files()):
-                self._file_ids[f] = opened.first_file + i
-            self._indexes[key] = index
+                known.file_ids[f] = opened.first_file + i
+            known.indexes[key] = index
+            while len(known.indexes) > _KNOWN_INDEXES:
+                del known.indexes[next(iter(known.indexes))]
         return index
 
     def _file_ids_for(self, storages: Mapping[str, Storage]) -> dict[str, int]:
         """Service file ids of a plan's data files; a checkpoint this client opened itself is
         opened by the service too, matched by its prefix."""
         out = {}
+        file_ids = self._known.file_ids
         for path, storage in storages.items():
-            fid = self._file_ids.get(path)
+            fid = file_ids.get(path)
             if fid is None:
                 prefix = path[: path.rindex(".data-")] if ".data-" in path else path
                 full = os.path.abspath(prefix) if storage.local else prefix
                 opened: Opened = self._call("open", full, storage.storage_options)
                 for i in range(opened.num_files):
                     shard = f".data-{i:05d}-of-{opened.num_files:05d}"
-                    self._file_ids[prefix + shard] = self._file_ids[full + shard] = opened.first_file + i
-                fid = self._file_ids.get(path)
+                    file_ids[prefix + shard] = file_ids[full + shard] = opened.first_file + i
+                fid = file_ids.get(path)
                 if fid is None:
                     raise CheckpointNotFoundError(
                         f"{path}: not a data file of {opened.prefix} as the service opened it"
