@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "distrestore.execute.*",
             # the Ray package of issue E: its executor side (the service side is below)
             "distrestore.ray.executor",
+            "distrestore.ray.tasks",
             "distrestore.ray.pool",
             "distrestore.ray.worker",
             "distrestore.ray.placing",

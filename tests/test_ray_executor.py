@@ -15,6 +15,7 @@ import glob
 import logging
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from distrestore.assemble import Assembly  # noqa: E402
 from distrestore.errors import (  # noqa: E402
     CheckpointNotFoundError,
     ChecksumMismatchError,
+    DeadlineExceededError,
     DistRestoreError,
     RayNotInitializedError,
     RayPlacementError,
@@ -43,6 +45,9 @@ from distrestore.ray import shm  # noqa: E402
 from distrestore.ray.executor import RayExecutor  # noqa: E402
 from distrestore.ray.pool import POOLS  # noqa: E402
 from distrestore.restore import TensorRequest, fetch, iter_restore_tensors, plan_requests, restore_tensors  # noqa: E402
+from distrestore.storage.wrappers import LatencyStorage  # noqa: E402
+
+SLACK = 1.0  # seconds: a loaded machine, on top of the 10 %
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -389,6 +394,40 @@ def test_dead_worker_fails_the_run_and_the_pool_is_rebuilt(big_checkpoint):
     out = restore_tensors(prefix, executor=ex)  # a new pool
     assert all(same(out[k], v) for k, v in tensors.items())
     ex.close()
+
+
+def test_deadline_bounds_the_wait_for_reads_that_do_not_stop(fixtures_dir):
+    """A read the storage cannot cut (every attempt sleeps past the deadline, like a stuck local
+    read) does not hold the run: like the thread executor, it waits at most a moment past the
+    call's deadline and names what was outstanding."""
+    storage = LatencyStorage(latency=0.0)
+    index = open_checkpoint(str(fixtures_dir / "tf1_sharded" / "model.ckpt-7"), storage=storage)
+    storage.latency = 5.0  # every data read of the actors now takes 5 s
+    ex = RayExecutor(local_reads="actors", map_local=False, shared_memory=False, num_workers=1, tasks_per_worker=5)
+    try:
+        ex.start()  # a start-up of its own: the deadline is about the reads
+        deadline = 1.0
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceededError) as info:
+            restore_tensors(index, executor=ex, deadline=deadline)
+        elapsed = time.monotonic() - t0
+        assert elapsed <= deadline * 1.1 + SLACK, elapsed
+        msg = str(info.value)
+        assert "outstanding" in msg and "model.ckpt-7.data-" in msg and "tensors '" in msg, msg
+        assert isinstance(info.value, TimeoutError)
+    finally:
+        ex.close()
+
+
+def test_deadline_passing_while_the_read_workers_start(fixtures_dir, monkeypatch):
+    prefix, _ = load_expected(fixtures_dir, "merged")
+    ex = RayExecutor(local_reads="actors", num_workers=1, tasks_per_worker=6)
+    monkeypatch.setattr(POOLS, "started_within", lambda pool, timeout: False)  # never up in time
+    try:
+        with pytest.raises(DeadlineExceededError, match="starting"):
+            restore_tensors(prefix, executor=ex, deadline=30)
+    finally:
+        ex.close()
 
 
 # -- without ray.init ---------------------------------------------------------------------------

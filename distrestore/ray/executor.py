@@ -33,20 +33,15 @@ from dataclasses import dataclass, field
 
 import ray
 
-from ..errors import (
-    CheckpointNotFoundError,
-    DistRestoreError,
-    RayNotInitializedError,
-    ReadWorkerLostError,
-    StorageError,
-)
+from ..errors import DeadlineExceededError, RayNotInitializedError, ReadWorkerLostError
 from ..execute.sink import Allocator, ReadSink
-from ..execute.threads import ThreadExecutor
-from ..readplan import SKIP, ReadPlan, ReadRequest
+from ..execute.threads import GRACE, ThreadExecutor
+from ..readplan import SKIP, ReadPlan
 from ..storage import Storage
 from . import pool as pools
 from .placing import bind, close_arena, open_arena, place_parts, task_bytes, write_parts
 from .shm import Arena
+from .tasks import get_result, group_tasks, overdue
 from .worker import ReadResult, ReadTask
 
 log = logging.getLogger("distrestore")
@@ -305,7 +300,14 @@ class RayExecutor:
         if not plan.requests:
             return
         pool = self._ensure_pool(local) if prepared is None else prepared[1]
+        deadline = min((s.deadline_at for s in storages.values() if s.deadline_at is not None), default=None)
         t0 = time.perf_counter()
+        if deadline is not None and not pools.POOLS.started_within(pool, deadline + GRACE - time.time()):
+            if prepared is not None:
+                close_arena(*prepared[1:])
+            raise DeadlineExceededError(
+                f"the deadline passed while the Ray read workers were starting ({len(plan.requests)} reads not begun)"
+            )
         pools.POOLS.wait_ready(pool, self.startup_timeout, self._spec(local))
         stats.startup_seconds = time.perf_counter() - t0
         stats.workers, stats.worker_nodes = len(pool.actors), list(pool.nodes)
@@ -317,7 +319,8 @@ class RayExecutor:
         if cap:
             budget = min(budget, cap)
         max_tasks = self.max_tasks_in_flight or len(actors) * (self.tasks_per_worker + 1)
-        tasks = list(reversed(self._group(plan, sink, storages, local, budget)))
+        limit = min(self.target_task_bytes, budget)
+        tasks = list(reversed(group_tasks(plan, sink, storages, limit, self._threads(local), self.map_local)))
         load = [0] * len(actors)
         waiting: dict = {}  # ObjectRef -> (task, nbytes, actor index): submitted, not yet taken
         placing: dict = {}  # Future -> nbytes: results being copied into place
@@ -347,8 +350,14 @@ class RayExecutor:
                     stats.max_inflight_bytes_seen = max(stats.max_inflight_bytes_seen, inflight)
                     stats.max_tasks_in_flight_seen = max(stats.max_tasks_in_flight_seen, len(waiting) + len(placing))
                 if waiting and len(placing) < self.place_threads:
-                    # completion order; while results are being placed, only look
-                    ready, _ = ray.wait(list(waiting), num_returns=1, timeout=0.001 if placing else None)
+                    # completion order; while results are being placed, only look; never past
+                    # the call's deadline (a read the storage cannot cut, as a stuck local read)
+                    timeout = 0.001 if placing else None
+                    if deadline is not None and not placing:
+                        timeout = max(0.0, deadline + GRACE - time.time())
+                    ready, _ = ray.wait(list(waiting), num_returns=1, timeout=timeout)
+                    if not ready and not placing and deadline is not None and time.time() >= deadline + GRACE:
+                        raise overdue([t for t, _, _ in waiting.values()], sink)
                     for ref in ready:
                         task, nbytes, a = waiting.pop(ref)
                         load[a] -= 1
@@ -389,51 +398,10 @@ class RayExecutor:
 
     def _take(self, pool: pools.Pool, ref, task: ReadTask, sink: ReadSink) -> ReadResult:
         try:
-            return _get(ref, task, sink)
+            return get_result(ref, task, sink)
         except ReadWorkerLostError:
             pools.POOLS.drop(pool)  # the next run starts a new pool where nodes are alive
             raise
-
-    def _group(
-        self, plan: ReadPlan, sink: ReadSink, storages: Mapping[str, Storage], local: bool, budget: float
-    ) -> list[ReadTask]:
-        """Requests in plan order, grouped into tasks of about ``target_task_bytes`` (never over
-        the budget unless one request alone is)."""
-        limit = min(self.target_task_bytes, budget)
-        threads = self._threads(local)
-        out: list[ReadTask] = []
-        cur: list[ReadRequest] = []
-        size = 0
-
-        def flush():
-            if not cur:
-                return
-            st_list: list[Storage] = []
-            st_ids = []
-            reqs = []
-            for r in cur:
-                st = storages[r.file]
-                for i, s in enumerate(st_list):  # noqa: B007 - i is used after the loop
-                    if s is st:
-                        break
-                else:
-                    i = len(st_list)
-                    st_list.append(st)
-                st_ids.append(i)
-                # actors run in another directory (or on another node): absolute paths
-                reqs.append(r._replace(file=os.path.abspath(r.file)) if st.local and "://" not in r.file else r)
-            checks = tuple(sink.segment_checks(r) for r in cur)
-            out.append(ReadTask(tuple(st_list), tuple(reqs), tuple(st_ids), checks, threads, self.map_local))
-            cur.clear()
-
-        for req in plan.requests:
-            if cur and size + req.nbytes > limit:
-                flush()
-                size = 0
-            cur.append(req)
-            size += req.nbytes
-        flush()
-        return out
 
     def _place(
         self,
@@ -471,30 +439,3 @@ class RayExecutor:
             stats.bytes_by_node[result.node_id] = stats.bytes_by_node.get(result.node_id, 0) + nbytes
             stats.tasks_by_node[result.node_id] = stats.tasks_by_node.get(result.node_id, 0) + 1
         return finished
-
-
-def _where(task: ReadTask, sink: ReadSink, index: int | None) -> str:
-    req = task.requests[index if index is not None else 0]
-    more = "" if index is not None or len(task.requests) == 1 else f" and {len(task.requests) - 1} more ranges"
-    return f"{req.file} bytes [{req.start}, {req.end}){more} (tensors {sink.tensor_names(req)})"
-
-
-def _get(ref, task: ReadTask, sink: ReadSink) -> ReadResult:
-    """``ray.get`` that re-raises an actor's distrestore error as itself, naming the tensors."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if not isinstance(cause, BaseException):
-            raise
-        index = getattr(cause, "request_index", None)
-        if isinstance(cause, (StorageError, CheckpointNotFoundError)) and index is not None:
-            req = task.requests[index]
-            raise type(cause)(f"{cause} (reading tensors {sink.tensor_names(req)})") from e
-        if isinstance(cause, DistRestoreError):
-            raise cause from e
-        raise
-    except ray.exceptions.RayError as e:  # the actor (or its node) died past its restarts
-        raise ReadWorkerLostError(
-            f"a Ray read worker failed while reading {_where(task, sink, None)}: {type(e).__name__}: {e}"
-        ) from e

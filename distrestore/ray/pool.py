@@ -149,6 +149,14 @@ class PoolRegistry:
             if not pool.checked:
                 self._check_started(pool, timeout, spec)
 
+    def started_within(self, pool: Pool, timeout: float) -> bool:
+        """Whether every actor of the pool is up, waiting at most ``timeout`` seconds; unlike
+        ``wait_ready`` it drops none (a call's deadline is not the pool's start-up limit)."""
+        if pool.checked:
+            return True
+        _, pending = ray.wait(list(pool.ready), num_returns=len(pool.ready), timeout=max(0.0, timeout))
+        return not pending
+
     def _check_started(self, pool: Pool, timeout: float, spec: PoolSpec) -> None:
         _, pending = ray.wait(pool.ready, num_returns=len(pool.ready), timeout=timeout)
         pending = set(pending)
