@@ -57,13 +57,15 @@ _PART = ("part_rows", "part_lo", "part_hi")
 def pack_orders(orders: list[ReadOrder]) -> tuple:
     """Orders as a few columns: what a read task's arguments cost to send is then a few arrays,
     not nine per piece (pickling small numpy arrays costs microseconds each)."""
+    if not orders:
+        return [], "", np.empty((0, 5), np.int64), np.empty((0, 2), np.int64), [], []
     paths = list(dict.fromkeys(o.path for o in orders))
     where = {p: i for i, p in enumerate(paths)}
     head = np.array([(o.piece, o.checkpoint, where[o.path], o.start, o.end) for o in orders], np.int64).reshape(-1, 5)
     counts = np.array([(len(o.inside_rows), len(o.part_rows)) for o in orders], np.int64).reshape(-1, 2)
     inside = [np.concatenate([getattr(o, k) for o in orders]) for k in _INSIDE]
     part = [np.concatenate([getattr(o, k) for o in orders]) for k in _PART]
-    return paths, orders[0].node if orders else "", head, counts, inside, part
+    return paths, orders[0].node, head, counts, inside, part
 
 
 def unpack_orders(packed: tuple) -> list[ReadOrder]:
