@@ -4,13 +4,16 @@ An actor call costs the coordinator about as much CPU as deciding on tens of reg
 (docs/service.md), so a process's calls travel together: registrations that its threads make
 while one is on its way go in the next call, all of them (``register_many``), and one long poll
 follows every registration of the process that is not done yet (``poll``). A registration that
-arrives while nothing is on its way leaves at once: batching adds no wait of its own.
+arrives while nothing is on its way leaves at once: batching adds no wait of its own. A second
+call may leave while the first is on its way once that one has been so for 20 ms (it waits for
+reads), so that registrations of cached bytes are not held long behind it.
 
 Each registration gets a :class:`Ticket`, the queue of what happens to it in order: the
 coordinator's replies (objects handed over, then done) or its error, and the objects handed
 over as they arrive (``Ticket.watch``). A thread of the channel's own sends the calls and takes
-their answers; it ends when nothing is left to send or wait for, and a later registration
-starts another. If the coordinator dies, every ticket waiting on it gets the error at once.
+their answers; it ends once nothing was left to send or wait for during a second, and a later
+registration starts another. If the coordinator dies, every ticket waiting on it gets the error
+at once.
 """
 
 from __future__ import annotations
