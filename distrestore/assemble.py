@@ -25,6 +25,7 @@ from .execute.sink import Allocator
 from .format import crc, dtypes
 from .format.slices import box_shape, relative
 from .format.strings import decode_strings
+from .memory import MAPPED_MIN_BYTES, DestinationMemory
 from .plan import strides
 from .readplan import DIRECT, PACKED, SKIP, STAGED, ReadPlan, ReadRequest, SegmentKind
 
@@ -36,7 +37,9 @@ class Assembly:
     of a stored entry, made with ``PlanOptions(verify=False)``, is refused: ``ValueError``);
     ``names``: output names (the plan carries none for packed outputs), for messages;
     ``allocate``: where buffers that reads land in live (see
-    ``distrestore.execute.sink.Allocator``), None for numpy memory.
+    ``distrestore.execute.sink.Allocator``); None (or a None answer) for
+    ``distrestore.memory.DestinationMemory``: large buffers in mappings of their own, with
+    huge pages only where they are cheap to fault in.
 
     ``allocate`` is also an attribute: an executor that learns where buffers go only once it
     runs (the Ray executor's shared-memory arena, until it supplies ``Executor.allocator``) may
@@ -55,6 +58,7 @@ class Assembly:
         self.names = names  # output names, for messages about packed outputs
         self.verify = verify
         self.allocate = allocate
+        self._memory: DestinationMemory | None = None  # made at the first large buffer
         self._lock = threading.Lock()
         n = len(plan.outputs)
         self._arrays: list[np.ndarray | None] = [None] * n
@@ -126,7 +130,14 @@ class Assembly:
         return buf
 
     def _alloc(self, kind: SegmentKind, index: int, nbytes: int) -> np.ndarray | None:
-        return self.allocate(kind, index, nbytes) if self.allocate is not None else None
+        """A uint8 buffer of ``nbytes`` from the executor's allocator, else from destination
+        memory; None for a small one that numpy allocates as usual (call under the lock)."""
+        buf = self.allocate(kind, index, nbytes) if self.allocate is not None else None
+        if buf is not None or nbytes < MAPPED_MIN_BYTES:
+            return buf
+        if self._memory is None:
+            self._memory = DestinationMemory()
+        return self._memory.empty(nbytes)
 
     def _skip_buf(self, n: int) -> memoryview:
         """This thread's scratch buffer for a request's SKIP segments (at most a request's

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "distrestore.redact",
             "distrestore._gc",
             "distrestore.progress",
+            "distrestore.memory",
             "distrestore._native",
             "distrestore._native.*",
         ],

@@ -325,7 +325,7 @@ def test_remote_region_reads_are_verified(remote, tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_executors(ray_local):
-    from distrestore.execute.ray import RayExecutor
+    from distrestore.ray import RayExecutor
 
     made = {
         # actors read into their own buffers and ship the needed bytes back (SKIP runs stay)
