@@ -108,6 +108,11 @@ def run_child(argv: list[str], timeout: float, env: dict | None = None) -> tuple
     return p.returncode, "".join(out), "".join(err), rss
 
 
+CHEAP = ("raw_local", "dr_threads", "dr_fetch", "dr_stream", "noop", "index_dr", "raw_get", "dr_remote")
+"""Contenders that start in a moment (no TF, no Ray): a short run runs them once per set of
+parameters, the others once per workload."""
+
+
 class LoadSampler:
     """The 1-minute load average, sampled every few seconds while the benchmark runs."""
 
@@ -158,7 +163,7 @@ class Runner:
         self.proxy_url: str | None = None
         self.loads = LoadSampler()
         self.failures: list[str] = []
-        self._ran: set[str] = set()  # a smoke run runs each (workload, contender, params) once
+        self._ran: set[str] = set()  # a short run runs each contender once (see group)
 
     # -- children --------------------------------------------------------------------------
 
@@ -220,8 +225,8 @@ class Runner:
             for label, contender, params in order:
                 if label in errors or label in skipped:
                     continue
-                key = json.dumps([workload, contender, params], sort_keys=True)
-                if self.size == "smoke" and key in self._ran and rnd == 0:
+                key = json.dumps([workload, contender, params if contender in CHEAP else None], sort_keys=True)
+                if self.short and key in self._ran:
                     skipped.add(label)
                     continue
                 self._ran.add(key)
@@ -251,7 +256,7 @@ class Runner:
         for label, _, _ in entries:
             rs = runs[label]
             if label in skipped:
-                rows[label] = {"skipped": "smoke run: ran above"}
+                rows[label] = {"skipped": "short run: ran above"}
                 continue
             if label in errors or not rs:
                 rows[label] = {"error": errors.get(label, "no runs")}

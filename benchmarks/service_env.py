@@ -27,7 +27,7 @@ def sizes(size: str) -> dict:
         "quarters": {"vars": 4, "rows": 2000 if short else 8000, "cols": 1024 if short else 2048, "slices": 5},
         "small_each": 1000 if short else 10_000,
         "plan_tensors": {"full": 1_000_000, "quick": 100_000, "smoke": 20_000}[size],
-        "rate_seconds": 3 if short else 10,
+        "rate_seconds": {"full": 10, "quick": 3, "smoke": 1}[size],
     }
 
 
