@@ -31,7 +31,7 @@ from .errors import (
 )
 from .format import dtypes, sstable
 from .format.checks import check_shape
-from .format.entry_table import EntryTable, IndexColumns, decode_table
+from .format.entry_table import EntryTable, IndexColumns, decode_table, distinct
 from .format.messages import BIG, BundleHeader, TensorEntry, decode_entry, decode_header
 from .format.slices import Box, Extents, check_partition, slice_key
 from .format.state import CheckpointState, parse_state
@@ -131,7 +131,7 @@ class CheckpointIndex:
         wrote, and never the names of shards no entry uses, however many the header claims."""
         if self._referenced is None:
             cols = self.columns()
-            shards = set(np.unique(cols.shard[~cols.sliced]).tolist())
+            shards = set(distinct(cols.shard[~cols.sliced]).tolist())
             for raw in self._slice_values.values():
                 try:
                     shards.add(decode_entry("", raw).shard_id)
@@ -208,8 +208,9 @@ class CheckpointIndex:
         if shard.min() == shard.max():  # the common case: one data file
             ids, where = [int(shard[0])], np.zeros(len(rows), np.int64)
         else:
-            ids_arr, where = np.unique(np.where(ok, shard, -1), return_inverse=True)
-            ids = ids_arr.tolist()
+            keyed = np.where(ok, shard, -1)
+            ids_arr = distinct(keyed)
+            ids, where = ids_arr.tolist(), np.searchsorted(ids_arr, keyed)
 
         def reading(i: int) -> str:
             picked = rows[shard == i][:3].tolist()
@@ -280,7 +281,7 @@ class CheckpointIndex:
 
     def dtype_map(self) -> dict[str, np.dtype]:
         cols = self.columns()
-        numpy_of = {enum: dtypes.from_enum(int(enum)).numpy for enum in np.unique(cols.dtype)}
+        numpy_of = {enum: dtypes.from_enum(int(enum)).numpy for enum in distinct(cols.dtype).tolist()}
         return dict(zip(cols.names, map(numpy_of.__getitem__, cols.dtype.tolist())))
 
     def __repr__(self) -> str:

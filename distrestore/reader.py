@@ -112,9 +112,11 @@ def list_variables(
 ) -> list[tuple[str, list[int]]]:
     """``[(name, shape), ...]`` sorted by name, like ``tf.train.list_variables``."""
     reader = load_checkpoint(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, deadline=deadline)
-    shapes = reader.get_variable_to_shape_map()
+    cols = reader.index.columns()  # names are distinct: the pairs sort by name alone
     with gc_paused():
-        return sorted(shapes.items())
+        listing = list(zip(cols.names, map(list, cols.shapes)))
+        listing.sort()
+    return listing
 
 
 def load_variable(
