@@ -160,21 +160,24 @@ class Runner:
         self.notes: list[str] = []
         self.sections: list[str] = []  # extra report sections (the service's table)
         self.manifests: dict = {}
-        self.proxy_url: str | None = None
         self.loads = LoadSampler()
         self.failures: list[str] = []
         self._ran: set[str] = set()  # a short run runs each contender once (see group)
+        self.wrappers: dict = {}  # contender -> (argv wrapper, extra environment): TF's GCS reader
 
     # -- children --------------------------------------------------------------------------
 
     def child(self, contender: str, workload: str, params: dict | None = None, *, prime: bool = True) -> dict:
         params = dict(params or {})
         job = {"contender": contender, "wdir": os.path.join(self.work, workload), "params": params}
-        if self.proxy_url and params.get("endpoint"):
-            proxy_get(self.proxy_url, "/__proxy_reset")
+        proxy, cafile = params.get("endpoint"), params.get("cafile")
+        if proxy:
+            proxy_get(proxy, "/__proxy_reset", cafile)
         if prime:
             self.prime_memory(workload)
-        rc, out, err, rss = run_child([sys.executable, "-m", "benchmarks.child", json.dumps(job)], 900)
+        argv = [sys.executable, "-m", "benchmarks.child", json.dumps(job)]
+        wrap, env = self.wrappers.get(contender, (None, {}))
+        rc, out, err, rss = run_child(wrap(argv) if wrap else argv, 900, child_env(env))
         res = None
         for line in out.splitlines():
             if line.startswith("RESULT "):
@@ -183,8 +186,8 @@ class Runner:
             tail = "\n".join(err.strip().splitlines()[-15:])
             return {"error": f"exit {rc}: {tail}", "life_rss": rss}
         res["life_rss"] = rss
-        if self.proxy_url and params.get("endpoint"):
-            res["proxy"] = proxy_get(self.proxy_url, "/__proxy_stats")
+        if proxy:
+            res["proxy"] = proxy_get(proxy, "/__proxy_stats", cafile)
         return res
 
     def prime_memory(self, workload: str) -> None:
@@ -373,10 +376,16 @@ class Runner:
             self.manifests.pop(workload, None)
 
 
-def proxy_get(purl: str, path: str) -> dict:
+def proxy_get(purl: str, path: str, cafile: str | None = None) -> dict:
+    """The latency proxy's request counters (``path``: /__proxy_stats or /__proxy_reset); an
+    HTTPS proxy is checked against ``cafile``."""
+    import ssl
     import urllib.request
 
-    return json.loads(urllib.request.urlopen(purl + path, timeout=10).read())
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
+    if context is not None:
+        context.check_hostname = False  # the certificate names Google's hosts, not the address
+    return json.loads(urllib.request.urlopen(purl + path, timeout=10, context=context).read())
 
 
 def ratio(slow: dict, fast: dict) -> float | None:

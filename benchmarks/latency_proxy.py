@@ -197,13 +197,25 @@ class Proxy:
         await writer.drain()
 
 
-async def serve(upstream: str, latency_ms: float, port: int, bandwidth_mbps: float | None = None) -> None:
+async def serve(
+    upstream: str,
+    latency_ms: float,
+    port: int,
+    bandwidth_mbps: float | None = None,
+    host: str = "127.0.0.1",
+    tls: tuple[str, str] | None = None,
+) -> None:
     Bandwidth.rate = bandwidth_mbps * 1e6 if bandwidth_mbps else None
     Bandwidth._last = time.monotonic()
-    host, _, uport = upstream.rpartition(":")
-    host = host.replace("http://", "") or "127.0.0.1"
-    proxy = Proxy(host, int(uport), latency_ms / 1000.0)
-    server = await asyncio.start_server(proxy.handle, "127.0.0.1", port, limit=LIMIT, backlog=1024)
+    uhost, _, uport = upstream.rpartition(":")
+    proxy = Proxy(uhost.replace("http://", "") or "127.0.0.1", int(uport), latency_ms / 1000.0)
+    ssl_context = None
+    if tls is not None:  # HTTPS towards the client (TF's GCS client only speaks HTTPS), HTTP upstream
+        import ssl
+
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(*tls)
+    server = await asyncio.start_server(proxy.handle, host, port, limit=LIMIT, backlog=1024, ssl=ssl_context)
     print(f"LISTENING {server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -215,11 +227,22 @@ async def serve(upstream: str, latency_ms: float, port: int, bandwidth_mbps: flo
         os._exit(0)  # no teardown of open keep-alive connections: nothing to flush
 
 
-def start_proxy(upstream: str, latency_ms: float, timeout: float = 15.0, bandwidth_mbps: float | None = None):
-    """Start the proxy in its own process (its own GIL); returns ``(Popen, "http://127.0.0.1:port")``."""
-    cap = ["--bandwidth-mbps", str(bandwidth_mbps)] if bandwidth_mbps else []
+def start_proxy(
+    upstream: str,
+    latency_ms: float,
+    timeout: float = 15.0,
+    bandwidth_mbps: float | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: tuple[str, str] | None = None,
+):
+    """Start the proxy in its own process (its own GIL); returns ``(Popen, "http://host:port")``
+    (``https`` with ``tls`` = (certificate file, key file))."""
+    extra = ["--bandwidth-mbps", str(bandwidth_mbps)] if bandwidth_mbps else []
+    extra += ["--host", host, "--port", str(port)] + (["--tls-cert", tls[0], "--tls-key", tls[1]] if tls else [])
     proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--upstream", upstream, "--latency-ms", str(latency_ms), *cap],
+        [sys.executable, os.path.abspath(__file__), "--upstream", upstream, "--latency-ms", str(latency_ms), *extra],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -228,17 +251,21 @@ def start_proxy(upstream: str, latency_ms: float, timeout: float = 15.0, bandwid
     if not line.startswith("LISTENING") or time.monotonic() > deadline:
         proc.kill()
         raise RuntimeError(f"latency proxy did not start: {line!r}")
-    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+    return proc, f"{'https' if tls else 'http'}://{host}:{int(line.split()[1])}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--upstream", required=True, help="host:port of the server to forward to")
     ap.add_argument("--latency-ms", type=float, default=0.0, help="first-byte latency per request")
-    ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+    ap.add_argument("--port", type=int, default=0, help="port to listen on (0: any free one)")
+    ap.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+    ap.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--tls-key", default=None, help="... and this key (PEM)")
     ap.add_argument("--bandwidth-mbps", type=float, default=None, help="total response bandwidth cap, MB/s")
     args = ap.parse_args()
-    asyncio.run(serve(args.upstream, args.latency_ms, args.port, args.bandwidth_mbps))
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    asyncio.run(serve(args.upstream, args.latency_ms, args.port, args.bandwidth_mbps, args.host, tls))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ the latency proxy at 0, 20 and 50 ms first-byte latency: fake-gcs-server (``gs:/
 
 from __future__ import annotations
 
-from ..harness import log
+from .. import tfgcs
+from ..harness import have, log
 from ..latency_proxy import start_proxy
 from ..servers import STORES
 from ..workloads import MiB
@@ -21,25 +22,40 @@ CEILINGS = (  # (mode, concurrency, chunk): the best of these is the group's cei
 
 def run(runner) -> None:
     man = runner.ensure_built("remote")
-    for store in STORES:
-        try:
-            server = STORES[store]()
-        except Exception as e:  # a missing server binary: say so, run the other store
-            runner.notes.append(f"remote {store}: not run, the server did not start ({e}).")
-            continue
-        try:
-            url = server.upload(man["prefix"], "remote")
-            log(f"remote {store}: {man['bytes'] / 1e6:.0f} MB in the bucket")
-            for lat in LATENCIES_MS if not runner.short else (20,):
-                run_latency(runner, man, store, server, url, lat)
-        finally:
-            server.stop()
+    tf = None
+    why = tfgcs.unavailable() if have("tensorflow") else "TensorFlow does not import"
+    if why is None:
+        tf = tfgcs.TfGcs()
+        runner.wrappers["tf_gcs_loop"] = (tf.wrap, tf.env)
+    else:
+        runner.notes.append(f"TF's own GCS reader not measured: {why} (benchmarks/tfgcs.py says how it is aimed).")
+    try:
+        for store in STORES:
+            run_store(runner, man, store, tf if store == "gcs" else None)
+    finally:
+        if tf is not None:
+            tf.close()
     runner.drop("remote")
 
 
-def run_latency(runner, man, store: str, server, url: str, lat: int) -> None:
+def run_store(runner, man, store: str, tf) -> None:
+    try:
+        server = STORES[store]()
+    except Exception as e:  # a missing server binary: say so, run the other store
+        runner.notes.append(f"remote {store}: not run, the server did not start ({e}).")
+        return
+    try:
+        url = server.upload(man["prefix"], "remote")
+        log(f"remote {store}: {man['bytes'] / 1e6:.0f} MB in the bucket")
+        for lat in LATENCIES_MS if not runner.short else (20,):
+            run_latency(runner, man, store, server, url, lat, tf)
+    finally:
+        server.stop()
+
+
+def run_latency(runner, man, store: str, server, url: str, lat: int, tf) -> None:
     proxy, purl = start_proxy(f"127.0.0.1:{server.port}", lat)
-    runner.proxy_url = purl
+    tf_proxy = tf.proxy(server.port, lat) if tf is not None else None
     every = 10 if runner.short else 25
     try:
         base = {"store": store, "endpoint": purl, "url": url}
@@ -50,6 +66,9 @@ def run_latency(runner, man, store: str, server, url: str, lat: int) -> None:
         if lat:
             entries.append((naive, "naive_get", dict(base, every=every)))
         entries.append(("distrestore threads", "dr_remote", base))
+        tf_label = "TF get_tensor loop over gs:// (TF's own GCS reader, HTTPS through the proxy)"
+        if tf_proxy is not None:
+            entries.append((tf_label, "tf_gcs_loop", {"url": url, "endpoint": tf_proxy[1], "cafile": tf.ca}))
         classes = ", ".join(
             f"{n} × {e * 4 // 1024} KiB" if e * 4 < MiB else f"{n} × {e * 4 // MiB} MiB"
             for n, e in man["spec"]["classes"].values()
@@ -76,7 +95,11 @@ def run_latency(runner, man, store: str, server, url: str, lat: int) -> None:
             0.95 if judged else None,
             info="(info at 0 ms)",
         )
+        if tf_proxy is not None:
+            what = f"remote {store} {lat} ms: distrestore vs TF's loop over gs:// (speed-up)"
+            runner.speedup_target(what, rows.get(tf_label, {}), dr_, None, info="(info)")
     finally:
-        runner.proxy_url = None
-        proxy.terminate()
-        proxy.wait()
+        for p in (proxy, tf_proxy[0] if tf_proxy else None):
+            if p is not None:
+                p.terminate()
+                p.wait()
