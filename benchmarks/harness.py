@@ -371,7 +371,9 @@ class Runner:
         return man
 
     def drop(self, workload: str) -> None:
-        if not self.args.keep:
+        """Remove a workload this run built or reused (not others under the work dir), unless
+        ``--keep``."""
+        if not self.args.keep and workload in self.manifests:
             shutil.rmtree(os.path.join(self.work, workload), ignore_errors=True)
             self.manifests.pop(workload, None)
 

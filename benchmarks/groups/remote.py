@@ -78,6 +78,7 @@ def run_latency(runner, man, store: str, server, url: str, lat: int, tf) -> None
             "remote",
             entries,
             nbytes=man["bytes"],
+            reps=3,
             note=f"{man['count']:,} tensors ({classes}). The naive reader is timed on every {every}th tensor of "
             "each size class and its time scaled per class to the whole checkpoint ('measured' is the subset's "
             "real time).",
