@@ -31,15 +31,39 @@ def memory_target(runner, what: str, row: dict, nbytes: int) -> None:
     )
 
 
-def fresh_ratios(runner, what: str, g: dict, dr_label: str, others: dict) -> None:
-    """Ratios of the fresh-process row: ``others`` maps a label to (target or None, text)."""
-    dr_ = g["rows"].get(dr_label, {})
-    for label, (need, text) in others.items():
-        row = g["rows"].get(label, {})
-        if text.startswith("throughput"):  # distrestore's throughput / the other's: its time / ours
-            runner.speedup_target(f"{what}: distrestore / {label} ({text})", row, dr_, need, info="(info)")
-        else:
-            runner.speedup_target(f"{what}: distrestore vs {label} ({text})", row, dr_, need, info="(info)")
+FRESH_RAW = "raw preadv, 2 threads, fresh anonymous memory (ceiling)"
+FRESH_TF = "TF get_tensor loop"
+FRESH_DR = "distrestore threads"
 
 
-__all__ = ["FRESH_NOTE", "fresh_ratios", "memory_target", "ratio", "raw_configs"]
+def fresh_group(runner, workload: str, title: str, nbytes: int, *, tf_need=None, raw_need=None, extra=()) -> dict:
+    """The fresh-process, unprimed row of a local workload: the raw 2-thread ``preadv`` ceiling
+    into fresh anonymous memory, TF's loop and distrestore (and ``extra`` entries), with
+    distrestore's ratios against the first two (targets, or information where None)."""
+    g = runner.group(
+        title,
+        workload,
+        [
+            (FRESH_RAW, "raw_local", {"workers": 2}),
+            (FRESH_TF, "tf_loop", {}),
+            (FRESH_DR, "dr_threads", {}),
+            *extra,
+        ],
+        nbytes=nbytes,
+        reps=max(7, runner.reps),
+        fresh=True,
+        note=FRESH_NOTE,
+    )
+    rows = g["rows"]
+    what = f"{workload} fresh process"
+    dr_ = rows.get(FRESH_DR, {})
+    runner.speedup_target(
+        f"{what}: distrestore vs {FRESH_TF} (speed-up)", rows.get(FRESH_TF, {}), dr_, tf_need, info="(info)"
+    )
+    runner.speedup_target(
+        f"{what}: distrestore / {FRESH_RAW} (throughput)", rows.get(FRESH_RAW, {}), dr_, raw_need, info="(info)"
+    )
+    return g
+
+
+__all__ = ["FRESH_NOTE", "fresh_group", "memory_target", "ratio", "raw_configs"]

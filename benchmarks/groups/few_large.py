@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import workloads
 from ..harness import have, ratio
-from .common import FRESH_NOTE, fresh_ratios, memory_target, raw_configs
+from .common import fresh_group, memory_target, raw_configs
 
 
 def run(runner) -> None:
@@ -52,32 +52,15 @@ def run(runner) -> None:
     )
     memory_target(runner, "few_large", rows["dr"], nb)
 
-    fresh = {
-        "raw": "raw preadv, 2 threads, fresh anonymous memory (ceiling)",
-        "tf": "TF get_tensor loop",
-        "dr": "distrestore threads",
-        "numpy": "raw preadv, 2 threads, np.empty (numpy's huge-page advice; info)",
-    }
-    g = runner.group(
-        "few_large, local, warm page cache, fresh process, unprimed",
-        "few_large",
-        [
-            (fresh["raw"], "raw_local", {"workers": 2}),
-            (fresh["tf"], "tf_loop", {}),
-            (fresh["dr"], "dr_threads", {}),
-            (fresh["numpy"], "raw_local", {"workers": 2, "memory": "numpy"}),
-        ],
-        nbytes=nb,
-        reps=max(7, runner.reps),
-        fresh=True,
-        note=FRESH_NOTE,
-    )
-    fresh_ratios(
+    numpy = ("raw preadv, 2 threads, np.empty (numpy's huge-page advice; info)", "raw_local")
+    fresh_group(
         runner,
-        "few_large fresh process",
-        g,
-        fresh["dr"],
-        {fresh["tf"]: (1.8, "speed-up"), fresh["raw"]: (0.9, "throughput")},
+        "few_large",
+        "few_large, local, warm page cache, fresh process, unprimed",
+        nb,
+        tf_need=1.8,
+        raw_need=0.9,
+        extra=[(*numpy, {"workers": 2, "memory": "numpy"})],
     )
 
     cold = [

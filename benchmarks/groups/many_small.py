@@ -4,7 +4,7 @@ process (unprimed), TF's batch restore once, and parsing the index."""
 from __future__ import annotations
 
 from .. import workloads
-from .common import FRESH_NOTE, fresh_ratios, memory_target, raw_configs
+from .common import fresh_group, memory_target, raw_configs
 
 
 def run(runner) -> None:
@@ -25,29 +25,7 @@ def run(runner) -> None:
     runner.speedup_target("many_small: distrestore vs TF get_tensor loop (speed-up; first round: ≥ 3)", loop, dr_, 9)
     memory_target(runner, "many_small", dr_, nb)
 
-    g = runner.group(
-        f"many_small ({n:,} × 1 KiB), fresh process, unprimed",
-        "many_small",
-        [
-            ("raw preadv, 2 threads, fresh anonymous memory (ceiling)", "raw_local", {"workers": 2}),
-            ("TF get_tensor loop", "tf_loop", {}),
-            ("distrestore threads", "dr_threads", {}),
-        ],
-        nbytes=nb,
-        reps=max(7, runner.reps),
-        fresh=True,
-        note=FRESH_NOTE,
-    )
-    fresh_ratios(
-        runner,
-        "many_small fresh process",
-        g,
-        "distrestore threads",
-        {
-            "TF get_tensor loop": (None, "speed-up"),
-            "raw preadv, 2 threads, fresh anonymous memory (ceiling)": (None, "throughput"),
-        },
-    )
+    fresh_group(runner, "many_small", f"many_small ({n:,} × 1 KiB), fresh process, unprimed", nb)
 
     # TF's batch restore takes ~17 s here: one run, for the record
     runner.group(
