@@ -12,8 +12,8 @@ page faults. numpy asks for transparent huge pages on every allocation of 4 MiB 
 - in a virtual machine whose balloon device reports free pages to its host (virtio free page
   reporting: free blocks of order >= 9 are handed back), every free huge page has been given
   back: faulting one makes the host fault in all 512 of its pages while the guest zeroes it.
-  There, 4 KiB pages (served first from the smaller free blocks, which are never reported) cost
-  a quarter as much.
+  There, 4 KiB pages (served first from the smaller free blocks, which are never reported) are
+  far cheaper.
 
 So large buffers get an anonymous mapping of their own, advised for huge pages only where huge
 pages are free and not reported to a host, within a budget of the free 2 MiB blocks
@@ -30,7 +30,14 @@ import os
 
 import numpy as np
 
-__all__ = ["MAPPED_MIN_BYTES", "DestinationMemory", "HugePagePolicy", "huge_page_policy"]
+__all__ = [
+    "MAPPED_MIN_BYTES",
+    "DestinationMemory",
+    "HugePagePolicy",
+    "free_huge_bytes",
+    "free_pages_reported",
+    "huge_page_policy",
+]
 
 MAPPED_MIN_BYTES = 4 << 20
 """Buffers this size or larger get a mapping of their own (numpy's own huge-page threshold:

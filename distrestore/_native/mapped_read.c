@@ -5,10 +5,9 @@
  *   fills the writable buffers, consecutive in the file from `offset`, and returns the (unmasked)
  *   CRC32C of each, without the GIL. Ranges of MAP_MIN bytes or more are mapped, faulted in with
  *   MADV_POPULATE_READ and copied by a loop that folds the CRC of every 32 bytes it moves (the
- *   kernel of distrestore._native._checksum, through its capsule): on a warm page cache this
- *   took 0.2-0.25 CPU-s per GB where preadv alone took 0.5 (the kernel's per-page copy path is
- *   the expensive part, not the memory traffic), and the checksum rides on loads the copy needs
- *   anyway. Smaller ranges, files that cannot be mapped, kernels older than 5.14 (no
+ *   kernel of distrestore._native._checksum, through its capsule): no more CPU than preadv
+ *   without a checksum (docs/native.md has the figures), since the checksum rides on loads the
+ *   copy needs anyway. Smaller ranges, files that cannot be mapped, kernels older than 5.14 (no
  *   MADV_POPULATE_READ) and ranges past the end of the file go through preadv: partial reads
  *   continue, end of file raises EOFError("end of file at byte N"), errors raise OSError.
  *   The mapping is populated first, so a missing page or an I/O error shows up as an error of

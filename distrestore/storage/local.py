@@ -1,8 +1,8 @@
 """Local files: ranges read straight into the caller's buffers.
 
 With the C kernel (``_native.mapped_read``), a range of 1 MiB or more is copied from a
-mapping of the page cache by a loop that CRC32C-checksums the bytes it moves (less than half the
-CPU time of ``preadv``, checksums included), and the checksums are returned; without it (not
+mapping of the page cache by a loop that CRC32C-checksums the bytes it moves (no more CPU time
+than ``preadv`` without checksums: docs/native.md), and the checksums are returned; without it (not
 built, or a CPU without SSE4.2/PCLMULQDQ), with ``os.preadv``. Local reads take no time limit:
 a disk does not stall the way a network does.
 """
