@@ -93,7 +93,7 @@ class RcloneS3:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [binary, "serve", "s3", "--addr", f"127.0.0.1:{self.port}", "--config", os.devnull]
-            + ["--dir-cache-time", "0s", self.root],
+            + ["--dir-cache-time", "0s", "--etag-hash", "", self.root],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
