@@ -204,16 +204,23 @@ def worker_class():
             seconds = time.perf_counter() - t
             return seconds, check({f"{n}/{rank}": p.numpy() for n, p in mine.items()}, digests)
 
-        def simulate(self, service, reg, threads, seconds):
-            """``threads`` simulated clients registering ``reg`` straight to the coordinator."""
-            actor = ray.get_actor(service)
-            counts = [0] * threads
-            stop = time.monotonic() + seconds
+        def clients(self, service, url, names, digests, threads, seconds):
+            """``threads`` clients of this process, each registering one small tensor at a time
+            through ``client.fetch`` for ``seconds`` (as a worker's threads would), after
+            connecting: the registrations answered, the seconds they took, and whether every
+            value checked out."""
+            client = dr.connect(service)
+            index = client.checkpoint(url)
+            counts, bad = [0] * threads, []
+            start = time.monotonic()
+            stop = start + seconds
 
             def loop(i):
                 while time.monotonic() < stop:
-                    reply = ray.get(actor.register.remote(reg[(i + threads * counts[i]) % len(reg)], 600))
-                    ray.get(reply.refs)  # the objects too, as a client would
+                    name = names[(i + threads * counts[i]) % len(names)]
+                    [value] = client.fetch([dr.TensorRequest(index, name)], deadline=600)
+                    if not check({name: value}, digests):
+                        bad.append(name)
                     counts[i] += 1
 
             pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
@@ -221,6 +228,6 @@ def worker_class():
                 t.start()
             for t in pool:
                 t.join()
-            return sum(counts)
+            return sum(counts), time.monotonic() - start, not bad
 
     return Worker

@@ -1,7 +1,6 @@
 """How a worker process talks to the restore service (single-node Ray session): concurrent
 registrations from its threads travel together, small pieces come back by value with the answer,
-a registration is answered even when the cache evicts its pieces at once, and the one-at-a-time
-``register`` form still hands out object references.
+and a registration is answered even when the cache evicts its pieces at once.
 """
 
 from __future__ import annotations
@@ -75,7 +74,6 @@ def test_threads_of_one_process_register_together(service, checkpoint):
     s = service.stats()
     assert s["registrations"] == len(names) and s["answered"] == len(names)
     assert s["calls"]["register_many"] < len(names)  # several registrations per actor call
-    assert s["calls"]["register"] == 0
 
 
 def test_small_pieces_come_back_with_the_answer(service, checkpoint):
@@ -89,18 +87,6 @@ def test_small_pieces_come_back_with_the_answer(service, checkpoint):
     kinds = {type(obj) for obj in reply.refs}
     assert kinds == {np.ndarray, ray.ObjectRef}  # the small piece by value, the big one by reference
     assert sum(int(e) - int(s) for s, e in zip(reply.starts, reply.ends)) >= tensors["big"].nbytes
-
-
-def test_the_one_at_a_time_form_hands_out_references(service, checkpoint):
-    _, tensors = checkpoint
-    service.get_tensor("v/042")  # cached now
-    reg = registration(service, ["v/042"])
-    reply = ray.get(service.actor.register.remote(reg, 30.0))
-    assert reply.done and all(isinstance(r, ray.ObjectRef) for r in reply.refs)
-    [buf] = ray.get(reply.refs)
-    raw = tensors["v/042"].tobytes()
-    assert raw in np.asarray(buf).tobytes()
-    assert service.stats()["calls"]["register"] == 1
 
 
 def test_answered_although_the_cache_evicts_its_pieces_at_once(checkpoint):

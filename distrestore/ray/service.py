@@ -18,7 +18,7 @@ import ray
 
 from ..coordination.files import CheckpointInfo
 from ..coordination.state import Answer, Coordinator, Evicted, Failure, Planned, Registration
-from ..coordination.wire import pack, unpack
+from ..coordination.wire import unpack
 from ..errors import (
     CheckpointNotFoundError,
     DistRestoreError,
@@ -79,13 +79,13 @@ class _Slot:
     once planned (``unsent``: those whose objects cannot be handed over yet; ``ready``: objects
     to hand over, as ``(object, start, end)``), whether every byte is read and checked
     (``finished``) or what failed it (``error``), and the polls waiting for news of it
-    (``watchers``). ``by_value``: small pieces are handed over as bytes (else as references)."""
+    (``watchers``). Small pieces are handed over as bytes, the rest as object references."""
 
-    __slots__ = ("reg", "timeout", "by_value", "rid", "clock", "planned", "unsent", "ready", "finished", "error")
+    __slots__ = ("reg", "timeout", "rid", "clock", "planned", "unsent", "ready", "finished", "error")
     __slots__ += ("watchers",)
 
-    def __init__(self, reg: Registration | None, timeout: float, by_value: bool = True):
-        self.reg, self.timeout, self.by_value, self.rid = reg, timeout, by_value, -1
+    def __init__(self, reg: Registration | None, timeout: float):
+        self.reg, self.timeout, self.rid = reg, timeout, -1
         self.clock = None
         self.planned = self.finished = False
         self.error: BaseException | None = None
@@ -150,7 +150,7 @@ class RestoreService:
         self.slots: dict[int, _Slot] = {}  # registration id -> its slot, until its worker heard the end
         self.arriving: list[_Slot] = []  # registrations not yet handed to the coordinator
         self.batch: asyncio.Future | None = None  # set once ``arriving`` is planned
-        self.calls = dict.fromkeys(("register_many", "poll", "register", "read_tasks"), 0)
+        self.calls = dict.fromkeys(("register_many", "poll", "read_tasks"), 0)
         self.unheard: dict[int, float] = {}  # settled registrations whose worker has not heard: when
         self.default: Opened | None = None
 
@@ -205,7 +205,7 @@ class RestoreService:
         of bytes not read yet is answered in one call, done. Registrations arriving together
         from several calls are planned as one batch."""
         self.calls["register_many"] += 1
-        slots = await self._register(wires, True)
+        slots = await self._register(wires)
         out = [(slot.rid, self._news(slot)) for slot in slots]
         waiting = [i for i, (_, news) in enumerate(out) if news is None and self._worth_waiting(slots[i])]
         if waiting and wait > 0:
@@ -217,7 +217,7 @@ class RestoreService:
     def _worth_waiting(slot: _Slot) -> bool:
         return slot.rid >= 0 and (slot.planned or slot.reg.group is None)
 
-    async def _register(self, wires: list[tuple], by_value: bool) -> list[_Slot]:
+    async def _register(self, wires: list[tuple]) -> list[_Slot]:
         loop = asyncio.get_running_loop()
         slots = []
         for wire in wires:
@@ -227,7 +227,7 @@ class RestoreService:
                 slot = _Slot(None, 0.0)
                 slot.error = ValueError(f"a malformed registration: {e}")
             else:
-                slot = self._arrive(reg, timeout, by_value, loop)
+                slot = self._arrive(reg, timeout, loop)
             slots.append(slot)
         if self.batch is not None:
             await asyncio.shield(self.batch)
@@ -266,21 +266,8 @@ class RestoreService:
             except asyncio.TimeoutError:
                 pass
 
-    async def register(self, reg: Registration, timeout: float) -> Reply:
-        """One registration's first hand-over (see ``Reply``; ``poll`` follows it). Raises what
-        failed it. Clients use ``register_many``, which carries many in one call."""
-        self.calls["register"] += 1
-        [slot] = await self._register([pack(reg, timeout)], False)  # object references only
-        token, news = slot.rid, self._news(slot)
-        while news is None:
-            got = await self.poll([token])
-            news = got[0][1] if got else None
-        if isinstance(news, BaseException):
-            raise news
-        return news
-
-    def _arrive(self, reg: Registration, timeout: float, by_value: bool, loop: asyncio.AbstractEventLoop) -> _Slot:
-        slot = _Slot(reg, timeout, by_value)
+    def _arrive(self, reg: Registration, timeout: float, loop: asyncio.AbstractEventLoop) -> _Slot:
+        slot = _Slot(reg, timeout)
         self.arriving.append(slot)
         if self.batch is None:
             self.batch = loop.create_future()
@@ -318,13 +305,6 @@ class RestoreService:
                     unsent.append(d)
                     continue
                 obj = value[d.offset : d.offset + d.end - d.start]
-                if not slot.by_value:  # as an object reference: put in the object store once
-                    if d.sliced:
-                        obj = ray.put(obj)
-                    elif d.piece in self.pieces:
-                        obj = self.pieces[d.piece]
-                    else:
-                        obj = self.pieces[d.piece] = ray.put(obj)
             else:
                 obj = self.pieces.get(d.piece)
                 if obj is None:
