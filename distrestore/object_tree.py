@@ -34,8 +34,9 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+from . import restore
 from .errors import TensorNotFoundError, UnsupportedCheckpointError
-from .format.object_graph import VARIABLE_VALUE_KEY, ObjectGraph, unescape_local_name
+from .format.object_graph import OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY, ObjectGraph, unescape_local_name
 from .index import open_index
 from .objects import Checkpoint, Node, NodeDict, NodeList, Optimizer, read_object_graph
 from .objects.checkpoint import left_of
@@ -207,6 +208,24 @@ def _build(specs: dict[int, ObjectSpec], ids: list[int]) -> dict[int, Any]:
     return objects
 
 
+class _GraphOnce:
+    """A fetch function that reads the object graph's value once and hands the same value to a
+    second request for it (``load_object_tree`` builds the tree from the graph, then
+    ``Checkpoint.read`` reads the graph again); every other request goes to ``inner`` (default
+    ``distrestore.restore.fetch``)."""
+
+    def __init__(self, inner=None):
+        self.inner = inner if inner is not None else restore.fetch
+        self.graph = None
+
+    def __call__(self, requests, **kwargs):
+        if len(requests) != 1 or requests[0].name != OBJECT_GRAPH_PROTO_KEY or requests[0].region is not None:
+            return self.inner(requests, **kwargs)
+        if self.graph is None:
+            self.graph = self.inner(requests, **kwargs)
+        return self.graph
+
+
 def load_object_tree(
     ckpt_dir_or_file,
     *,
@@ -242,7 +261,8 @@ def load_object_tree(
     """
     at = deadline_at(deadline)
     index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)
-    graph = read_object_graph(index, **left_of(timeout, at))
+    fetch = _GraphOnce(read_kwargs.pop("fetch", None))  # the read below asks for the graph again
+    graph = read_object_graph(index, fetch=fetch, **left_of(timeout, at))
     if not graph.nodes:
         raise UnsupportedCheckpointError(f"{index.prefix}: the object graph is empty")
     specs = plan_object_tree(graph, index.entries)
@@ -262,6 +282,7 @@ def load_object_tree(
         parent = child
     status = Checkpoint(root=root).read(
         index,
+        fetch=fetch,
         executor=executor,
         verify=verify,
         max_inflight_bytes=max_inflight_bytes,

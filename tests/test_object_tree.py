@@ -255,3 +255,19 @@ def test_status_assertions_as_tf_for_keras(fixtures_dir):
     _, only_model = dr.load_object_tree(source, path=".model", return_status=True)
     assert outcomes(full) == tf_full == [True, True, True]
     assert outcomes(only_model) == tf_model == [False, True, True]
+
+
+def test_the_object_graph_is_read_once(fixtures_dir, monkeypatch):
+    import distrestore.restore as engine
+    from distrestore.format.object_graph import OBJECT_GRAPH_PROTO_KEY
+
+    real, asked = engine.fetch, []
+
+    def counting(requests, **kwargs):
+        asked.extend(r.name for r in requests)
+        return real(requests, **kwargs)
+
+    monkeypatch.setattr(engine, "fetch", counting)
+    tree = dr.load_object_tree(str(fixtures_dir / "tf2_keras" / "ckpt-1"))
+    assert asked.count(OBJECT_GRAPH_PROTO_KEY) == 1  # the tree is built from it, the read reuses it
+    assert len(asked) > 1 and tree is not None

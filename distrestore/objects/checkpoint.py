@@ -50,15 +50,17 @@ def read_object_graph(
     ckpt_dir_or_file,
     *,
     storage_options: dict | None = None,
+    fetch: FetchFn | None = None,
     timeout: float | None = None,
     deadline: float | None = None,
 ) -> ObjectGraph:
     """The decoded object graph of a TF2 checkpoint: ``print(graph)`` shows the tree,
-    ``graph.checkpoint_key("model/dense1/_kernel")`` finds a value's key. ``timeout``: seconds a
-    storage request may stall; ``deadline``: seconds for the call, opening included."""
+    ``graph.checkpoint_key("model/dense1/_kernel")`` finds a value's key. ``fetch``: reads its
+    value, as for ``Checkpoint.read`` (default ``distrestore.restore.fetch``); ``timeout``: seconds
+    a storage request may stall; ``deadline``: seconds for the call, opening included."""
     at = deadline_at(deadline)
     index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)
-    return _read_graph(index, _engine_fetch, left_of(timeout, at))
+    return _read_graph(index, fetch if fetch is not None else _engine_fetch, left_of(timeout, at))
 
 
 class Checkpoint(Node):
