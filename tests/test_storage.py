@@ -378,7 +378,8 @@ def test_gives_up_at_the_deadline(backend):
         FlakyStorage,
         failures=10**6,
         kinds=("timeout",),
-        retry=RetryPolicy(attempts=10**6, initial_backoff=0.02, max_backoff=0.02, deadline=0.3),
+        # 1 s: instant failures 20 ms apart make ~50 attempts, and a loaded machine still makes 2
+        retry=RetryPolicy(attempts=10**6, initial_backoff=0.02, max_backoff=0.02, deadline=1.0),
     )
     url = backend.url("blob.bin")
     t0 = time.monotonic()
@@ -388,7 +389,7 @@ def test_gives_up_at_the_deadline(backend):
     assert url in str(info.value) and "[0, 8)" in str(info.value)
     assert isinstance(info.value.__cause__, TimeoutError)
     assert 2 <= s.attempts < 1000
-    assert 0.25 <= elapsed < 3.0
+    assert 0.95 <= elapsed < 4.0
 
 
 @pytest.mark.parametrize(
