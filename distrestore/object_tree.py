@@ -39,7 +39,6 @@ from .errors import TensorNotFoundError, UnsupportedCheckpointError
 from .format.object_graph import OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY, ObjectGraph, unescape_local_name
 from .index import open_index
 from .objects import Checkpoint, Node, NodeDict, NodeList, Optimizer, read_object_graph
-from .objects.checkpoint import left_of
 from .storage import deadline_at
 from .variable import Variable
 
@@ -262,7 +261,7 @@ def load_object_tree(
     at = deadline_at(deadline)
     index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)
     fetch = _GraphOnce(read_kwargs.pop("fetch", None))  # the read below asks for the graph again
-    graph = read_object_graph(index, fetch=fetch, **left_of(timeout, at))
+    graph = read_object_graph(index, fetch=fetch, **restore.left_of(timeout, at))
     if not graph.nodes:
         raise UnsupportedCheckpointError(f"{index.prefix}: the object graph is empty")
     specs = plan_object_tree(graph, index.entries)
@@ -287,7 +286,7 @@ def load_object_tree(
         verify=verify,
         max_inflight_bytes=max_inflight_bytes,
         progress=progress,
-        **left_of(timeout, at),
+        **restore.left_of(timeout, at),
         **read_kwargs,
     )
     result = objects[target]

@@ -8,8 +8,6 @@ bytes of what they return (in parallel for big tensors), verifying checksums. A 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from ._gc import gc_paused
@@ -18,7 +16,7 @@ from .format.checks import check_stored_size
 from .format.strings import decode_variants
 from .index import CheckpointIndex, open_index
 from .redact import redact_url
-from .restore import TensorRequest, fetch
+from .restore import TensorRequest, fetch, left_of
 from .storage import deadline_at
 
 
@@ -133,5 +131,4 @@ def load_variable(
         name = name[:-2]
     at = deadline_at(deadline)
     index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)
-    left = None if at is None else at - time.time()  # what opening left of the deadline
-    return CheckpointReader(index, timeout=timeout, deadline=left).get_tensor(name)
+    return CheckpointReader(index, **left_of(timeout, at)).get_tensor(name)  # what opening left

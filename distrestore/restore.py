@@ -10,6 +10,7 @@ for to the last, the consumer's time included): see ``docs/reliability.md``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -44,6 +45,12 @@ def time_limits(timeout: float | None, deadline: float | None) -> dict:
     if deadline is not None:
         limits["deadline"] = deadline
     return limits
+
+
+def left_of(timeout: float | None, at: float | None) -> dict:
+    """The ``timeout=``/``deadline=`` keywords for the next step of a call whose deadline is the
+    wall-clock time ``at`` (``deadline``: what is left of it; none when there is no deadline)."""
+    return time_limits(timeout, None if at is None else max(0.0, at - time.time()))
 
 
 def plan_requests(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -26,7 +25,7 @@ import numpy as np
 
 from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
 from ..index import CheckpointIndex, open_index
-from ..restore import iter_restore_tensors, time_limits
+from ..restore import iter_restore_tensors, left_of
 from ..storage.base import deadline_at
 from .files import AtomicFiles, write_at
 
@@ -191,7 +190,7 @@ def convert_to_safetensors(
             verify=verify,
             max_inflight_bytes=max_inflight_bytes,
             progress=progress,
-            **time_limits(timeout, None if at is None else max(0.0, at - time.time())),
+            **left_of(timeout, at),
             **restore_kwargs,
         ):
             fd, offset, nbytes = where[name]

@@ -4,7 +4,6 @@ and ``read``, and ``read_object_graph``.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ from .. import restore as engine
 from ..errors import UnsupportedCheckpointError
 from ..format.object_graph import OBJECT_GRAPH_PROTO_KEY, ObjectGraph, parse_object_graph
 from ..index import CheckpointIndex, open_index
-from ..restore import TensorRequest, time_limits
+from ..restore import TensorRequest, left_of, time_limits
 from ..storage import deadline_at
 from ..variable import Variable
 from .status import CheckpointLoadStatus, GraphView, InitializationOnlyStatus
@@ -38,12 +37,6 @@ def _read_graph(index: CheckpointIndex, fetch: FetchFn, fetch_kwargs: dict) -> O
     value = fetch([TensorRequest(index, OBJECT_GRAPH_PROTO_KEY)], **fetch_kwargs)[0]
     data = np.asarray(value, dtype=object).reshape(-1)[0] if not isinstance(value, (bytes, bytearray)) else value
     return parse_object_graph(bytes(data), source=index.prefix)
-
-
-def left_of(timeout: float | None, at: float | None) -> dict:
-    """The ``timeout=``/``deadline=`` keywords for the next step of a call whose deadline is the
-    wall-clock time ``at`` (``deadline``: what is left of it; none when there is no deadline)."""
-    return time_limits(timeout, None if at is None else max(0.0, at - time.time()))
 
 
 def read_object_graph(
