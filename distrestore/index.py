@@ -37,6 +37,7 @@ from .format.slices import Box, Extents, check_partition, slice_key
 from .format.state import CheckpointState, parse_state
 from .redact import redact_url
 from .storage import Storage, bucket_of, deadline_at, join
+from .storage.background import BackgroundSize
 
 CONSUMER = 1  # the bundle format version this reader implements (TF's kTensorBundleVersion)
 
@@ -484,10 +485,17 @@ def _open(path: str, storage: Storage) -> CheckpointIndex:
         # a prefix is the common case: its index in one GET, no metadata round trips first
         # (a path that is also a directory with a `checkpoint` file is resolved as TF would
         # only when it has no .index of its own)
+        single = BackgroundSize(storage, f"{path}.data-00000-of-00001")  # the usual one data file
         try:
-            return CheckpointIndex.open(path, storage)
+            index = CheckpointIndex.open(path, storage)
         except CheckpointNotFoundError:
             tried = path
+        else:
+            if index.header.num_shards == 1 and index.data_file(0) == single.url:
+                size = single.result()
+                if size is not None:
+                    index._file_sizes.setdefault(0, size)
+            return index
     prefix = resolve_prefix(path, storage)
     if prefix != tried:
         try:

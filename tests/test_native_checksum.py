@@ -1,6 +1,6 @@
 """The native CRC32C (``distrestore._native._checksum``, facade ``format.crc``): every kernel
-against the ``crc32c`` package, ``combine`` and the batched check against their pure-Python
-fallbacks (identical results), and the capsule the mapped read uses."""
+against the ``crc32c`` package, ``combine``, the batched check and the copy with checksums against
+their pure-Python fallbacks (identical results), and the capsule the mapped read uses."""
 
 from __future__ import annotations
 
@@ -90,6 +90,41 @@ def test_batched_check_refuses_pieces_outside_the_buffer(monkeypatch):
 def test_batched_check_refuses_columns_of_different_lengths():
     with pytest.raises(ValueError):
         checksum.first_mismatch(bytes(8), np.zeros(2, np.int64), np.zeros(1, np.int64), np.zeros(2, np.uint32))
+
+
+@pytest.mark.parametrize("sizes", [[0], [5], [1000, 0, 3], [3 * MiB + 7, 64, 100_000], [1] * 50])
+def test_copy_into_places_and_checksums_like_python(kernel, monkeypatch, sizes):
+    """A response's bytes land in consecutive buffers, each with its CRC32C: natively (in the
+    copy's pass, with and without the GIL) exactly as the Python fallback does."""
+    rng = random.Random(sum(sizes))
+    src = rng.randbytes(sum(sizes))
+    results = []
+    for native in (True, False):
+        bufs = [bytearray(n) for n in sizes]
+        with monkeypatch.context() as p:
+            if not native:
+                p.setattr(crc, "native", None)
+            crcs = crc.copy_into(src, [memoryview(b) for b in bufs])
+        assert b"".join(bufs) == src
+        results.append(crcs)
+    pos = 0
+    for n, c in zip(sizes, results[0]):
+        assert c == crc32c.crc32c(src[pos : pos + n])
+        pos += n
+    assert results[0] == results[1]
+
+
+def test_copy_into_refuses_a_source_of_another_length(monkeypatch):
+    """Never a byte past either end: the buffers and the source must hold the same number."""
+    for native in (True, False):
+        with monkeypatch.context() as p:
+            if not native:
+                p.setattr(crc, "native", None)
+            for src, bufs in [(bytes(10), [bytearray(4), bytearray(5)]), (bytes(9), [bytearray(10)])]:
+                with pytest.raises(ValueError, match="9 bytes|10 bytes"):
+                    crc.copy_into(src, bufs)
+            with pytest.raises((BufferError, TypeError)):
+                crc.copy_into(bytes(3), [bytes(3)])  # not writable
 
 
 def test_capsule_for_other_native_modules():

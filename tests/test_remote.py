@@ -22,7 +22,7 @@ from distrestore.errors import CheckpointNotFoundError, ChecksumMismatchError, D
 from distrestore.index import NoCheckpointInDirectoryError, get_checkpoint_state, latest_checkpoint, open_checkpoint
 from distrestore.restore import TensorRequest, fetch, restore_tensors
 from distrestore.storage import RetryPolicy, Storage
-from distrestore.storage.wrappers import CountingStorage, LatencyStorage
+from distrestore.storage.wrappers import CountingStorage, LatencyStorage, StorageWrapper
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures" / "tf"
 FAST = RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.005, deadline=10.0)
@@ -335,6 +335,54 @@ def test_requests_run_concurrently(remote):
     assert storage.max_inflight >= 4
     for a, (key, t) in zip(arrays, want.items()):
         assert value_digest(a) == t["sha256"], key
+
+
+class Timeline(StorageWrapper):
+    """Records when each size query and whole-file read ran, each made ``latency`` s slower."""
+
+    def __init__(self, inner: Storage, latency: float):
+        super().__init__(inner)
+        self.latency = latency
+        self.spans: list[tuple[str, str, float, float]] = []
+
+    def _timed(self, kind: str, url: str, call):
+        start = time.monotonic()
+        time.sleep(self.latency)
+        try:
+            return call()
+        finally:
+            self.spans.append((kind, url, start, time.monotonic()))
+
+    def size_attempt(self, url, limit):
+        return self._timed("size", url, lambda: super(Timeline, self).size_attempt(url, limit))
+
+    def read_all_attempt(self, url, limit):
+        return self._timed("read", url, lambda: super(Timeline, self).read_all_attempt(url, limit))
+
+
+def test_single_data_file_size_is_asked_while_the_index_is_read(remote):
+    """Planning needs the data file's size (a hostile index may not make a restore allocate):
+    for a checkpoint with one data file it is asked beside the index's GET, not after it."""
+    url, options = remote("many_small")
+    prefix = f"{url}/{expected('many_small')['prefix']}"
+    storage = Timeline(Storage.for_url(url, options, retry=FAST), latency=0.2)
+    index = open_checkpoint(prefix, storage=storage)
+    check_values(restore_tensors(index), expected("many_small")["tensors"], remote.name)
+    index_read = [s for s in storage.spans if s[0] == "read" and s[1] == prefix + ".index"]
+    sizes = [s for s in storage.spans if s[0] == "size"]
+    assert len(index_read) == 1 and [s[1] for s in sizes] == [prefix + ".data-00000-of-00001"]  # asked once
+    assert sizes[0][2] < index_read[0][3]  # started before the index had arrived
+
+
+def test_several_data_files_are_sized_from_the_index(remote):
+    """The guess of one data file does not stand in for the sizes of a sharded checkpoint's files."""
+    url, options = remote("tf1_sharded")
+    prefix = f"{url}/model.ckpt-7"
+    storage = Timeline(Storage.for_url(url, options, retry=FAST), latency=0.0)
+    index = open_checkpoint(prefix, storage=storage)
+    check_values(restore_tensors(index), expected("tf1_sharded")["tensors"], remote.name)
+    asked = sorted(s[1] for s in storage.spans if s[0] == "size")
+    assert set(asked) == {prefix + ".data-00000-of-00001", *index.data_files()}
 
 
 # -- the reader API ------------------------------------------------------------------------------

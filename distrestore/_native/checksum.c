@@ -4,6 +4,10 @@
  *
  * crc32c(data, crc=0) -> int                       CRC32C of any buffer, continuing from crc
  * combine(crc1, crc2, len2) -> int                 CRC32C of a + b from those of a and b and len(b)
+ * copy_crc(src, buffers) -> list[int]
+ *     fill the writable buffers, in order, from consecutive bytes of src (exactly as many as they
+ *     hold) and return each one's CRC32C, taken in the same pass as the copy, without the GIL:
+ *     a response that arrived as one bytes object lands in its destinations in one read of it.
  * first_mismatch(buf, offsets, sizes, masked) -> int
  *     index of the first piece buf[offsets[i]:offsets[i] + sizes[i]] whose CRC32C is not
  *     unmask(masked[i]) (or which lies outside buf), or -1; offsets/sizes: int64, masked: uint32.
@@ -307,6 +311,46 @@ static PyObject *py_crc32c(PyObject *Py_UNUSED(self), PyObject *args) {
     return PyLong_FromUnsignedLong(~s);
 }
 
+static PyObject *py_copy_crc(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer src;
+    PyObject *seq_in;
+    if (!PyArg_ParseTuple(args, "y*O:copy_crc", &src, &seq_in)) return NULL;
+    PyObject *seq = PySequence_Fast(seq_in, "buffers must be a sequence");
+    Py_ssize_t n = seq ? PySequence_Fast_GET_SIZE(seq) : 0, got = 0, total = 0;
+    Py_buffer *bufs = seq ? PyMem_Calloc(n ? n : 1, sizeof(Py_buffer)) : NULL;
+    uint32_t *crcs = bufs ? PyMem_Malloc((n ? n : 1) * sizeof(uint32_t)) : NULL;
+    PyObject *out = NULL;
+    if (seq && !crcs) PyErr_NoMemory();
+    for (; crcs && got < n; got++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, got), &bufs[got], PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) break;
+        total += bufs[got].len;
+    }
+    if (crcs && got == n && total != src.len)
+        PyErr_Format(PyExc_ValueError, "copy_crc: the buffers hold %zd bytes, the source has %zd", total, src.len);
+    if (crcs && got == n && total == src.len) {
+        const uint8_t *p = (const uint8_t *)src.buf;
+        if (total >= NOGIL_MIN) {
+            Py_BEGIN_ALLOW_THREADS
+            for (Py_ssize_t i = 0; i < n; p += bufs[i].len, i++) crcs[i] = ~kernel(0xFFFFFFFFu, p, bufs[i].buf, (size_t)bufs[i].len);
+            Py_END_ALLOW_THREADS
+        } else {
+            for (Py_ssize_t i = 0; i < n; p += bufs[i].len, i++) crcs[i] = ~kernel(0xFFFFFFFFu, p, bufs[i].buf, (size_t)bufs[i].len);
+        }
+        out = PyList_New(n);
+        for (Py_ssize_t i = 0; out && i < n; i++) {
+            PyObject *v = PyLong_FromUnsignedLong(crcs[i]);
+            if (!v) Py_CLEAR(out);
+            else PyList_SET_ITEM(out, i, v);
+        }
+    }
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&bufs[i]);
+    PyMem_Free(crcs);
+    PyMem_Free(bufs);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&src);
+    return out;
+}
+
 /* crc(a + b) = crc(a) * x^(8 len(b)) + crc(b): the pre/post inversions cancel out (as in zlib) */
 static PyObject *py_combine(PyObject *Py_UNUSED(self), PyObject *args) {
     unsigned long c1, c2;
@@ -336,6 +380,7 @@ static PyObject *py_use_kernel(PyObject *module, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"crc32c", py_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> CRC32C of data, continuing from crc"},
     {"combine", py_combine, METH_VARARGS, "combine(crc1, crc2, len2) -> CRC32C of a + b"},
+    {"copy_crc", py_copy_crc, METH_VARARGS, "copy_crc(src, buffers) -> CRC32C of each buffer, filled from src in order"},
     {"first_mismatch", py_first_mismatch, METH_VARARGS,
      "first_mismatch(buf, offsets, sizes, masked) -> index of the first piece whose CRC32C differs, or -1"},
     {"use_kernel", py_use_kernel, METH_O, "use_kernel(name): checksum with that kernel from now on"},

@@ -3,7 +3,8 @@
 TF stores *masked* CRC32C values (``tsl/lib/hash/crc32c.h``) so that a CRC of data that embeds CRCs
 stays well distributed. ``combine`` lets several threads checksum pieces of one tensor as they read
 them (while the bytes are still in cache) and join the pieces afterwards. ``first_mismatch`` checks
-thousands of packed small tensors in one call.
+thousands of packed small tensors in one call. ``copy_into`` places a response's bytes in their
+destinations and checksums them in the same pass.
 
 The facade of the compiled ``distrestore._native._checksum`` (``native``; None where it is not
 built or the CPU lacks SSE4.2/PCLMULQDQ, and tests set it to None to run the fallbacks): without it,
@@ -28,6 +29,25 @@ def value(data, crc: int = 0) -> int:
     if native is not None:
         return native.crc32c(data, crc)
     return _crc32c.crc32c(data, crc)
+
+
+def copy_into(src, buffers) -> list[int]:
+    """Fill ``buffers`` (writable, in order) from consecutive bytes of ``src``, exactly as many
+    as they hold, and return each one's CRC32C (one pass over ``src``, GIL released, where the
+    native module is built)."""
+    if native is not None:
+        return native.copy_crc(src, buffers)
+    mv = memoryview(src).cast("B")
+    total = sum(memoryview(b).nbytes for b in buffers)
+    if total != len(mv):
+        raise ValueError(f"copy_crc: the buffers hold {total} bytes, the source has {len(mv)}")
+    out, pos = [], 0
+    for b in buffers:
+        dst = memoryview(b).cast("B")
+        dst[:] = mv[pos : pos + len(dst)]
+        out.append(value(dst))
+        pos += len(dst)
+    return out
 
 
 def mask(crc: int) -> int:

@@ -369,7 +369,7 @@ class Storage(ABC):
         """Fill ``buffers`` (one writable buffer or a list of them, consecutive in the file)
         with the bytes of ``url`` from ``start``; retried per the policy; raises StorageError.
         Returns the CRC32C of each buffer where the read computed them on the way (local files
-        with the C kernel), else None."""
+        with the C kernel, fsspec stores), else None."""
         if not isinstance(buffers, (list, tuple)):
             buffers = [buffers]
         views = [memoryview(b).cast("B") for b in buffers]

@@ -1,6 +1,7 @@
 """Object stores and anything else fsspec reads (s3://, gs://, memory://, http://, ...).
 
-Ranges are read with ``cat_file`` (one copy into the destination). Three things make the retry
+Ranges are read with ``cat_file``, then copied into the destination and CRC32C-checksummed in
+one pass (the checksums are returned, as local reads return theirs). Three things make the retry
 policy of ``base.py`` the only one, with timeouts that hold:
 
 * **The backend retries once.** s3fs and gcsfs each retry inside a call (s3fs 5 times, botocore
@@ -25,6 +26,7 @@ import threading
 from collections import OrderedDict
 
 from ..errors import ShortReadError, StorageError
+from ..format import crc
 from ..redact import guard_logs
 from .base import Storage
 
@@ -71,11 +73,8 @@ class FsspecStorage(Storage):
             if start + length > size:  # past the end: the file is truncated, retrying won't help
                 raise EOFError(f"the file has {size} bytes")
             raise ShortReadError(f"got {len(data)} of {length} bytes")
-        pos = 0
-        for v in views:
-            v[:] = data[pos : pos + v.nbytes]
-            pos += v.nbytes
-        return None
+        # one pass over the response: copied into place and checksummed (no slice copies)
+        return crc.copy_into(data, views)
 
     def read_all_attempt(self, url, limit=None) -> bytes:
         return bytes(self._call("cat_file", url, limit=limit))
