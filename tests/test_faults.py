@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from checks import assert_bit_exact
 from conftest import FIXTURES_DIR
-from fault_proxy import FaultProxy
+from fault_proxy import FaultProxy, wait_until
 from test_remote import check_values, expected
 
 import distrestore as dr
@@ -190,6 +190,34 @@ def test_one_attempt_and_a_stall_does_not_hang(faulty):
     with pytest.raises(StorageError, match="after 1 attempt"):
         dr.open_checkpoint(url, storage=faulty.storage(retry=RetryPolicy(attempts=1)), timeout=0.5)
     assert time.monotonic() - t0 <= 0.5 * 1.1 + SLACK
+
+
+def test_concurrent_reads_do_not_wait_for_a_pooled_connection(faulty):
+    """24 reads at once reach the store at once: none queues behind a client's connection pool
+    (botocore keeps 10 connections unless told otherwise)."""
+    url = faulty.url("tf1_sharded")
+    data = f"{url}/model.ckpt-7.data-00000-of-00004"
+    storage = faulty.storage(retry=RetryPolicy(attempts=1), timeout=3.0)
+    storage.size(data)  # the client, its session and first connection are made before the stall
+    faulty.proxy.add_rule("stall", match="data-00000")
+    n = 24
+
+    def read(i):
+        try:
+            storage.readinto(data, i, bytearray(1))
+        except StorageError:  # every one stalls until its timeout
+            pass
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        reached = wait_until(lambda: faulty.proxy.requests("data-00000") >= n + 1, timeout=2.5)
+        seen = faulty.proxy.requests("data-00000") - 1
+    finally:
+        for t in threads:
+            t.join()
+    assert reached, f"{faulty.name}: only {seen} of {n} concurrent reads reached the store"
 
 
 # -- permanent errors: one attempt --------------------------------------------------------------

@@ -118,15 +118,20 @@ def test_storage_deadline_is_checked_before_each_attempt(tmp_path):
 
 def test_s3_options_from_timeout():
     out = backend_options("s3", {"key": "k"}, 7.0)
-    assert out["config_kwargs"] == {"connect_timeout": 7.0, "read_timeout": 7.0, "retries": {"total_max_attempts": 1}}
+    assert out["config_kwargs"] == {
+        "connect_timeout": 7.0,
+        "read_timeout": 7.0,
+        "retries": {"total_max_attempts": 1},
+        "max_pool_connections": fsspec_backend.S3_CONNECTIONS,
+    }
     assert out["key"] == "k"
 
 
 def test_user_options_win_over_derived_ones():
-    mine = {"config_kwargs": {"read_timeout": 99, "retries": {"max_attempts": 3}}}
+    mine = {"config_kwargs": {"read_timeout": 99, "retries": {"max_attempts": 3}, "max_pool_connections": 5}}
     out = backend_options("s3", mine, 7.0)
-    assert out["config_kwargs"] == {"read_timeout": 99, "retries": {"max_attempts": 3}, "connect_timeout": 7.0}
-    assert mine == {"config_kwargs": {"read_timeout": 99, "retries": {"max_attempts": 3}}}  # not changed
+    assert out["config_kwargs"] == {**mine["config_kwargs"], "connect_timeout": 7.0}
+    assert mine["config_kwargs"] == {"read_timeout": 99, "retries": {"max_attempts": 3}, "max_pool_connections": 5}
     assert backend_options("gs", {"requests_timeout": 5}, 7.0)["requests_timeout"] == 5
 
 

@@ -1,13 +1,15 @@
 """Object stores and anything else fsspec reads (s3://, gs://, memory://, http://, ...).
 
 Ranges are read with ``cat_file``, then copied into the destination and CRC32C-checksummed in
-one pass (the checksums are returned, as local reads return theirs). Three things make the retry
+one pass (the checksums are returned, as local reads return theirs). Four things make the retry
 policy of ``base.py`` the only one, with timeouts that hold:
 
 * **The backend retries once.** s3fs and gcsfs each retry inside a call (s3fs 5 times, botocore
   up to 5 more, gcsfs 6 times with sleeps up to 32 s), which multiplied a stalled request into
   many minutes. The filesystems made here are single-try variants of those classes, and botocore
   is told ``retries={"total_max_attempts": 1}``.
+* **Enough connections.** botocore keeps at most 10 connections per client; the filesystems
+  made here may hold :data:`S3_CONNECTIONS`, so concurrent reads do not queue for one.
 * **Timeouts come from** ``timeout=``: botocore's ``connect_timeout``/``read_timeout`` (s3fs's
   ``config_kwargs``) and gcsfs's aiohttp ``requests_timeout`` (``sock_connect``/``sock_read``).
   Options the user set in ``storage_options`` win over the derived ones.
@@ -35,6 +37,10 @@ DEFAULT_TIMEOUT = 30.0
 
 MAX_FILESYSTEMS = 8
 """Distinct filesystems (sets of options) kept in fsspec's instance cache by distrestore."""
+
+S3_CONNECTIONS = 64
+"""Connections an s3fs filesystem made here may hold (botocore's ``max_pool_connections``, 10 by
+default), enough for every read the thread executor has in flight against one store."""
 
 _S3 = ("s3", "s3a")
 _GCS = ("gs", "gcs")
@@ -153,6 +159,8 @@ def backend_options(protocol: str, options, timeout: float | None) -> dict:
         config.setdefault("connect_timeout", t)
         config.setdefault("read_timeout", t)
         config.setdefault("retries", {"total_max_attempts": 1})
+        # botocore's pool holds 10 connections: more concurrent reads would wait for one
+        config.setdefault("max_pool_connections", S3_CONNECTIONS)
         out["config_kwargs"] = config
     elif protocol in _GCS and "requests_timeout" not in out:
         import aiohttp
