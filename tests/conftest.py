@@ -18,6 +18,7 @@ means TF, S3, GCS, Ray or the C extensions did not run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -246,6 +247,35 @@ class S3Server(ObjectStore):
         self._uploaded.clear()
         self.fs.invalidate_cache()
         self.fs.mkdir(self.bucket)
+
+
+@contextlib.contextmanager
+def moto_process(**env: str):
+    """A moto S3 server in a process of its own on 127.0.0.1 and a free port (``env``: extra
+    environment, e.g. ``INITIAL_NO_AUTH_ACTION_COUNT="0"`` to check credentials); yields its
+    endpoint URL. For what the in-process ``s3_server`` would disturb: its memory or its auth."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'moto[server]')")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=dict(os.environ, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto did not start"
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 @pytest.fixture(scope="session")

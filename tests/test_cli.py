@@ -272,31 +272,10 @@ def test_process_exit_codes_and_debug(tmp_path):
 def test_bad_s3_credentials_are_a_storage_failure(tmp_path, fixtures_dir):
     """A moto server that checks credentials (its own process, INITIAL_NO_AUTH_ACTION_COUNT=0):
     a restore with keys it does not know fails with exit code 1 and one line."""
-    pytest.importorskip("moto.server")
     pytest.importorskip("s3fs")
-    from conftest import _free_port
+    from conftest import moto_process
 
-    port = _free_port()
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        import time
-        import urllib.request
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto did not start"
-                time.sleep(0.1)
+    with moto_process(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
         run = run_cli(
             "restore",
             "s3://bucket/model.ckpt-7",
@@ -309,9 +288,6 @@ def test_bad_s3_credentials_are_a_storage_failure(tmp_path, fixtures_dir):
             "--no-progress",
             timeout=180,
         )
-    finally:
-        server.terminate()
-        server.wait(10)
     assert run.returncode == 1, run.stderr
     assert_one_line_error(run.stderr, "distrestore restore:")
     assert "not-the-secret" not in run.stderr

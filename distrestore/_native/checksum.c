@@ -4,10 +4,12 @@
  *
  * crc32c(data, crc=0) -> int                       CRC32C of any buffer, continuing from crc
  * combine(crc1, crc2, len2) -> int                 CRC32C of a + b from those of a and b and len(b)
- * copy_crc(src, buffers) -> list[int]
+ * copy_crc(src, buffers, crc=0) -> list[int]
  *     fill the writable buffers, in order, from consecutive bytes of src (exactly as many as they
  *     hold) and return each one's CRC32C, taken in the same pass as the copy, without the GIL:
  *     a response that arrived as one bytes object lands in its destinations in one read of it.
+ *     The first buffer's CRC32C continues from crc (a buffer filled from several chunks of a
+ *     streamed response).
  * first_mismatch(buf, offsets, sizes, masked) -> int
  *     index of the first piece buf[offsets[i]:offsets[i] + sizes[i]] whose CRC32C is not
  *     unmask(masked[i]) (or which lies outside buf), or -1; offsets/sizes: int64, masked: uint32.
@@ -314,7 +316,8 @@ static PyObject *py_crc32c(PyObject *Py_UNUSED(self), PyObject *args) {
 static PyObject *py_copy_crc(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_buffer src;
     PyObject *seq_in;
-    if (!PyArg_ParseTuple(args, "y*O:copy_crc", &src, &seq_in)) return NULL;
+    unsigned int first = 0;
+    if (!PyArg_ParseTuple(args, "y*O|I:copy_crc", &src, &seq_in, &first)) return NULL;
     PyObject *seq = PySequence_Fast(seq_in, "buffers must be a sequence");
     Py_ssize_t n = seq ? PySequence_Fast_GET_SIZE(seq) : 0, got = 0, total = 0;
     Py_buffer *bufs = seq ? PyMem_Calloc(n ? n : 1, sizeof(Py_buffer)) : NULL;
@@ -331,10 +334,10 @@ static PyObject *py_copy_crc(PyObject *Py_UNUSED(self), PyObject *args) {
         const uint8_t *p = (const uint8_t *)src.buf;
         if (total >= NOGIL_MIN) {
             Py_BEGIN_ALLOW_THREADS
-            for (Py_ssize_t i = 0; i < n; p += bufs[i].len, i++) crcs[i] = ~kernel(0xFFFFFFFFu, p, bufs[i].buf, (size_t)bufs[i].len);
+            for (Py_ssize_t i = 0; i < n; p += bufs[i].len, i++) crcs[i] = ~kernel(i ? 0xFFFFFFFFu : ~first, p, bufs[i].buf, (size_t)bufs[i].len);
             Py_END_ALLOW_THREADS
         } else {
-            for (Py_ssize_t i = 0; i < n; p += bufs[i].len, i++) crcs[i] = ~kernel(0xFFFFFFFFu, p, bufs[i].buf, (size_t)bufs[i].len);
+            for (Py_ssize_t i = 0; i < n; p += bufs[i].len, i++) crcs[i] = ~kernel(i ? 0xFFFFFFFFu : ~first, p, bufs[i].buf, (size_t)bufs[i].len);
         }
         out = PyList_New(n);
         for (Py_ssize_t i = 0; out && i < n; i++) {
@@ -380,7 +383,7 @@ static PyObject *py_use_kernel(PyObject *module, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"crc32c", py_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> CRC32C of data, continuing from crc"},
     {"combine", py_combine, METH_VARARGS, "combine(crc1, crc2, len2) -> CRC32C of a + b"},
-    {"copy_crc", py_copy_crc, METH_VARARGS, "copy_crc(src, buffers) -> CRC32C of each buffer, filled from src in order"},
+    {"copy_crc", py_copy_crc, METH_VARARGS, "copy_crc(src, buffers, crc=0) -> CRC32C of each buffer, filled from src in order (the first continuing from crc)"},
     {"first_mismatch", py_first_mismatch, METH_VARARGS,
      "first_mismatch(buf, offsets, sizes, masked) -> index of the first piece whose CRC32C differs, or -1"},
     {"use_kernel", py_use_kernel, METH_O, "use_kernel(name): checksum with that kernel from now on"},

@@ -31,12 +31,13 @@ def value(data, crc: int = 0) -> int:
     return _crc32c.crc32c(data, crc)
 
 
-def copy_into(src, buffers) -> list[int]:
+def copy_into(src, buffers, crc: int = 0) -> list[int]:
     """Fill ``buffers`` (writable, in order) from consecutive bytes of ``src``, exactly as many
     as they hold, and return each one's CRC32C (one pass over ``src``, GIL released, where the
-    native module is built)."""
+    native module is built). The first buffer's CRC32C continues from ``crc``: the CRC of what
+    an earlier chunk of a streamed answer put in front of it."""
     if native is not None:
-        return native.copy_crc(src, buffers)
+        return native.copy_crc(src, buffers, crc)
     mv = memoryview(src).cast("B")
     total = sum(memoryview(b).nbytes for b in buffers)
     if total != len(mv):
@@ -45,7 +46,7 @@ def copy_into(src, buffers) -> list[int]:
     for b in buffers:
         dst = memoryview(b).cast("B")
         dst[:] = mv[pos : pos + len(dst)]
-        out.append(value(dst))
+        out.append(value(dst, crc if not out else 0))
         pos += len(dst)
     return out
 

@@ -3,7 +3,8 @@
 ``base.py`` is the interface (single attempts, implemented by each backend) and the retry policy
 around them, written once; ``local.py`` and ``fsspec.py`` are the backends; ``paths.py`` joins
 and splits paths and URLs; ``wrappers.py`` composes counting, latency and fault injection with any
-backend (the tests and benchmarks use them); ``background.py`` asks a size while other work runs.
+backend (the tests and benchmarks use them); ``background.py`` asks a size while other work runs;
+``streaming.py`` reads s3:// and gs:// ranges straight into their destination buffers.
 """
 
 from ..errors import ShortReadError

@@ -1,8 +1,10 @@
 """Object stores and anything else fsspec reads (s3://, gs://, memory://, http://, ...).
 
-Ranges are read with ``cat_file``, then copied into the destination and CRC32C-checksummed in
-one pass (the checksums are returned, as local reads return theirs). Four things make the retry
-policy of ``base.py`` the only one, with timeouts that hold:
+Ranges of s3:// and gs:// objects are streamed into their destination buffers, each chunk copied
+into place with its CRC32C as it arrives (``streaming.py``); other schemes read a range with
+``cat_file`` and copy the answer into place in one pass the same way. Either way the checksums
+are returned, as local reads return theirs. Four things make the retry policy of ``base.py`` the
+only one, with timeouts that hold:
 
 * **The backend retries once.** s3fs and gcsfs each retry inside a call (s3fs 5 times, botocore
   up to 5 more, gcsfs 6 times with sleeps up to 32 s), which multiplied a stalled request into
@@ -31,6 +33,7 @@ from ..errors import ShortReadError, StorageError
 from ..format import crc
 from ..redact import guard_logs
 from .base import Storage
+from .streaming import Sink, methods
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds a request may wait to connect or for its next bytes when ``timeout=`` is not given."""
@@ -73,14 +76,21 @@ class FsspecStorage(Storage):
 
     def read_attempt(self, url, start, views, limit=None):
         length = sum(v.nbytes for v in views)
-        data = self._call("cat_file", url, start=start, end=start + length, limit=limit)
-        if len(data) != length:
+        if hasattr(self.fs, "read_into"):  # s3fs, gcsfs: streamed into place
+            sink = Sink(views)
+            self._call("read_into", url, start, start + length, sink, limit=limit)
+            got, crcs = sink.received, sink.crcs
+        else:
+            data = self._call("cat_file", url, start=start, end=start + length, limit=limit)
+            got = len(data)
+            # one pass over the response: copied into place and checksummed (no slice copies)
+            crcs = crc.copy_into(data, views) if got == length else None
+        if got != length:
             size = self._call("info", url, limit=limit)["size"]
             if start + length > size:  # past the end: the file is truncated, retrying won't help
                 raise EOFError(f"the file has {size} bytes")
-            raise ShortReadError(f"got {len(data)} of {length} bytes")
-        # one pass over the response: copied into place and checksummed (no slice copies)
-        return crc.copy_into(data, views)
+            raise ShortReadError(f"got {got} of {length} bytes")
+        return crcs
 
     def read_all_attempt(self, url, limit=None) -> bytes:
         return bytes(self._call("cat_file", url, limit=limit))
@@ -191,12 +201,14 @@ def _single_try(cls: type) -> type:
         attrs = {}
         if any(c.__module__.startswith("s3fs") and c.__name__ == "S3FileSystem" for c in cls.__mro__):
             attrs["retries"] = 1  # s3fs reads the attribute for its call-level retry loop
+            attrs.update(methods("s3", cls))
         elif any(c.__module__.startswith("gcsfs") and c.__name__ == "GCSFileSystem" for c in cls.__mro__):
             # gcsfs binds 6 retries into _request with a decorator; its undecorated function
             # is the single try (kept when a future gcsfs drops __wrapped__: then it retries)
             single = getattr(cls._request, "__wrapped__", None)
             if single is not None:
                 attrs["_request"] = single
+            attrs.update(methods("gcs", cls))
         out = type(cls.__name__, (cls,), {"__module__": __name__, **attrs}) if attrs else cls
         _single_try_classes[cls] = out
         return out
