@@ -220,6 +220,15 @@ def test_concurrent_reads_do_not_wait_for_a_pooled_connection(faulty):
     assert reached, f"{faulty.name}: only {seen} of {n} concurrent reads reached the store"
 
 
+def test_an_index_is_read_in_one_request(faulty):
+    """Opening a checkpoint asks its index once, with one GET: no size request first (s3fs
+    asks one to split a whole-object read over several GETs)."""
+    url = faulty.url("tf1_sharded")
+    dr.open_checkpoint(f"{url}/model.ckpt-7", storage=faulty.storage())
+    asked = [(m, p) for m, p, _ in faulty.proxy.log if "model.ckpt-7.index" in p]
+    assert [m for m, _ in asked] == ["GET"], asked
+
+
 # -- permanent errors: one attempt --------------------------------------------------------------
 
 

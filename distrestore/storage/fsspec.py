@@ -93,7 +93,7 @@ class FsspecStorage(Storage):
         return crcs
 
     def read_all_attempt(self, url, limit=None) -> bytes:
-        return bytes(self._call("cat_file", url, limit=limit))
+        return bytes(self._call("cat_file", url, limit=limit, **_one_get(self.fs)))
 
     def size_attempt(self, url, limit=None) -> int:
         return self._call("info", url, limit=limit)["size"]
@@ -147,6 +147,18 @@ class FsspecStorage(Storage):
 
     def remove_attempt(self, url, limit=None) -> None:
         self._call("rm_file", url, limit=limit)
+
+
+def _one_get(fs) -> dict:
+    """``cat_file`` keywords that read a whole file in one GET. s3fs (since it learned to split
+    a whole-object read over concurrent GETs) first asks the object's size: a round trip more
+    for every index and state file, which are read whole."""
+    import inspect
+
+    cat = getattr(type(fs), "_cat_file", None)
+    if cat is not None and "max_concurrency" in inspect.signature(cat).parameters:
+        return {"max_concurrency": 1}
+    return {}
 
 
 def _abandon(f) -> None:
