@@ -86,7 +86,7 @@ def store_out_of_process(request):
 def test_a_range_lands_in_place_without_a_whole_copy_of_the_answer(store_out_of_process):
     url, options, data = store_out_of_process
     storage = Storage.for_url(url, options)
-    assert hasattr(storage.fs, "read_into"), "this gcsfs/s3fs lacks what the streaming reader uses"
+    assert hasattr(storage.fs, "distrestore_read_into"), "this gcsfs/s3fs lacks what the streaming reader uses"
     start, length = 1 << 20, 6 << 20
     rng = np.random.default_rng(5)
     dest = np.empty(length, dtype=np.uint8)  # allocated before the trace starts

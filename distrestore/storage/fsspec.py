@@ -76,9 +76,9 @@ class FsspecStorage(Storage):
 
     def read_attempt(self, url, start, views, limit=None):
         length = sum(v.nbytes for v in views)
-        if hasattr(self.fs, "read_into"):  # s3fs, gcsfs: streamed into place
+        if hasattr(self.fs, "distrestore_read_into"):  # s3fs, gcsfs: streamed into place
             sink = Sink(views)
-            self._call("read_into", url, start, start + length, sink, limit=limit)
+            self._call("distrestore_read_into", url, start, start + length, sink, limit=limit)
             got, crcs = sink.received, sink.crcs
         else:
             data = self._call("cat_file", url, start=start, end=start + length, limit=limit)

@@ -118,11 +118,11 @@ async def _s3_read_into(self, path, start, end, sink):
 
 def methods(kind: str, cls) -> dict:
     """The class attributes that give a single-try filesystem class of ``kind`` ("s3" or "gcs")
-    its ``read_into(path, start, end, sink, timeout=None)`` (empty where this version of the
-    library lacks what the reader uses)."""
+    its ``distrestore_read_into(path, start, end, sink, timeout=None)``, a name no fsspec class
+    uses (none where this version of the library lacks what the reader uses)."""
     from fsspec.asyn import sync_wrapper
 
     reader = {"gcs": (_gcs_usable, _gcs_read_into), "s3": (_s3_usable, _s3_read_into)}.get(kind)
     if reader is None or not reader[0](cls):
         return {}
-    return {"_read_into": reader[1], "read_into": sync_wrapper(reader[1])}
+    return {"_distrestore_read_into": reader[1], "distrestore_read_into": sync_wrapper(reader[1])}
