@@ -95,6 +95,7 @@ def _s3_usable(cls) -> bool:
 async def _s3_read_into(self, path, start, end, sink):
     """GET ``path``'s bytes [start, end) into ``sink`` (s3fs: ``_cat_file``, with the body
     streamed instead of read whole)."""
+    import aiohttp  # s3fs's own dependency, through aiobotocore
     from s3fs.core import version_id_kw
 
     bucket, key, version = self.split_path(path)
@@ -103,17 +104,21 @@ async def _s3_read_into(self, path, start, end, sink):
     )
     body = resp["Body"]
     try:
-        # aiohttp's stream hands out each chunk as it came off the socket; the body's own
-        # read(n) joins what is buffered into a new bytes first
-        content = getattr(getattr(body, "raw_stream", None), "content", None)
-        if content is not None and hasattr(content, "readany"):
-            while chunk := await content.readany():
+        raw = getattr(body, "raw_stream", None)
+        if isinstance(raw, aiohttp.ClientResponse):
+            # aiohttp's stream hands out each chunk as it came off the socket; the body's own
+            # read(n) joins what is buffered into a new bytes first
+            while chunk := await raw.content.readany():
                 sink.write(chunk)
-        else:
+        else:  # aiobotocore's httpx backend
             while chunk := await body.read(1 << 20):
                 sink.write(chunk)
     finally:
-        body.close()
+        aclose = getattr(body, "aclose", None)  # aiobotocore's bodies: close() is a coroutine on httpx
+        if aclose is not None:
+            await aclose()
+        else:
+            body.close()
 
 
 def methods(kind: str, cls) -> dict:
