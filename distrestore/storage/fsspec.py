@@ -26,6 +26,8 @@ bound: at most :data:`MAX_FILESYSTEMS` made here stay cached; older ones are dro
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import threading
 from collections import OrderedDict
 
@@ -93,7 +95,7 @@ class FsspecStorage(Storage):
         return crcs
 
     def read_all_attempt(self, url, limit=None) -> bytes:
-        return bytes(self._call("cat_file", url, limit=limit, **_one_get(self.fs)))
+        return bytes(self._call("cat_file", url, limit=limit, **_one_get(type(self.fs))))
 
     def size_attempt(self, url, limit=None) -> int:
         return self._call("info", url, limit=limit)["size"]
@@ -149,13 +151,13 @@ class FsspecStorage(Storage):
         self._call("rm_file", url, limit=limit)
 
 
-def _one_get(fs) -> dict:
-    """``cat_file`` keywords that read a whole file in one GET. s3fs (since it learned to split
-    a whole-object read over concurrent GETs) first asks the object's size: a round trip more
-    for every index and state file, which are read whole."""
-    import inspect
-
-    cat = getattr(type(fs), "_cat_file", None)
+@functools.cache
+def _one_get(cls: type) -> dict:
+    """``cat_file`` keywords that read a whole file of a ``cls`` filesystem in one GET (decided
+    once per class). s3fs (since it learned to split a whole-object read over concurrent GETs)
+    first asks the object's size: a round trip more for every index and state file, which are
+    read whole."""
+    cat = getattr(cls, "_cat_file", None)
     if cat is not None and "max_concurrency" in inspect.signature(cat).parameters:
         return {"max_concurrency": 1}
     return {}

@@ -10,9 +10,8 @@ as in ``cat_file``.
 The readers are methods of the single-try filesystem classes ``fsspec.py`` makes
 (:func:`methods`). They build a GET the way gcsfs's and s3fs's own ``_cat_file`` do: the same
 session, headers, requester-pays parameters, version or generation, and error translation; a
-zonal GCS bucket (gRPC) is still read by gcsfs itself. A
-version of those libraries that lacks one of the pieces gets no reader, and its ranges are read
-with ``cat_file`` as before.
+zonal GCS bucket (gRPC) is still read by gcsfs itself. A version of those libraries that lacks
+one of the pieces gets no reader, and its ranges are read with ``cat_file`` as before.
 """
 
 from __future__ import annotations
