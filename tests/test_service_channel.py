@@ -5,7 +5,14 @@ and a registration is answered even when the cache evicts its pieces at once.
 
 from __future__ import annotations
 
+import gc
+import json
+import os
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +23,7 @@ from checks import assert_bit_exact  # noqa: E402
 from ray_fixtures import write_checkpoint  # noqa: E402
 
 import distrestore as dr  # noqa: E402
+import distrestore.ray.channel as channel_module  # noqa: E402
 from distrestore.coordination.ranges import needed_ranges  # noqa: E402
 from distrestore.coordination.state import Registration  # noqa: E402
 from distrestore.coordination.wire import pack  # noqa: E402
@@ -101,3 +109,70 @@ def test_answered_although_the_cache_evicts_its_pieces_at_once(checkpoint):
         assert s["cache_bytes"] == 0 and s["bytes_read"] >= 2 * tensors["big"].nbytes
     finally:
         client.shutdown()
+
+
+def live_object_refs() -> list:
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, ray.ObjectRef)]
+
+
+def test_no_ray_object_is_held_once_a_fetch_returned(service, checkpoint, monkeypatch):
+    """Ray's core worker ends the process (exit status 1, silently) when a Ray object is released
+    while ``ray.shutdown()`` runs. The channel's thread waits a while for more work before it
+    ends; were it to hold the objects it was answered with meanwhile, a ``ray.shutdown()`` right
+    after a restore would end the process as that thread let go of them. Here it waits for a
+    minute, so holding them could not pass for having been about to let go."""
+    monkeypatch.setattr(channel_module, "LINGER_SECONDS", 60.0)
+    _, tensors = checkpoint
+    index = service.checkpoint()
+    before = len(live_object_refs())
+    got = service.fetch([dr.TensorRequest(index, "big"), dr.TensorRequest(index, "v/003")])
+    assert_bit_exact(got[0], tensors["big"])
+    assert_bit_exact(got[1], tensors["v/003"])
+    del got
+    assert [t.name for t in threading.enumerate()].count("distrestore-service-channel") >= 1  # waiting for more
+    give_up = time.monotonic() + 30  # the answer's last hand-over may still be finishing
+    while len(live_object_refs()) > before and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert len(live_object_refs()) == before
+
+
+AFTER_SHUTDOWN = """
+import json, sys, time
+import ray, distrestore as dr
+out = {}
+init = dict(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, object_store_memory=100 << 20)
+ray.init(**init)
+client = dr.serve(sys.argv[1], name="after-shutdown")
+index = client.checkpoint()
+client.fetch([dr.TensorRequest(index, "big")])
+ray.shutdown()  # while the channel's thread still waits for more
+for step in ("shut down", "another session"):
+    t = time.monotonic()
+    try:
+        client.fetch([dr.TensorRequest(index, "big")], deadline=30)
+        out[step] = ["returned"]
+    except Exception as e:
+        out[step] = [type(e).__name__, round(time.monotonic() - t, 1), ray.is_initialized()]
+    if not ray.is_initialized():
+        ray.init(**init)
+time.sleep(2 * dr.ray.channel.LINGER_SECONDS)  # the first session's channel thread has ended
+ray.shutdown()
+print(json.dumps(out))
+"""
+
+
+def test_a_client_after_ray_shutdown_fails_at_once_and_starts_no_ray(checkpoint):
+    """In a process of its own (it shuts Ray down): shut down right after a restore, the process
+    lives on; a restore through the service then fails at once and starts no Ray of its own
+    (an actor call would, through Ray's auto-init); in the next session the client looks the
+    service up again rather than calling a handle of the last one."""
+    prefix, _ = checkpoint
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-c", AFTER_SHUTDOWN, prefix], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["shut down"] == ["RayNotInitializedError", 0.0, False]
+    assert out["another session"][0] == "ServiceUnavailableError" and out["another session"][1] < 5

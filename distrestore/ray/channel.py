@@ -30,7 +30,7 @@ from ..coordination.wire import pack
 
 _MAX_REGISTER_CALLS = 2  # register_many calls on their way at once: the rest wait, and travel together
 _SLOW_CALL_SECONDS = 0.02  # a call on its way this long waits for reads: a second may leave
-_LINGER_SECONDS = 1.0  # the channel's thread waits this long for more before it ends
+LINGER_SECONDS = 1.0  # the channel's thread waits this long for more before it ends
 _POLL_SECONDS = 10.0  # a poll answers at least this often (then follows what is new since)
 _CHANNELS: dict = {}  # actor handle -> this process's channel to it
 _CHANNELS_LOCK = threading.Lock()
@@ -43,6 +43,12 @@ class Ticket:
     def __init__(self):
         self.token = -1
         self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        """Nobody waits for this registration any more (its caller returned or gave up): the
+        channel stops following it, rather than polling for it until the coordinator is done."""
+        self.abandoned = True
 
     def put(self, *event) -> None:
         self.events.put(event)
@@ -104,25 +110,38 @@ class Channel:
                         continue
                     now = time.monotonic()
                     idle_since = idle_since or now
-                    if now - idle_since >= _LINGER_SECONDS:  # idle: a later registration starts another
+                    if now - idle_since >= LINGER_SECONDS:  # idle: a later registration starts another
                         self._running = False
                         return
-                    self._cond.wait(_LINGER_SECONDS - (now - idle_since))
-                answers, self._answers = self._answers, []
-            for kind, sent, fut in answers:
-                self._take(kind, sent, fut)
-            with self._cond:
-                batch = follow = None
-                if self._register_wait() == 0:
-                    batch, self._queue = (self._queue, time.monotonic()), []
-                    self._sent.append(batch[1])
-                if self._follow and not self._polling:
-                    follow, self._follow = self._follow, {}
-                    self._polling += 1
-            if batch:
-                self._send("register", batch, self.actor.register_many, [wire for wire, _ in batch[0]])
-            if follow:
-                self._send("poll", follow, self.actor.poll, list(follow), _POLL_SECONDS)
+                    self._cond.wait(LINGER_SECONDS - (now - idle_since))
+            # each step in a frame of its own: this loop holds nothing of a call while it waits
+            self._take_answers()
+            self._send_next()
+
+    def _take_answers(self) -> None:
+        """Hand over the answers that came. What they hold (object refs, futures) is released
+        when this returns, while the Ray session is alive, never by the thread as it waits for
+        more or ends a second later: a Ray object released while ``ray.shutdown()`` runs ends the
+        process (Ray's core worker exits when touched as it shuts down)."""
+        with self._cond:
+            answers, self._answers = self._answers, []
+        for kind, sent, fut in answers:
+            self._take(kind, sent, fut)
+
+    def _send_next(self) -> None:
+        """Send what may leave now: the registrations queued, and a poll for those to follow."""
+        with self._cond:
+            batch = follow = None
+            if self._register_wait() == 0:
+                batch, self._queue = (self._queue, time.monotonic()), []
+                self._sent.append(batch[1])
+            if self._follow and not self._polling:
+                follow, self._follow = self._follow, {}
+                self._polling += 1
+        if batch:
+            self._send("register", batch, self.actor.register_many, [wire for wire, _ in batch[0]])
+        if follow:
+            self._send("poll", follow, self.actor.poll, list(follow), _POLL_SECONDS)
 
     def _register_wait(self) -> float | None:
         """0 if registrations may be sent now, else the seconds until they may (None: until an
@@ -137,6 +156,9 @@ class Channel:
         return max(0.0, self._sent[0] + _SLOW_CALL_SECONDS - time.monotonic())
 
     def _send(self, kind: str, sent, method, *args) -> None:
+        if not ray.is_initialized():  # shut down: a call would start a Ray of its own (Ray's auto-init)
+            self._answered(kind, sent, _failed(ray.exceptions.RaySystemError("Ray was shut down in this process")))
+            return
         try:
             ref = method.remote(*args)
             ref.future().add_done_callback(lambda fut: self._answered(kind, sent, fut))
@@ -153,7 +175,7 @@ class Channel:
         except ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None)
             err = cause if isinstance(cause, BaseException) else e
-        except ray.exceptions.RayError as e:  # the coordinator is gone
+        except Exception as e:  # the coordinator is gone (a RayError), or the handle is of no use here
             err = self.unavailable(e)
             with _CHANNELS_LOCK:
                 if _CHANNELS.get(self.actor) is self:
@@ -179,6 +201,8 @@ class Channel:
     @staticmethod
     def _deliver(ticket: Ticket, news) -> bool:
         """Queue ``news`` on the ticket; whether it still needs following."""
+        if ticket.abandoned:
+            return False
         if news is None:
             return True
         if isinstance(news, BaseException):

@@ -40,7 +40,7 @@ from ..execute.sink import ReadSink
 from ..index import CheckpointIndex
 from ..readplan import ReadPlan
 from ..storage import Storage
-from .channel import channel
+from .channel import Ticket, channel
 from .service import Opened, RestoreService, ServiceOptions
 
 __all__ = ["ServiceClient", "connect", "serve"]
@@ -55,6 +55,12 @@ def _require_ray() -> None:
         raise RayNotInitializedError(
             "Ray is not initialized: call ray.init(...) (or ray.init(address='auto') inside a cluster) first"
         )
+
+
+def _session() -> tuple[str, str]:
+    """This process's Ray session: its node and job (job ids restart with each cluster)."""
+    ctx = ray.get_runtime_context()
+    return ctx.get_node_id(), ctx.get_job_id()
 
 
 def _where(name: str, namespace: str | None) -> str:
@@ -187,6 +193,7 @@ class ServiceClient:
         self.namespace = namespace
         self.deadline = deadline
         self._actor = actor
+        self._session = _session() if actor is not None else None  # the Ray session the handle is of
 
     def __reduce__(self):
         return (ServiceClient, (self.name, self.namespace), {"deadline": self.deadline})
@@ -199,8 +206,13 @@ class ServiceClient:
 
     @property
     def actor(self):
-        if self._actor is None:
-            self._actor = connect(self.name, self.namespace)._actor
+        """The coordinator's actor handle, looked up by name once per Ray session of this
+        process (one of an earlier session, before ``ray.shutdown()``, is no use in the next).
+        Without a Ray session: ``RayNotInitializedError``, never a Ray started by the call."""
+        _require_ray()
+        session = _session()
+        if self._actor is None or self._session != session:
+            self._actor, self._session = connect(self.name, self.namespace)._actor, session
         return self._actor
 
     def _call(self, method: str, *args, deadline: float | None = None):
@@ -373,10 +385,23 @@ class _ServiceReads:
     def run(self, plan: ReadPlan, sink: ReadSink, storages: Mapping[str, Storage], *, progress=None, **_):
         client = self.client
         file_ids = client._file_ids_for({f: storages[f] for f in {r.file for r in plan.requests}})
-        reg = Registration(needed_ranges(plan, file_ids), _node_id(), self.verify, self.group, self.world_size)
+        here = ray.get_runtime_context().get_node_id()  # asked each time: a process may join another cluster
+        reg = Registration(needed_ranges(plan, file_ids), here, self.verify, self.group, self.world_size)
         until = time.monotonic() + self.deadline + _MARGIN
         ticket = channel(client.actor, client._unavailable).register(reg, self.deadline)
         placer = Placer(plan, sink, file_ids, progress)
+        try:
+            self._receive(ticket, placer, until)
+        finally:
+            ticket.abandon()  # answered or given up: the channel need not follow it any more
+        yield placer.completed
+
+    def _receive(self, ticket: Ticket, placer: Placer, until: float) -> None:
+        """Place what the coordinator hands over for ``ticket`` until every byte is in. The Ray
+        objects it is answered with live in this frame only: released when it returns, not
+        whenever the caller's generator is collected (by whichever thread, perhaps as Ray shuts
+        down)."""
+        client = self.client
         arriving = 0  # objects handed over, not yet placed
         done = False  # the coordinator said every byte is read and checked
         lost = None  # the first object that could not be fetched
@@ -411,13 +436,3 @@ class _ServiceReads:
             ) from lost
         if not placer.finished():
             raise StorageError(f"the restore service {client._service} delivered nothing for {placer.missing()}")
-        yield placer.completed
-
-
-_NODE: list = []  # this process's Ray node id, once asked
-
-
-def _node_id() -> str:
-    if not _NODE:
-        _NODE.append(ray.get_runtime_context().get_node_id())
-    return _NODE[0]
