@@ -137,6 +137,29 @@ def test_no_ray_object_is_held_once_a_fetch_returned(service, checkpoint, monkey
     assert len(live_object_refs()) == before
 
 
+def test_a_registration_given_up_is_no_longer_followed(service, checkpoint, monkeypatch):
+    """A registration whose caller gave up (its deadline passed, or it failed placing what came)
+    is followed no more: the channel does not poll the coordinator for it until the
+    coordinator's own deadline. Here one member of a group of two waits for a second that never
+    registers, the polls answered every 0.2 s."""
+    monkeypatch.setattr(channel_module, "POLL_SECONDS", 0.2)
+    reg = registration(service, ["v/001"])._replace(group="waits-for-ever", world_size=2)
+    ticket = channel_module.channel(service.actor, lambda e: e).register(reg, 60.0)
+
+    def polls() -> int:
+        return service.stats()["calls"].get("poll", 0)
+
+    give_up = time.monotonic() + 30
+    while polls() < 3 and time.monotonic() < give_up:  # followed: polled again and again
+        time.sleep(0.1)
+    assert polls() >= 3
+    ticket.abandon()
+    time.sleep(1.0)  # the poll on its way when it was given up comes back
+    after = polls()
+    time.sleep(1.0)  # five more polls, were it still followed
+    assert polls() - after <= 1  # one may have left as it was given up, and arrive late on a busy machine
+
+
 AFTER_SHUTDOWN = """
 import json, sys, time
 import ray, distrestore as dr

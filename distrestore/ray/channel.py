@@ -31,7 +31,7 @@ from ..coordination.wire import pack
 _MAX_REGISTER_CALLS = 2  # register_many calls on their way at once: the rest wait, and travel together
 _SLOW_CALL_SECONDS = 0.02  # a call on its way this long waits for reads: a second may leave
 LINGER_SECONDS = 1.0  # the channel's thread waits this long for more before it ends
-_POLL_SECONDS = 10.0  # a poll answers at least this often (then follows what is new since)
+POLL_SECONDS = 10.0  # a poll answers at least this often (then follows what is new since)
 _CHANNELS: dict = {}  # actor handle -> this process's channel to it
 _CHANNELS_LOCK = threading.Lock()
 
@@ -141,7 +141,7 @@ class Channel:
         if batch:
             self._send("register", batch, self.actor.register_many, [wire for wire, _ in batch[0]])
         if follow:
-            self._send("poll", follow, self.actor.poll, list(follow), _POLL_SECONDS)
+            self._send("poll", follow, self.actor.poll, list(follow), POLL_SECONDS)
 
     def _register_wait(self) -> float | None:
         """0 if registrations may be sent now, else the seconds until they may (None: until an
