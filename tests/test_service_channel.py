@@ -1,6 +1,8 @@
 """How a worker process talks to the restore service (single-node Ray session): concurrent
 registrations from its threads travel together, small pieces come back by value with the answer,
-and a registration is answered even when the cache evicts its pieces at once.
+and a registration is answered even when the cache evicts its pieces at once. The channel holds
+no Ray object once a restore returned (so ``ray.shutdown()`` right after one is safe), stops
+following what its caller gave up, and a client outlives the Ray session it was made in.
 """
 
 from __future__ import annotations
@@ -197,5 +199,6 @@ def test_a_client_after_ray_shutdown_fails_at_once_and_starts_no_ray(checkpoint)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["shut down"] == ["RayNotInitializedError", 0.0, False]
+    (kind, seconds, ray_started) = out["shut down"]
+    assert (kind, ray_started) == ("RayNotInitializedError", False) and seconds < 5
     assert out["another session"][0] == "ServiceUnavailableError" and out["another session"][1] < 5
