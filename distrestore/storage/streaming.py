@@ -57,10 +57,6 @@ class Sink:
         self.crcs.extend(crcs)
         self._i = i
 
-    @property
-    def complete(self) -> bool:
-        return self.received == self.expected
-
 
 def _gcs_usable(cls) -> bool:
     return all(hasattr(cls, a) for a in ("_set_session", "_get_headers", "_get_params", "url", "session", "split_path"))
