@@ -1,9 +1,11 @@
 """The thread executor: requests run on a pool of threads in this process.
 
-Threads suit both regimes: local reads (with their CRC32C) release the GIL, so a few threads per
-core keep copies out of the page cache running in parallel (1 and 2 per core measured the same wall
-time here, warm and cold; 2 stay the default for disks that want more requests in flight); object stores
-spend most of a request waiting, so many threads keep many requests in flight.
+Threads suit both regimes: local reads (with their CRC32C) release the GIL, so one thread per
+core keeps copies out of the page cache running in parallel; more threads than cores only take
+turns at the cores and the memory bus. Measured on 2 cores, a 1.08 GB checkpoint in fresh
+processes, medians of 12 and 8 runs, 2 threads against 4: 0.284 s against 0.294 s from the page
+cache, 0.480 s against 0.541 s with the file evicted first; 200,000 small tensors took the same.
+Object stores spend most of a request waiting, so many threads keep many requests in flight.
 
 A call's deadline (carried by its storages, ``Storage.deadline_at``) holds here too: each read's
 attempts are cut at it by the storage, and should a thread still be busy a moment after it (a
@@ -28,8 +30,8 @@ from .sink import ReadSink
 
 
 class ThreadExecutor:
-    """Run requests on threads. ``workers``: threads (default: 2 per core, at most 16, for local
-    files; 32 for object stores, where each request mostly waits on the network)."""
+    """Run requests on threads. ``workers``: threads (default: one per core, at least 2, at most 16,
+    for local files; 32 for object stores, where each request mostly waits on the network)."""
 
     def __init__(self, workers: int | None = None, *, remote_workers: int | None = None):
         self.workers = workers
@@ -37,7 +39,7 @@ class ThreadExecutor:
 
     def workers_for(self, local: bool) -> int:
         if local:
-            return self.workers or min(16, 2 * (os.cpu_count() or 2))
+            return self.workers or min(16, max(2, os.cpu_count() or 2))
         return self.remote_workers or self.workers or 32
 
     def run(
