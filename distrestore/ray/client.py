@@ -385,7 +385,7 @@ class _ServiceReads:
     def run(self, plan: ReadPlan, sink: ReadSink, storages: Mapping[str, Storage], *, progress=None, **_):
         client = self.client
         file_ids = client._file_ids_for({f: storages[f] for f in {r.file for r in plan.requests}})
-        here = ray.get_runtime_context().get_node_id()  # asked each time: a process may join another cluster
+        here, _ = _session()  # asked each time: a process may join another cluster
         reg = Registration(needed_ranges(plan, file_ids), here, self.verify, self.group, self.world_size)
         until = time.monotonic() + self.deadline + _MARGIN
         ticket = channel(client.actor, client._unavailable).register(reg, self.deadline)
