@@ -80,26 +80,25 @@ class Assembly:
         # strings are checked where they are decoded (their checksum covers lengths and bytes)
         self._check = [self.verify and dtypes.BY_NAME[e.dtype].fixed_width for e in plan.entries]
         # an output is complete when every direct segment, every copy into it and every
-        # checksum of an entry feeding it is done
-        pending = [0] * n
+        # checksum of an entry feeding it is done: one item here per such event
+        waits: list[int] = []
         for req in plan.requests:
             for seg in req.segments:
                 if seg.kind == DIRECT:
-                    pending[seg.target] += 1
+                    waits.append(seg.target)
                     self._entry_outputs.setdefault(seg.entry, set()).add(seg.target)
         for st in plan.staging:
             for c in st.copies:
-                pending[c.output] += 1
+                waits.append(c.output)
                 self._entry_outputs.setdefault(st.entry, set()).add(c.output)
         for eid, outs in self._entry_outputs.items():
             if self._check[eid]:
-                for o in outs:
-                    pending[o] += 1
-        marks = np.asarray(pending, np.int64)
+                waits.extend(outs)
+        # counted in numpy: 10^5 outputs are one call, not a list that numpy converts
+        marks = np.bincount(np.asarray(waits, np.int64), minlength=n) if waits else np.zeros(n, np.int64)
         if plan.packed:  # only its group completes a packed output
             marks[np.concatenate([p.outputs for p in plan.packed])] = 1
-            pending = marks.tolist()
-        self._pending = pending
+        self._pending = marks.tolist()
         self.ready: list[int] = np.flatnonzero(marks == 0).tolist()
         for i in self.ready:
             self._array(i)

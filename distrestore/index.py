@@ -198,31 +198,34 @@ class CheckpointIndex:
                 f"(reading tensors {entry.name!r})"
             )
 
-    def rows_in_files(self, rows: np.ndarray) -> np.ndarray:
-        """For rows of ``columns()``: True where the row's shard exists in the header and its bytes
-        lie inside that data file (one size query per data file, concurrent where remote)."""
+    def rows_in_files(self, rows: np.ndarray | slice) -> np.ndarray:
+        """For rows of ``columns()`` (an index array, or a slice of them in order): True where
+        the row's shard exists in the header and its bytes lie inside that data file (one size
+        query per data file, concurrent where remote)."""
         cols = self.columns()
         shard = cols.shard[rows]
         ok = (shard >= 0) & (shard < self.header.num_shards)
         if not ok.any():
             return ok
         if shard.min() == shard.max():  # the common case: one data file
-            ids, where = [int(shard[0])], np.zeros(len(rows), np.int64)
+            ids, where = [int(shard[0])], None
         else:
             keyed = np.where(ok, shard, -1)
             ids_arr = distinct(keyed)
             ids, where = ids_arr.tolist(), np.searchsorted(ids_arr, keyed)
 
         def reading(i: int) -> str:
-            picked = rows[shard == i][:3].tolist()
+            picked = np.arange(len(cols.names))[rows][shard == i][:3].tolist()
             return ", ".join(
                 f"bytes [{cols.offset[r]}, {cols.offset[r] + cols.size[r]}) (tensors {cols.names[r]!r})" for r in picked
             )
 
         self._sizes_of([i for i in ids if i >= 0], reading)
-        limit = np.array([self._file_sizes.get(i, -1) for i in ids], np.int64)[where]
+        limits = np.array([self._file_sizes.get(i, -1) for i in ids], np.int64)
+        limit = limits[0] if where is None else limits[where]
         # offset <= limit - size: offset + size could wrap int64 (each is below 2^63, not their sum)
-        return ok & (cols.offset[rows] <= limit - cols.size[rows])
+        ok &= cols.offset[rows] <= limit - cols.size[rows]
+        return ok
 
     def entry(self, name: str) -> TensorEntry:
         """The entry of tensor ``name``, its shape checked (TF refuses a tensor of invalid shape

@@ -241,41 +241,74 @@ def _small_whole_tensors(wants, options: PlanOptions):
         if index.big_endian:
             continue
         cols = index.columns()
-        rows = index.rows_of(names if isinstance(names, list) else list(names))
+        names = names if isinstance(names, list) else list(names)
         out_ids = (
             np.asarray(out_ids, np.int64)
             if not isinstance(out_ids, range)
             else np.arange(out_ids.start, out_ids.stop, dtype=np.int64)
         )
-        found = rows >= 0
-        r = np.where(found, rows, 0)
-        ok = found & ~cols.sliced[r] & (cols.size[r] <= options.pack_bytes) & (cols.expected_size[r] == cols.size[r])
-        ok[ok] = index.rows_in_files(rows[ok])  # the rest gets the general path's named error
+        every = len(names) == len(cols.names) and names == cols.names
+        if every:
+            # every tensor in index order (a whole-checkpoint restore): a slice, so that the
+            # columns below are views rather than 10^5-row copies (each a fresh allocation that
+            # a new process pays for in page faults)
+            rows = slice(None)
+        else:
+            rows = index.rows_of(names)
+            found = rows >= 0
+            rows = np.where(found, rows, 0)
+        ok = cols.size[rows] <= options.pack_bytes
+        ok &= cols.expected_size[rows] == cols.size[rows]
+        ok &= ~cols.sliced[rows]
+        if not every:
+            ok &= found
+        if every and ok.all():
+            ok = index.rows_in_files(rows)  # the rest gets the general path's named error
+        else:
+            ok[ok] = index.rows_in_files(np.flatnonzero(ok) if every else rows[ok])
+        if every:
+            if ok.all():
+                result.append((index, rows, out_ids))
+                continue
+            rows = np.arange(len(names), dtype=np.int64)
         result.append((index, rows[ok], out_ids[ok]))
     return result
 
 
 def _pack(
-    index: CheckpointIndex, rows: np.ndarray, out_ids: np.ndarray, chunk: int, options: PlanOptions
+    index: CheckpointIndex, rows: np.ndarray | slice, out_ids: np.ndarray, chunk: int, options: PlanOptions
 ) -> list[Packed]:
     """Group small tensors by file position into buffers of about ``chunk`` bytes, splitting at
-    gaps wider than ``max_gap_bytes`` (vectorized: no Python work per tensor but the shapes)."""
-    if not len(rows):
+    gaps wider than ``max_gap_bytes`` (vectorized: no Python work per tensor but the shapes).
+    ``rows``: index rows, or a slice of them in order (the columns are then used as views)."""
+    if not len(out_ids):
         return []
     cols = index.columns()
-    order = np.lexsort((cols.offset[rows], cols.shard[rows]))
-    rows, out_ids = rows[order], out_ids[order]
-    shard, off, size = cols.shard[rows], cols.offset[rows], cols.size[rows]
+    shard, off = cols.shard[rows], cols.offset[rows]
+    one_file = shard[0] == shard[-1] and shard.min() == shard.max()
+    if not (one_file and bool((off[1:] >= off[:-1]).all())):  # not yet in file order
+        order = np.lexsort((off, shard))
+        rows = (np.arange(len(out_ids), dtype=np.int64) if isinstance(rows, slice) else rows)[order]
+        out_ids, shard, off = out_ids[order], shard[order], off[order]
+    size = cols.size[rows]
     end = off + size
-    new = np.ones(len(rows), bool)
-    new[1:] = (shard[1:] != shard[:-1]) | (off[1:] > np.maximum.accumulate(end)[:-1] + options.max_gap_bytes)
-    run = np.cumsum(new) - 1
-    before = np.cumsum(size) - size  # bytes before each tensor
-    run_base = before[np.flatnonzero(new)][run]
-    part = (before - run_base) // max(chunk, 1)
+    reach = np.maximum.accumulate(end)  # the furthest byte read so far
+    reach += options.max_gap_bytes
+    new = np.ones(len(out_ids), bool)
+    np.greater(off[1:], reach[:-1], out=new[1:])
+    del reach
+    if not one_file:
+        new[1:] |= shard[1:] != shard[:-1]
+    part = np.cumsum(size)
+    part -= size  # bytes before each tensor
+    starts = np.flatnonzero(new)
+    if len(starts) > 1:  # counted from the start of each run
+        part -= np.repeat(part[starts], np.diff(np.append(starts, len(part))))
+    part //= max(chunk, 1)
     new[1:] |= part[1:] != part[:-1]
-    bounds = np.append(np.flatnonzero(new), len(rows))
-    shapes = cols.shapes[rows]
+    del part
+    bounds = np.append(np.flatnonzero(new), len(out_ids))
+    shapes, crcs, kinds, enums = (c[rows] for c in (cols.shapes, cols.crc, cols.kind, cols.dtype))
     groups = []
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         start = int(off[a])
@@ -287,10 +320,10 @@ def _pack(
                 out_ids[a:b],
                 off[a:b] - start,
                 size[a:b],
-                cols.crc[rows[a:b]],
-                cols.dtype[rows[a:b]],
+                crcs[a:b],
+                enums[a:b],
                 shapes[a:b],
-                cols.kind[rows[a:b]],  # the index's (dtype, shape) class ids
+                kinds[a:b],  # the index's (dtype, shape) class ids
             )
         )
     return groups

@@ -87,6 +87,32 @@ def test_small_neighbours_share_one_packed_request():
     assert p.bytes_to_read == p.bytes_needed == 44
 
 
+@pytest.mark.parametrize("gap", [0, 16])
+def test_whole_checkpoint_packs_as_the_same_tensors_asked_by_name_do(gap):
+    # a whole-checkpoint restore plans over the index's columns as they are (no per-row copies);
+    # it must group exactly as a request naming the same tensors in another order, with file
+    # order unlike name order, two files and a 16-byte hole between "e" and "b"
+    spec = {
+        "a": (F32, (4,), 1, 16),
+        "b": (F32, (4,), 0, 48),
+        "c": (F32, (4,), 0, 0),
+        "d": (F32, (4,), 1, 0),
+        "e": (F32, (4,), 0, 16),
+    }
+    idx = make_index(spec)
+    names, shuffled = sorted(spec), ["d", "b", "e", "a", "c"]
+    whole = plan(idx, [(n, None) for n in names], max_gap_bytes=gap)
+    asked = plan(idx, [(n, None) for n in shuffled], max_gap_bytes=gap)
+
+    def groups(p, order):
+        return [(g.file, g.start, g.size, [order[o] for o in g.outputs.tolist()], g.offsets.tolist()) for g in p.packed]
+
+    expect = [(D0, 48, 16, ["b"], [0]), (D0, 0, 32, ["c", "e"], [0, 16]), (D1, 0, 32, ["d", "a"], [0, 16])]
+    if gap:  # the hole is joined: one group per file
+        expect = [(D0, 0, 64, ["c", "e", "b"], [0, 16, 48]), (D1, 0, 32, ["d", "a"], [0, 16])]
+    assert sorted(groups(whole, names)) == sorted(groups(asked, shuffled)) == sorted(expect)
+
+
 def test_unwanted_bytes_between_tensors_are_not_read():
     idx = make_index({"a": (F32, (4,), 0, 0), "skip": (F32, (4,), 0, 16), "c": (F32, (4,), 0, 32)})
     p = plan(idx, [("a", None), ("c", None)])
