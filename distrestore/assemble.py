@@ -95,7 +95,7 @@ class Assembly:
             if self._check[eid]:
                 waits.extend(outs)
         # counted in numpy: 10^5 outputs are one call, not a list that numpy converts
-        marks = np.bincount(np.asarray(waits, np.int64), minlength=n) if waits else np.zeros(n, np.int64)
+        marks = np.bincount(np.asarray(waits, np.int64), minlength=n)
         if plan.packed:  # only its group completes a packed output
             marks[np.concatenate([p.outputs for p in plan.packed])] = 1
         self._pending = marks.tolist()

@@ -262,14 +262,15 @@ def _small_whole_tensors(wants, options: PlanOptions):
         ok &= ~cols.sliced[rows]
         if not every:
             ok &= found
+        # the rest gets the general path's named error
         if every and ok.all():
-            ok = index.rows_in_files(rows)  # the rest gets the general path's named error
-        else:
-            ok[ok] = index.rows_in_files(np.flatnonzero(ok) if every else rows[ok])
-        if every:
+            ok = index.rows_in_files(rows)
             if ok.all():
                 result.append((index, rows, out_ids))
                 continue
+        else:
+            ok[ok] = index.rows_in_files(np.flatnonzero(ok) if every else rows[ok])
+        if every:  # some tensors take the general path: the packed ones as index rows
             rows = np.arange(len(names), dtype=np.int64)
         result.append((index, rows[ok], out_ids[ok]))
     return result
@@ -285,7 +286,7 @@ def _pack(
         return []
     cols = index.columns()
     shard, off = cols.shard[rows], cols.offset[rows]
-    one_file = shard[0] == shard[-1] and shard.min() == shard.max()
+    one_file = shard.min() == shard.max()
     if not (one_file and bool((off[1:] >= off[:-1]).all())):  # not yet in file order
         order = np.lexsort((off, shard))
         rows = (np.arange(len(out_ids), dtype=np.int64) if isinstance(rows, slice) else rows)[order]
