@@ -482,13 +482,18 @@ def open_index(
     return index
 
 
+def usual_data_file(prefix: str) -> str:
+    """The data file of a checkpoint of one data file, the usual case, named by its prefix alone."""
+    return f"{prefix}.data-00000-of-00001"
+
+
 def _open(path: str, storage: Storage) -> CheckpointIndex:
     tried = None
     if not storage.local:
         # a prefix is the common case: its index in one GET, no metadata round trips first
         # (a path that is also a directory with a `checkpoint` file is resolved as TF would
         # only when it has no .index of its own)
-        single = BackgroundSize(storage, f"{path}.data-00000-of-00001")  # the usual one data file
+        single = BackgroundSize(storage, usual_data_file(path))
         try:
             index = CheckpointIndex.open(path, storage)
         except CheckpointNotFoundError:

@@ -10,6 +10,7 @@ for to the last, the consumer's time included): see ``docs/reliability.md``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -19,11 +20,13 @@ import numpy as np
 from ._gc import gc_paused
 from .assemble import Assembly
 from .execute import Executor, get_executor
+from .execute.threads import ThreadExecutor
 from .format import dtypes
-from .index import CheckpointIndex, open_index
+from .index import CheckpointIndex, open_index, usual_data_file
 from .plan import PlanOptions, ReadPlan, Wants, build_plan
 from .progress import make_progress
-from .storage import deadline_at
+from .storage import Storage, deadline_at
+from .storage.early import EarlyRead
 
 
 class TensorRequest(NamedTuple):
@@ -198,8 +201,18 @@ def _region_key(region):
     return tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in region)
 
 
-def _wants(ckpt_dir_or_file, names, storage_options, timeout, at) -> Wants:
-    index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)
+def _wants(ckpt_dir_or_file, names, storage_options, timeout, at, head=False) -> tuple[Wants, EarlyRead | None]:
+    """The wants, and with ``head`` the GET for the head of the usual data file, begun before the
+    index GET (a restore of every tensor reads all of it; the caller discards it when done)."""
+    early = _begin_head(ckpt_dir_or_file, storage_options, timeout) if head else None
+    try:
+        index = open_index(ckpt_dir_or_file, storage_options=storage_options, timeout=timeout, at=at)
+    except BaseException:
+        if early is not None:
+            early.discard()
+        raise
+    if early is not None and index.data_files() == [early.url]:
+        index = index.with_storage(index.storage.serving(early))
     if names is None:
         cols = index.columns()
         variant = cols.dtype == dtypes.VARIANT
@@ -208,7 +221,28 @@ def _wants(ckpt_dir_or_file, names, storage_options, timeout, at) -> Wants:
         names = [names]
     else:
         names = list(names)
-    return Wants([index] * len(names), names, [None] * len(names))
+    return Wants([index] * len(names), names, [None] * len(names)), early
+
+
+def _begin_head(ckpt_dir_or_file, storage_options, timeout) -> EarlyRead | None:
+    """The GET for the head of the data file a prefix names when it has one (None for local
+    files and an opened index). A directory's guess fails, unused, like its size query in
+    ``index.py``."""
+    if isinstance(ckpt_dir_or_file, CheckpointIndex):
+        return None
+    path = os.fspath(ckpt_dir_or_file)
+    return Storage.for_url(path, storage_options, timeout=timeout).begin_head(usual_data_file(path))
+
+
+def _head_start(names, executor, max_inflight_bytes) -> bool:
+    """Whether to read the data file's head while its index is read: for every tensor, read by
+    threads in this process (a Ray worker would read for itself), with no byte budget (the head
+    is held until the plan's reads take it)."""
+    return (
+        names is None
+        and max_inflight_bytes is None
+        and (executor in (None, "threads") or isinstance(executor, ThreadExecutor))
+    )
 
 
 def restore_tensors(
@@ -233,8 +267,13 @@ def restore_tensors(
     as 0-d arrays, strings as object arrays of bytes.
     """
     at = deadline_at(deadline)
-    wants = _wants(ckpt_dir_or_file, names, storage_options, timeout, at)
-    arrays = _fetch(wants, executor, verify, max_inflight_bytes, progress, timeout, at, unique=names is None)
+    head = _head_start(names, executor, max_inflight_bytes)
+    wants, early = _wants(ckpt_dir_or_file, names, storage_options, timeout, at, head)
+    try:
+        arrays = _fetch(wants, executor, verify, max_inflight_bytes, progress, timeout, at, unique=names is None)
+    finally:
+        if early is not None:
+            early.discard()
     return dict(zip(wants.names, arrays))
 
 
@@ -252,6 +291,11 @@ def iter_restore_tensors(
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Streaming ``restore_tensors``: yield ``(name, array)`` as each tensor completes."""
     at = deadline_at(deadline)
-    wants = _wants(ckpt_dir_or_file, names, storage_options, timeout, at)
-    for i, arr in _iter_fetch(wants, executor, verify, max_inflight_bytes, progress, timeout, at):
-        yield wants.names[i], arr
+    head = _head_start(names, executor, max_inflight_bytes)
+    wants, early = _wants(ckpt_dir_or_file, names, storage_options, timeout, at, head)
+    try:
+        for i, arr in _iter_fetch(wants, executor, verify, max_inflight_bytes, progress, timeout, at):
+            yield wants.names[i], arr
+    finally:
+        if early is not None:
+            early.discard()

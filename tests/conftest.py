@@ -57,7 +57,7 @@ for _p in (str(TESTS_DIR / "fixtures"), str(TESTS_DIR), str(ROOT)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-pytest_plugins = ["ray_fixtures"]  # ray_local, ray_cluster for every test module
+pytest_plugins = ["ray_fixtures", "fault_fixtures"]  # ray_local, ray_cluster, faulty for every test module
 
 
 # -- CI: no skips ------------------------------------------------------------------------------

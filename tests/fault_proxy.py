@@ -17,9 +17,10 @@ the upstream server, except those a rule picks, which get one of these faults in
 
 Rules: :meth:`FaultProxy.set_rate` faults a fraction of the requests (seeded, reproducible) with
 kinds drawn from a list; :meth:`FaultProxy.add_rule` faults requests whose path contains a
-substring, always or the first ``times`` of them. ``log`` records ``(method, path, fault)`` per
-request. One thread per client connection; keep-alive connections are served request after
-request.
+substring, always or the first ``times`` of them; :meth:`FaultProxy.hold` keeps some requests
+waiting until another one arrives (which proves the client sent that one first). ``log``
+records ``(method, path, fault)`` per request, and ``ranges`` ``(method, path, Range header)``.
+One thread per client connection; keep-alive connections are served request after request.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ class _Rule:
     kind: str
     match: str
     times: int | None  # None: always
+    method: str | None = None  # None: any
+
+
+@dataclass
+class _Hold:
+    match: str
+    until: object  # (method, path) -> bool
+    arrived: threading.Event
+    timeout: float
 
 
 class FaultProxy:
@@ -62,6 +72,9 @@ class FaultProxy:
         self.flavor = flavor
         self.log: list[tuple[str, str, str | None]] = []
         self._rules: list[_Rule] = []
+        self._holds: list[_Hold] = []
+        self.held: list[tuple[str, bool]] = []
+        self.ranges: list[tuple[str, str, str | None]] = []  # (method, path, Range header) per request
         self._rate = 0.0
         self._rate_kinds: tuple[str, ...] = ()
         self._rate_match = ""
@@ -113,17 +126,29 @@ class FaultProxy:
         with self._lock:
             self._rate, self._rate_kinds, self._rate_match = rate, tuple(kinds), match
 
-    def add_rule(self, kind: str, match: str = "", times: int | None = None) -> None:
-        """Fault requests whose path contains ``match`` with ``kind`` (the first ``times``, or all)."""
+    def add_rule(self, kind: str, match: str = "", times: int | None = None, method: str | None = None) -> None:
+        """Fault requests whose path contains ``match`` (and whose method is ``method``, where
+        given) with ``kind`` (the first ``times``, or all)."""
         assert kind in KINDS, kind
         with self._lock:
-            self._rules.append(_Rule(kind, match, times))
+            self._rules.append(_Rule(kind, match, times, method))
+
+    def hold(self, match: str, until, timeout: float = 10.0) -> None:
+        """Hold requests whose path contains ``match`` until a request for which
+        ``until(method, path)`` is true has arrived (at most ``timeout`` s, then forward them
+        anyway). ``held`` records ``(path, True)`` for a request released by that arrival,
+        ``(path, False)`` for one released by the timeout."""
+        with self._lock:
+            self._holds.append(_Hold(match, until, threading.Event(), timeout))
 
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()
+            self._holds.clear()
             self._rate = 0.0
             self.log.clear()
+            self.held.clear()
+            self.ranges.clear()
 
     def faults(self, kind: str | None = None) -> int:
         with self._lock:
@@ -136,7 +161,12 @@ class FaultProxy:
     def _pick(self, method: str, path: str) -> str | None:
         with self._lock:
             kind = None
+            for hold in self._holds:
+                if hold.until(method, path):
+                    hold.arrived.set()
             for rule in self._rules:
+                if rule.method not in (None, method):
+                    continue
                 if rule.match in path and (rule.times is None or rule.times > 0):
                     if rule.times is not None:
                         rule.times -= 1
@@ -158,6 +188,12 @@ class FaultProxy:
                     return
                 method, path, headers, body = request
                 kind = self._pick(method, path)
+                with self._lock:
+                    self.ranges.append((method, path, headers.get("range")))
+                for hold in [h for h in self._holds if h.match in path]:
+                    released = hold.arrived.wait(hold.timeout)
+                    with self._lock:
+                        self.held.append((path, released))
                 if kind in ("stall", "blackhole"):
                     self._stopping.wait()
                     return

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from checks import assert_bit_exact
 from conftest import FIXTURES_DIR
+from fault_fixtures import PATIENT, Faulty
 from fault_proxy import FaultProxy, wait_until
 from test_remote import check_values, expected
 
@@ -29,40 +30,12 @@ from distrestore.errors import CheckpointNotFoundError, DeadlineExceededError, S
 from distrestore.storage import RetryPolicy, Storage
 from distrestore.storage.wrappers import CountingStorage, LatencyStorage
 
-PATIENT = RetryPolicy(attempts=12, initial_backoff=0.01, max_backoff=0.2)
 # restored together under faults: ~60 requests per backend (indexes, state files, data shards)
 FIXTURES = ("tf1_sharded", "many_small", "all_dtypes", "merged", "tf2_keras")
 SLACK = 1.0  # seconds: a loaded CI machine, on top of the 10 %
 # Permanent errors: the attempt counts are the check; this bound only catches a return of the old
 # retry loops (55 s for an unreachable endpoint), with room for a loaded 2-core CI machine.
 AT_ONCE = 5.0
-
-
-class Faulty:
-    """An object store behind its own fault proxy: ``url(fixture)`` uploads (directly, not through
-    the proxy) and gives the URL; ``options`` point the client at the proxy."""
-
-    def __init__(self, store, flavor: str, seed: int):
-        self.store = store
-        self.name = store.name
-        self.proxy = FaultProxy(store.endpoint, flavor, seed=seed).start()
-        self.options = {**store.storage_options, "endpoint_url": self.proxy.url}
-
-    def url(self, fixture: str) -> str:
-        return self.store.upload_fixture(FIXTURES_DIR / fixture)
-
-    def storage(self, retry=PATIENT, **kw) -> Storage:
-        return Storage.for_url(self.store.url(), self.options, retry=retry, **kw)
-
-
-@pytest.fixture(params=["s3", "gcs"])
-def faulty(request):
-    store = request.getfixturevalue({"s3": "s3_server", "gcs": "gcs_server"}[request.param])
-    f = Faulty(store, request.param, seed=7)
-    try:
-        yield f
-    finally:
-        f.proxy.stop()
 
 
 def _restore(faulty: Faulty, fixture: str, storage: Storage, timeout=None, **kw) -> dict:

@@ -4,7 +4,8 @@
 around them, written once; ``local.py`` and ``fsspec.py`` are the backends; ``paths.py`` joins
 and splits paths and URLs; ``wrappers.py`` composes counting, latency and fault injection with any
 backend (the tests and benchmarks use them); ``background.py`` asks a size while other work runs;
-``streaming.py`` reads s3:// and gs:// ranges straight into their destination buffers.
+``streaming.py`` reads s3:// and gs:// ranges straight into their destination buffers;
+``early.py`` asks for the head of a data file while its index is read.
 """
 
 from ..errors import ShortReadError

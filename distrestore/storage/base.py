@@ -22,10 +22,14 @@ import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import CheckpointNotFoundError, DeadlineExceededError, DistRestoreError, ShortReadError, StorageError
 from ..redact import RedactedOptions, redact_options, redact_text, secret_values
 from .paths import protocol_of
+
+if TYPE_CHECKING:
+    from .early import EarlyRead
 
 _RAISE = object()  # _retry(not_found=...): raise CheckpointNotFoundError
 COPY_CHUNK = 16 << 20  # bytes per piece of a copy streamed through this process
@@ -151,6 +155,9 @@ class Storage(ABC):
     """
 
     local = False
+    early: Mapping[str, EarlyRead] = {}
+    """A read begun before the plan, by file (:meth:`serving`): reads of that file take what it
+    holds first."""
 
     def __new__(cls, *args, **kwargs):
         if cls is Storage:  # Storage("s3", {...}) builds the backend for the scheme, like pathlib.Path
@@ -216,7 +223,21 @@ class Storage(ABC):
             settings["deadline_at"] = deadline_at
         if settings == self.settings():
             return self
-        return type(self)(**settings)
+        out = type(self)(**settings)
+        out.early = self.early
+        return out
+
+    def begin_head(self, url: str) -> EarlyRead | None:
+        """Begin a GET for the head of file ``url`` now, for a plan not made yet (``early.py``);
+        None where the backend does not (a local read has no round trip to save)."""
+        return None
+
+    def serving(self, early: EarlyRead) -> Storage:
+        """A copy of this storage whose reads of ``early.url`` take what ``early`` holds first.
+        The early read does not travel when the storage is pickled: a Ray worker reads for itself."""
+        out = type(self)(**self.settings())
+        out.early = {early.url: early}
+        return out
 
     def secrets(self) -> set[str]:
         """The credential strings in this storage's options (masked wherever text is shown)."""

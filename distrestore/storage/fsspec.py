@@ -25,17 +25,20 @@ bound: at most :data:`MAX_FILESYSTEMS` made here stay cached; older ones are dro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
 import threading
+import time
 from collections import OrderedDict
 
 from ..errors import ShortReadError, StorageError
 from ..format import crc
 from ..redact import guard_logs
 from .base import Storage
-from .streaming import Sink, methods
+from .early import EarlyRead
+from .streaming import Sink, coroutines, methods
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds a request may wait to connect or for its next bytes when ``timeout=`` is not given."""
@@ -80,7 +83,14 @@ class FsspecStorage(Storage):
         length = sum(v.nbytes for v in views)
         if hasattr(self.fs, "distrestore_read_into"):  # s3fs, gcsfs: streamed into place
             sink = Sink(views)
-            self._call("distrestore_read_into", url, start, start + length, sink, limit=limit)
+            pos, end = start, start + length
+            early = self.early.get(url)
+            if early is not None:  # what the head asked for with the index holds, then the rest
+                began = time.monotonic()
+                pos = early.serve(start, end, sink, limit)
+                limit = None if limit is None else limit - (time.monotonic() - began)
+            if pos < end:
+                self._call("distrestore_read_into", url, pos, end, sink, limit=limit)
             got, crcs = sink.received, sink.crcs
         else:
             data = self._call("cat_file", url, start=start, end=start + length, limit=limit)
@@ -93,6 +103,29 @@ class FsspecStorage(Storage):
                 raise EOFError(f"the file has {size} bytes")
             raise ShortReadError(f"got {got} of {length} bytes")
         return crcs
+
+    def begin_head(self, url):
+        fs = self.fs
+        found = coroutines(fs)  # s3fs, gcsfs (``streaming.py``)
+        if found is None:
+            return None
+        connect, read_into = found
+
+        connected = None
+
+        async def read(start, end, sink):
+            nonlocal connected
+            # the client is made once, not by each GET at once: s3fs and gcsfs make it on first
+            # use without a lock, and an s3fs client costs tens of ms of CPU
+            connected = connected or asyncio.ensure_future(connect())
+            await asyncio.shield(connected)
+            await read_into(url, start, end, sink)
+
+        def begin(start, end, sink):
+            # on the filesystem's event loop, bounded by its own timeouts; discard() cancels it
+            return asyncio.run_coroutine_threadsafe(read(start, end, sink), fs.loop)
+
+        return EarlyRead(url, begin)
 
     def read_all_attempt(self, url, limit=None) -> bytes:
         return bytes(self._call("cat_file", url, limit=limit, **_one_get(type(self.fs))))

@@ -116,13 +116,38 @@ async def _s3_read_into(self, path, start, end, sink):
             body.close()
 
 
+async def _gcs_connect(self):
+    await self._set_session()
+
+
+async def _s3_connect(self):
+    await self.set_session()
+
+
 def methods(kind: str, cls) -> dict:
     """The class attributes that give a single-try filesystem class of ``kind`` ("s3" or "gcs")
-    its ``distrestore_read_into(path, start, end, sink, timeout=None)``, a name no fsspec class
-    uses (none where this version of the library lacks what the reader uses)."""
+    its ``distrestore_read_into(path, start, end, sink, timeout=None)`` and the coroutines
+    ``_distrestore_read_into`` and ``_distrestore_connect`` (the client made, as its first
+    request would), names no fsspec class uses (none where this version of the library lacks
+    what the reader uses)."""
     from fsspec.asyn import sync_wrapper
 
-    reader = {"gcs": (_gcs_usable, _gcs_read_into), "s3": (_s3_usable, _s3_read_into)}.get(kind)
+    reader = {"gcs": (_gcs_usable, _gcs_read_into, _gcs_connect), "s3": (_s3_usable, _s3_read_into, _s3_connect)}.get(
+        kind
+    )
     if reader is None or not reader[0](cls):
         return {}
-    return {"_distrestore_read_into": reader[1], "distrestore_read_into": sync_wrapper(reader[1])}
+    usable, read_into, connect = reader
+    return {
+        "_distrestore_read_into": read_into,
+        "distrestore_read_into": sync_wrapper(read_into),
+        "_distrestore_connect": connect,
+    }
+
+
+def coroutines(fs):
+    """``(connect, read_into)``: the coroutine functions :func:`methods` gave ``fs``'s class,
+    for work of its own on the filesystem's event loop; None where it gave none."""
+    names = ("_distrestore_connect", "_distrestore_read_into")  # set on the class by methods() above
+    found = tuple(getattr(fs, n, None) for n in names)
+    return None if None in found else found
