@@ -132,12 +132,10 @@ def methods(kind: str, cls) -> dict:
     what the reader uses)."""
     from fsspec.asyn import sync_wrapper
 
-    reader = {"gcs": (_gcs_usable, _gcs_read_into, _gcs_connect), "s3": (_s3_usable, _s3_read_into, _s3_connect)}.get(
-        kind
-    )
-    if reader is None or not reader[0](cls):
+    readers = {"gcs": (_gcs_usable, _gcs_read_into, _gcs_connect), "s3": (_s3_usable, _s3_read_into, _s3_connect)}
+    if kind not in readers or not readers[kind][0](cls):
         return {}
-    usable, read_into, connect = reader
+    _, read_into, connect = readers[kind]
     return {
         "_distrestore_read_into": read_into,
         "distrestore_read_into": sync_wrapper(read_into),
