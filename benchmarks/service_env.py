@@ -189,15 +189,14 @@ def worker_class():
             self.held = out
             return seconds
 
-        def via_service(self, service, url, names, group=None, world_size=None, regions=None):
-            """Seconds of ``client.fetch``; the values are held for :meth:`check_held`."""
+        def via_service(self, service, url, names, group=None, world_size=None):
+            """Seconds of ``client.restore_tensors`` (the service's twin of ``restore_alone``'s
+            call); the values are held for :meth:`check_held`."""
             client = dr.connect(service)
-            index = client.checkpoint(url)
-            reqs = [dr.TensorRequest(index, n, (regions or {}).get(n)) for n in names]
             t = time.perf_counter()
-            arrays = client.fetch(reqs, group=group, world_size=world_size, deadline=1800)
+            out = client.restore_tensors(url, names, group=group, world_size=world_size, deadline=1800)
             seconds = time.perf_counter() - t
-            self.held = dict(zip(names, arrays))
+            self.held = out
             return seconds
 
         def check_held(self, digests) -> bool:

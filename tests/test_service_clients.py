@@ -45,6 +45,9 @@ class InProcess:
     def fetch(self, requests, **kw):
         return dr.fetch(requests, **kw)
 
+    def restore_tensors(self, path, names=None):
+        return dr.restore_tensors(path, names)
+
     def initialize(self, store):
         store.initialize()
 
@@ -68,6 +71,9 @@ class Service:
 
     def fetch(self, requests, **kw):
         return self.client.fetch(requests, **kw)
+
+    def restore_tensors(self, path, names=None):
+        return self.client.restore_tensors(path, names)
 
     def initialize(self, store):
         self.client.initialize(store)
@@ -102,6 +108,27 @@ def test_every_tensor_bit_exact(fixtures_dir, restorer, name):
     for (k, t), a in zip(want.items(), got):
         assert value_digest(a) == t["sha256"], k
         assert list(np.shape(a)) == t["shape"], k
+
+
+@pytest.mark.parametrize("name", ["tf1_sharded", "all_dtypes"])
+def test_restore_tensors_by_name(fixtures_dir, restorer, name):
+    """``{name: array}`` of every tensor by default, or of the names given (a partitioned
+    variable's full name among them), without a TensorRequest per tensor."""
+    prefix, exp = load_expected(fixtures_dir, name)
+    want = {k: t for k, t in exp["tensors"].items() if t["sha256"] is not None}
+    every = restorer.restore_tensors(prefix)
+    assert sorted(every) == sorted(want)
+    for k, a in every.items():
+        assert value_digest(a) == want[k]["sha256"], k
+        assert list(np.shape(a)) == want[k]["shape"], k
+    some = sorted(want)[::3]
+    got = restorer.restore_tensors(prefix, some)
+    assert list(got) == some
+    for k in some:
+        assert_bit_exact(got[k], every[k], k)
+    if name == "tf1_sharded":
+        full = restorer.restore_tensors(prefix, ["big/part5"])["big/part5"]
+        assert value_digest(full) == exp["partition_full_sha256"]["big/part5"]
 
 
 def test_regions_across_stored_partitions(fixtures_dir, restorer):
@@ -167,6 +194,8 @@ def test_bad_names_and_shapes_fail_before_any_read(fixtures_dir, restorer):
     before = restorer.reads()
     with pytest.raises(TensorNotFoundError):
         restorer.fetch([dr.TensorRequest(index, "no/such/tensor")])
+    with pytest.raises(TensorNotFoundError):
+        restorer.restore_tensors(prefix, ["scope1/w", "no/such/tensor"])
     store = dr.VariableStore()
     v = store.get_variable("v", shape=[3, 3])
     with pytest.raises(AssignmentMapError):

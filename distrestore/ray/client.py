@@ -319,10 +319,32 @@ class ServiceClient:
         ``timeout`` (seconds per storage request), ``executor`` and ``max_inflight_bytes`` are
         accepted for the signature and not used: the service reads with its own storage
         settings (``serve(storage_options=...)``)."""
+        reads = self._reads(verify, group, world_size, deadline)
+        return _restore.fetch(requests, executor=reads, verify=False, progress=progress)
+
+    def restore_tensors(
+        self,
+        path=None,
+        names: Sequence[str] | None = None,
+        *,
+        verify: bool = True,
+        group: str | None = None,
+        world_size: int | None = None,
+        deadline: float | None = None,
+        progress=None,
+    ) -> dict[str, np.ndarray]:
+        """``distrestore.restore_tensors`` through the service: ``{name: array}`` of checkpoint
+        ``path`` (None: the service's first; its index as the service read it), every tensor by
+        default (variants skipped). Takes names as they are, so a worker wanting 10^4 tensors
+        makes no ``TensorRequest`` of each. ``group``/``world_size``/``deadline`` as ``fetch``'s."""
+        reads = self._reads(verify, group, world_size, deadline)
+        return _restore.restore_tensors(self.checkpoint(path), names, executor=reads, verify=False, progress=progress)
+
+    def _reads(self, verify: bool, group: str | None, world_size: int | None, deadline: float | None):
+        """The executor a restore through the service runs its plan with."""
         if group is not None and (world_size is None or world_size < 1):
             raise ValueError("a group needs world_size >= 1")
-        reads = _ServiceReads(self, verify, group, world_size, self.deadline if deadline is None else deadline)
-        return _restore.fetch(requests, executor=reads, verify=False, progress=progress)
+        return _ServiceReads(self, verify, group, world_size, self.deadline if deadline is None else deadline)
 
     def get_tensor(self, name: str, region=None, *, path=None, verify: bool = True, deadline: float | None = None):
         """One tensor (or ``region``, a tuple of slices) of checkpoint ``path`` (default: the
