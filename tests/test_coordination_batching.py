@@ -6,10 +6,13 @@ small pieces read together wherever there is room (``scheduling.ReadQueue``).
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from ray_fixtures import write_checkpoint
 
+from distrestore.coordination import columns
 from distrestore.coordination.files import FileTable, pack_orders, unpack_orders
 from distrestore.coordination.pieces import Piece, PieceStore
 from distrestore.coordination.ranges import Ranges, needed_ranges
@@ -112,6 +115,46 @@ def test_read_orders_travel_as_columns(small_model):
         for x, y in zip(a, b, strict=True):
             assert (np.asarray(x) == np.asarray(y)).all() and np.asarray(x).dtype == np.asarray(y).dtype
     assert unpack_orders(pack_orders([])) == []
+
+
+def test_read_orders_of_many_small_entries_fit_inside_a_task(tmp_path):
+    """10^4 small entries in one read task: about 4 bytes each (the CRC32C) once packed, so
+    the task's arguments stay under Ray's 100 KB limit for sending them inside the task."""
+    tensors = {f"s/{i:05d}": np.full(64, i, np.float32) for i in range(10_000)}
+    index = open_checkpoint(write_checkpoint(str(tmp_path / "m"), tensors, num_shards=1))
+    files = FileTable()
+    info = files.add(index.prefix, index)
+    t = files.entries[0]
+    f = info.first_file
+    half = (f << 41) | int(t.offset[5000]) + 100  # cuts an entry: the second order starts inside one
+    orders = [files.order(1, f << 41, half, "n1"), files.order(2, half, (f << 41) | int(t.end[-1]), "n1")]
+    assert sum(len(o.inside_rows) for o in orders) == 9_999
+    packed = pack_orders(orders)
+    assert len(pickle.dumps(packed, protocol=5)) < 60_000
+    for a, b in zip(orders, unpack_orders(packed), strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert (np.asarray(x) == np.asarray(y)).all() and np.asarray(x).dtype == np.asarray(y).dtype
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_packed_columns_come_back_exactly(seed):
+    """Runs with gaps, overlaps, rows out of order, empty runs, values past 2^32 and columns of
+    one value: every column comes back bit for bit, in its dtype."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 6, rng.integers(1, 8)).astype(np.int64)
+    n = int(lengths.sum())
+    sizes = rng.choice([rng.integers(1, 1 << 40, n), np.full(n, 256)], axis=0) if n else np.zeros(0, np.int64)
+    sizes = np.asarray(sizes, np.int64)
+    gaps = rng.integers(-3, 3, n) * rng.integers(0, 2, n) * (1 << int(rng.integers(0, 40)))
+    offsets = np.cumsum(sizes + gaps) - sizes
+    rows = rng.permutation(n).astype(np.int64) if seed % 2 else np.arange(n, dtype=np.int64) + (1 << 33)
+    for values, steps in ((offsets, sizes), (rows, np.ones(n, np.int64))):
+        firsts, residual = columns.runs_residual(values, steps, lengths)
+        back = columns.runs_restore(firsts, columns.decode(columns.encode(residual)), steps, lengths)
+        assert back.dtype == values.dtype and (back == values).all()
+    for col in (sizes, sizes.astype(np.uint32) if n and sizes.max() < 1 << 32 else sizes, gaps, rows.astype(np.int8)):
+        back = columns.decode(columns.encode(col))
+        assert back.dtype == col.dtype and (back == col).all()
 
 
 def test_small_pieces_of_many_nodes_are_read_together(small_model):
