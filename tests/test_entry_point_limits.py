@@ -118,7 +118,9 @@ def test_timeout_bounds_each_request_of_init_from_checkpoint(stalled):
             f"{directory}/model.ckpt-7", {"big/part5": "big/part5"}, store=_store_with_w(), storage=storage, timeout=0.5
         )
     assert not isinstance(info.value, DeadlineExceededError)
-    assert time.monotonic() - t0 <= 2 * 0.5 * 1.1 + SLACK
+    # s3fs makes its botocore client on the first request (0.5 s here, unloaded; 1.3 s once in a
+    # loaded full run): outside the attempts' bound. Unbounded, an attempt would wait ~60 s.
+    assert time.monotonic() - t0 <= 2 * 0.5 * 1.1 + SLACK + 1.0
 
 
 def test_with_time_to_spare_the_same_calls_work(s3_server):
