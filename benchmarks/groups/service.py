@@ -35,6 +35,9 @@ from .. import service_env as se
 from ..harness import log
 
 PARTS = ("whole", "quarters", "small", "late", "rate", "plan")
+# small's rounds take 0.1-0.3 s and spread 1.6-2.1 x in ratio: 3 x the group's rounds (9) cost
+# seconds and steady its median; whole's take 5-20 s each
+SMALL_REPS = 3
 
 
 class Service:
@@ -50,8 +53,9 @@ class Service:
 
         return dr.serve(url, name=name, storage_options=self.env.options)
 
-    def rounds(self, contenders: dict, digests: dict) -> dict:
-        """Interleaved rounds of every contender, one warm-up first; median wall per contender,
+    def rounds(self, contenders: dict, digests: dict, reps: int | None = None) -> dict:
+        """Interleaved rounds of every contender (``reps``, default the group's), one warm-up
+        first; median wall per contender,
         and the storage bytes of its last round. A contender's ``run(r)`` starts its workers and
         returns ``[(worker, ref)]``; the wall ends when every worker has its values. Their checks
         against ``digests`` come after it (``check_held``), as every other group times only the
@@ -63,7 +67,7 @@ class Service:
 
         walls = {k: [] for k in contenders}
         storage = {}
-        for r in range(self.reps + 1):
+        for r in range((reps or self.reps) + 1):
             for name, run in contenders.items():
                 self.env.reset()
                 t = time.perf_counter()
@@ -185,10 +189,16 @@ class Service:
                 "one process, union": lambda r: [(w[0], w[0].restore_alone.remote(url, self.env.options, union))],
             },
             man["digests"],
+            reps=SMALL_REPS * self.reps,
         )
         s, o = res["service"], res["one process, union"]
         self.rows += [
-            ("small", f"8 workers x {each:,} small (half shared): service {s[0]:.2f} s; union {o[0]:.2f} s", None),
+            (
+                "small",
+                f"8 workers x {each:,} small (half shared), median of {SMALL_REPS * self.reps} rounds: "
+                f"service {s[0]:.2f} s; union {o[0]:.2f} s",
+                None,
+            ),
             ("small", "service wall / one process (union) wall", _row(s[0] / o[0], "<= 2", 2.0)),
         ]
         client.shutdown()
@@ -309,7 +319,8 @@ def run(runner) -> None:
         "",
         f"A `ray.cluster_utils.Cluster` on this machine: a head and {a.service_nodes} worker nodes; the bucket: "
         f"fake-gcs-server behind the latency proxy at {a.service_latency_ms:g} ms per request, "
-        f"{a.service_bandwidth_mbps:g} MB/s in all. Median of {bench.reps} rounds after one warm-up. "
+        f"{a.service_bandwidth_mbps:g} MB/s in all. Median of {bench.reps} rounds after one warm-up "
+        f"({SMALL_REPS * bench.reps} for small). "
         f"Load average during this part: {lo:.2f}–{hi:.2f}.",
         "",
         "| workload | measure | value | target | holds |",
