@@ -212,11 +212,15 @@ class Runner:
         refs: dict | None = None,
         fresh: bool = False,
         pause_after: dict | None = None,
+        capped: dict | None = None,
     ) -> dict:
         """Run ``entries`` (label, contender, params) interleaved: a warm-up round, then
         ``reps`` rounds (``fresh``: see the module docstring); summaries by label.
-        ``pause_after``: seconds to wait after a contender's runs (Ray's processes exit)."""
+        ``pause_after``: seconds to wait after a contender's runs (Ray's processes exit).
+        ``capped``: {label: rounds} for slow contenders timed in only their first rounds (a
+        reference that is far off, not a ratio judged near its bound)."""
         reps = 1 if self.short else (reps or self.reps)
+        capped = {k: min(v, reps) for k, v in (capped or {}).items()}
         warmup = 0 if self.short else 1
         settle = (0.5 if self.short else self.args.settle) if fresh else 0.0
         runs: dict[str, list] = {label: [] for label, _, _ in entries}
@@ -226,7 +230,7 @@ class Runner:
         for rnd in range(warmup + reps):
             order = entries if not fresh or rnd % 2 == 0 else list(reversed(entries))
             for label, contender, params in order:
-                if label in errors or label in skipped:
+                if label in errors or label in skipped or rnd - warmup >= capped.get(label, reps):
                     continue
                 key = json.dumps([workload, contender, params if contender in CHEAP else None], sort_keys=True)
                 if self.short and key in self._ran:
@@ -289,6 +293,7 @@ class Runner:
             "order": [e[0] for e in entries],
             "bytes": nbytes,
             "reps": reps,
+            "capped": capped,
             "warmup": warmup,
             "fresh": fresh,
             "settle": settle,

@@ -112,6 +112,8 @@ def render(runner, command: str, started: float) -> str:
 def _group(g: dict) -> list[str]:
     L = [f"## {g['title']}", ""]
     how = f"Median of {g['reps']} interleaved rounds" + (" after one warm-up round" if g["warmup"] else "")
+    if g.get("capped"):
+        how += " (" + "; ".join(f"{label}: its first {n}" for label, n in g["capped"].items()) + ")"
     if g["fresh"]:
         how += f", {g['settle']:g} s pause before each child, order reversed every other round"
     L.append((g["note"] + " " if g["note"] else "") + how + f". Load average {g['load'][0]:.2f}–{g['load'][1]:.2f}.")

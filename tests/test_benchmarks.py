@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,23 @@ def test_importing_the_benchmarks_changes_no_environment():
         "assert sys.path == path"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.timeout(900)
+def test_a_capped_contender_is_timed_in_its_first_rounds_only(tmp_path):
+    """The remote groups time the naive reader and TF's loop in fewer rounds than the ratio they
+    judge: real children (the ``noop`` contender), interleaved, the capped one left out after
+    its rounds, and the report says so."""
+    from benchmarks import cli, report
+    from benchmarks.harness import Runner
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "manifest.json").write_text("{}")
+    runner = Runner(cli.parse(["--work", str(tmp_path), "--reps", "3", "--no-prime"]))
+    g = runner.group("g", "w", [("a", "noop", {}), ("b", "noop", {"x": 1})], capped={"b": 1})
+    assert [r["n"] for r in (g["rows"]["a"], g["rows"]["b"])] == [3, 1]
+    text = report.render(runner, "python -m benchmarks", time.time())
+    assert "Median of 3 interleaved rounds after one warm-up round (b: its first 1)" in text
 
 
 @pytest.mark.timeout(900)
