@@ -220,7 +220,8 @@ class Runner:
         ``capped``: {label: rounds} for slow contenders timed in only their first rounds (a
         reference that is far off, not a ratio judged near its bound)."""
         reps = 1 if self.short else (reps or self.reps)
-        capped = {k: min(v, reps) for k, v in (capped or {}).items()}
+        labels = [e[0] for e in entries]
+        capped = {k: min(v, reps) for k, v in (capped or {}).items() if k in labels}
         warmup = 0 if self.short else 1
         settle = (0.5 if self.short else self.args.settle) if fresh else 0.0
         runs: dict[str, list] = {label: [] for label, _, _ in entries}
@@ -290,7 +291,7 @@ class Runner:
             "title": title,
             "note": note,
             "rows": rows,
-            "order": [e[0] for e in entries],
+            "order": labels,
             "bytes": nbytes,
             "reps": reps,
             "capped": capped,

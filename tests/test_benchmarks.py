@@ -38,9 +38,10 @@ def test_a_capped_contender_is_timed_in_its_first_rounds_only(tmp_path):
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "manifest.json").write_text("{}")
     runner = Runner(cli.parse(["--work", str(tmp_path), "--reps", "3", "--no-prime"]))
-    g = runner.group("g", "w", [("a", "noop", {}), ("b", "noop", {"x": 1})], capped={"b": 1})
+    g = runner.group("g", "w", [("a", "noop", {}), ("b", "noop", {"x": 1})], capped={"b": 1, "not in this group": 1})
     assert [r["n"] for r in (g["rows"]["a"], g["rows"]["b"])] == [3, 1]
     text = report.render(runner, "python -m benchmarks", time.time())
+    # a label the group does not have is not named
     assert "Median of 3 interleaved rounds after one warm-up round (b: its first 1)" in text
 
 
