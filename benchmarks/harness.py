@@ -224,7 +224,7 @@ class Runner:
         capped = {k: min(v, reps) for k, v in (capped or {}).items() if k in labels}
         warmup = 0 if self.short else 1
         settle = (0.5 if self.short else self.args.settle) if fresh else 0.0
-        runs: dict[str, list] = {label: [] for label, _, _ in entries}
+        runs: dict[str, list] = {label: [] for label in labels}
         errors: dict[str, str] = {}
         skipped: set[str] = set()
         load_from = len(self.loads.samples)

@@ -27,7 +27,7 @@ def test_importing_the_benchmarks_changes_no_environment():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(120)
 def test_a_capped_contender_is_timed_in_its_first_rounds_only(tmp_path):
     """The remote groups time the naive reader and TF's loop in fewer rounds than the ratio they
     judge: real children (the ``noop`` contender), interleaved, the capped one left out after

@@ -55,12 +55,12 @@ class Service:
 
     def rounds(self, contenders: dict, digests: dict, reps: int | None = None) -> dict:
         """Interleaved rounds of every contender (``reps``, default the group's), one warm-up
-        first; median wall per contender,
-        and the storage bytes of its last round. A contender's ``run(r)`` starts its workers and
-        returns ``[(worker, ref)]``; the wall ends when every worker has its values. Their checks
-        against ``digests`` come after it (``check_held``), as every other group times only the
-        restore. What the workers are sent (names) is put in the object store before the wall
-        starts, once, as a job would have it at hand."""
+        first; median wall per contender, and the storage bytes of its last round. A
+        contender's ``run(r)`` starts its workers and returns ``[(worker, ref)]``; the wall ends
+        when every worker has its values. Their checks against ``digests`` come after it
+        (``check_held``), as every other group times only the restore. What the workers are
+        sent (names) is put in the object store before the wall starts, once, as a job would
+        have it at hand."""
         import ray
 
         digests = ray.put(digests)
