@@ -1,6 +1,6 @@
 """``python -m benchmarks``: run the workloads, check every result, write the report.
 
-python -m benchmarks                       # the full protocol (~25 min on 2 cores); writes benchmarks/RESULTS.md
+python -m benchmarks                       # the full protocol (~35 min on 2 cores); writes benchmarks/RESULTS.md
 python -m benchmarks --quick               # a small version of every workload, one round: correctness
 python -m benchmarks --smoke               # smaller still (the test suite runs it)
 python -m benchmarks --workloads few_large,memory --keep

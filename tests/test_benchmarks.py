@@ -76,4 +76,6 @@ def test_smoke_run_checks_every_result(tmp_path):
     for label in ("TF get_tensor loop", "distrestore threads", "raw ceiling", "raw GET ceiling", "dr.list_variables"):
         assert any(line.startswith(f"| {label}") and "tensors checked" in line for line in report.splitlines()), label
     assert "bytes read / bytes needed" in report
+    # a short run times nothing, so the service's rounds, like every group's, have no warm-up
+    assert "after no warm-up (3 for small)" in report
     assert not (tmp_path / "work" / "few_large").exists()  # built checkpoints removed without --keep

@@ -45,6 +45,7 @@ class Service:
         self.runner, self.env, self.work = runner, env, work
         self.size = runner.size
         self.reps = 1 if runner.short else 3
+        self.warmup = 0 if runner.short else 1  # as every group's: a short run checks, it does not time
         self.rows: list[tuple] = []  # (part, what, (value, target, holds) or None)
         self.whole: dict | None = None
 
@@ -54,20 +55,20 @@ class Service:
         return dr.serve(url, name=name, storage_options=self.env.options)
 
     def rounds(self, contenders: dict, digests: dict, reps: int | None = None) -> dict:
-        """Interleaved rounds of every contender (``reps``, default the group's), one warm-up
-        first; median wall per contender, and the storage bytes of its last round. A
-        contender's ``run(r)`` starts its workers and returns ``[(worker, ref)]``; the wall ends
-        when every worker has its values. Their checks against ``digests`` come after it
-        (``check_held``), as every other group times only the restore. What the workers are
-        sent (names) is put in the object store before the wall starts, once, as a job would
-        have it at hand."""
+        """Interleaved rounds of every contender (``reps``, default the group's) after the group's
+        warm-up round (none in a short run); median wall per contender, and the storage bytes of
+        its last round. A contender's ``run(r)`` starts its workers and returns
+        ``[(worker, ref)]``; the wall ends when every worker has its values. Their checks against
+        ``digests`` come after it (``check_held``), as every other group times only the restore.
+        What the workers are sent (names) is put in the object store before the wall starts,
+        once, as a job would have it at hand."""
         import ray
 
         digests = ray.put(digests)
 
         walls = {k: [] for k in contenders}
         storage = {}
-        for r in range((reps or self.reps) + 1):
+        for r in range((reps or self.reps) + self.warmup):
             for name, run in contenders.items():
                 self.env.reset()
                 t = time.perf_counter()
@@ -77,7 +78,7 @@ class Service:
                 if not all(ray.get([x.check_held.remote(digests) for x, _ in started])):
                     raise RuntimeError(f"{name}: a worker's values did not match")
                 storage[name] = self.env.storage()
-                if r:
+                if r >= self.warmup:
                     walls[name].append(wall)
         return {k: (statistics.median(v), storage[k]) for k, v in walls.items()}
 
@@ -88,7 +89,7 @@ class Service:
         url = man["url"] = self.env.upload(man, "whole")
         names = ray.put(list(man["digests"]))
         client = self.whole_client = self.serve("bench-whole", url)
-        w = [self.env.worker(k) for k in range(4)]
+        w = self.env.workers(range(4))
 
         def service(r):
             client.release()
@@ -120,7 +121,7 @@ class Service:
             self.run_whole()
         man, client = self.whole, self.whole_client
         url, name = man["url"], "late/4mib"
-        w = self.env.worker(1)
+        (w,) = self.env.workers([1])
         ray.get(w.via_service.remote("bench-whole", url, [name]))  # read once, cached
         ray.get(w.check_held.remote(man["digests"]))
         times = []
@@ -145,7 +146,7 @@ class Service:
         url = self.env.upload(man, "quarters")
         client = self.serve("bench-quarters", url)
         variables = {n.rsplit("/", 1)[0]: [spec["rows"], spec["cols"]] for n in man["digests"]}
-        w = [self.env.worker(k) for k in range(4)]
+        w = self.env.workers(range(4))
         for r in range(self.reps):
             client.release()
             self.env.reset()
@@ -177,7 +178,7 @@ class Service:
         shared = [n for n in man["digests"] if n.startswith("shared/")]
         wants = [ray.put(shared + [n for n in man["digests"] if n.startswith(f"w{k}/")]) for k in range(8)]
         union = ray.put(list(man["digests"]))
-        w = [self.env.worker(k) for k in range(8)]
+        w = self.env.workers(range(8))
 
         def service(r):
             client.release()
@@ -219,7 +220,7 @@ class Service:
         index = client.checkpoint()
         names, digests = list(man["digests"]), man["digests"]
         seconds = se.sizes(self.size)["rate_seconds"]
-        w = [self.env.worker(k) for k in range(4)]
+        w = self.env.workers(range(4))
         client.fetch([dr.TensorRequest(index, n) for n in names[:64]])  # cached: 64 small tensors
         stride = (len(names) - 64) // 4
         for label, picks in (
@@ -319,8 +320,8 @@ def run(runner) -> None:
         "",
         f"A `ray.cluster_utils.Cluster` on this machine: a head and {a.service_nodes} worker nodes; the bucket: "
         f"fake-gcs-server behind the latency proxy at {a.service_latency_ms:g} ms per request, "
-        f"{a.service_bandwidth_mbps:g} MB/s in all. Median of {bench.reps} rounds after one warm-up "
-        f"({SMALL_REPS * bench.reps} for small). "
+        f"{a.service_bandwidth_mbps:g} MB/s in all. Median of {bench.reps} rounds after "
+        f"{'one warm-up' if bench.warmup else 'no warm-up'} ({SMALL_REPS * bench.reps} for small). "
         f"Load average during this part: {lo:.2f}–{hi:.2f}.",
         "",
         "| workload | measure | value | target | holds |",
