@@ -48,6 +48,19 @@ def _is_data_get(method: str, path: str) -> bool:
     return method == "GET" and DATA in path and ("alt=media" in path or "/storage/v1/" not in path)
 
 
+def _every_cell_sent():
+    """A ``hold`` condition: true once a GET of the data file's bytes has arrived for every cell
+    of the head (the proxy calls it from its connection threads)."""
+    seen = []
+
+    def until(method: str, path: str) -> bool:
+        if _is_data_get(method, path):
+            seen.append(path)  # list.append: atomic under the GIL
+        return len(seen) >= len(CELLS)
+
+    return until
+
+
 def _head_match(faulty: Faulty) -> str:
     """A path substring only the data file's byte GETs have (``add_rule`` with method GET)."""
     return DATA + ("?alt=media" if faulty.store.scheme == "gs" else "")
@@ -101,8 +114,11 @@ def test_a_failed_head_is_asked_again(faulty, single_file, small_head, kind):
     url = faulty.store.upload_fixture(root)
     faulty.proxy.clear()
     faulty.proxy.add_rule(kind, match=_head_match(faulty), times=1, method="GET")  # the first: the head
-    faulty.proxy.hold("m.index", until=_is_data_get)  # the head is sent before the plan's reads
+    # the index answers once every cell of the head is on the wire: a cell still unsent when the
+    # restore ends (its reads asked for those bytes themselves) is dropped unsent, as it should be
+    faulty.proxy.hold("m.index", until=_every_cell_sent())
     _same(dr.restore_tensors(f"{url}/m", storage_options=faulty.options, timeout=1.0), tensors)
+    assert [ok for _, ok in faulty.proxy.held] == [True], faulty.proxy.held  # not its timeout
     ranges = sorted(_data_ranges(faulty))
     assert set(CELLS) <= set(ranges) and faulty.proxy.faults(kind) == 1, ranges
     # the head's GETs and the restore's own reads cover every byte of the file
